@@ -1,0 +1,289 @@
+"""Settings: one YAML file, validated by pydantic models, with ACKBOT_* environment overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.models import Duration, Group, Person, Rule, Strict
+from core.secrets import SecretRef
+
+DEFAULT_CONFIG_RESOURCE = "ackbot.yml"
+
+
+class ApiScope(StrEnum):
+    events_write = "events.write"
+    notify_read = "notify.read"
+    notify_admin = "notify.admin"
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = Field(default="", description="the URL people and platforms reach ackbot at")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_batch: int = Field(default=1000, ge=1, le=10000)
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, url: str) -> str:
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return url.rstrip("/")
+
+
+class DatabaseConfig(Strict):
+    url: str = "sqlite+aiosqlite:///./ackbot.db"
+    pool_size: int = Field(default=10, ge=1, le=200)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _supported_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("database url must use sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return url
+
+
+class ApiKeyConfig(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    key: SecretRef
+    tenant: str = Field(default="default", min_length=1, max_length=100, description='"*" for every tenant')
+    scopes: list[ApiScope] = Field(default_factory=lambda: [ApiScope.events_write, ApiScope.notify_read])
+
+
+class ChannelConfig(Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    type: str = Field(min_length=1, max_length=50)
+    enabled: bool = True
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class DispatchConfig(Strict):
+    workers: int = Field(default=4, ge=1, le=256)
+    lease: Duration = timedelta(seconds=60)
+    poll_interval: Duration = timedelta(milliseconds=500)
+    batch: int = Field(default=50, ge=1, le=1000)
+
+
+class NoiseConfig(Strict):
+    dedup_window: Duration = timedelta(minutes=5)
+
+
+class TokenKeyConfig(Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    secret: SecretRef = Field(description="HMAC: the key; DSSE: a PEM Ed25519 private key")
+    retired: bool = False
+
+
+class TokensConfig(Strict):
+    mode: Literal["hmac", "dsse"] = "hmac"
+    ttl: Duration = timedelta(hours=24)
+    keys: list[TokenKeyConfig] = Field(default_factory=list, description="newest last; the newest signs")
+
+
+class AckbotConfig(Strict):
+    """The whole configuration file."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    tokens: TokensConfig = Field(default_factory=TokensConfig)
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    people: list[Person] = Field(default_factory=list)
+    groups: list[Group] = Field(default_factory=list)
+    channels: list[ChannelConfig] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    slack: dict[str, Any] = Field(default_factory=dict, description="the Slack app's settings")
+    teams: dict[str, Any] = Field(default_factory=dict, description="the Teams bot's settings")
+
+    @model_validator(mode="after")
+    def _names_unique_and_known(self) -> AckbotConfig:
+        problems: list[str] = []
+        for label, items in (
+            ("api_keys", self.api_keys),
+            ("people", self.people),
+            ("groups", self.groups),
+            ("channels", self.channels),
+            ("rules", self.rules),
+        ):
+            seen: set[str] = set()
+            for item in items:
+                if item.name in seen:
+                    problems.append(f"{label}: the name {item.name!r} is used twice")
+                seen.add(item.name)
+        channel_names = {c.name for c in self.channels}
+        for rule in self.rules:
+            for hook in ("actions", "on_acknowledge", "on_deny", "on_escalate", "on_expire"):
+                for action in getattr(rule, hook):
+                    if action.channel not in channel_names:
+                        problems.append(f"rule {rule.name!r} {hook}: no channel named {action.channel!r}")
+        principals = {p.name for p in self.people} | {g.name for g in self.groups}
+        for group in self.groups:
+            for member in group.members:
+                if member not in principals:
+                    problems.append(f"group {group.name!r}: no person or group named {member!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def channel(self, name: str) -> ChannelConfig | None:
+        return next((c for c in self.channels if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a config file, located as a user would look for it."""
+
+    path: str
+    message: str
+    line: int | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file or "config"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        return f"{where}: {self.path or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; carries every problem found, not only the first."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def default_config_text() -> str:
+    """The example configuration that ships inside the package (the embedded default)."""
+    return resources.files("core").joinpath(DEFAULT_CONFIG_RESOURCE).read_text(encoding="utf-8")
+
+
+def _line_index(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+
+
+def _line_of(root: yaml.Node | None, loc: Iterable[int | str]) -> int | None:
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if child is None:
+                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def format_loc(loc: Iterable[int | str]) -> str:
+    """Render a pydantic error location as a key path: channels[2].settings.url."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def problems_from_validation(
+    exc: ValidationError, *, root: yaml.Node | None = None, file: str | None = None, prefix: Sequence[int | str] = ()
+) -> list[ConfigProblem]:
+    """Turn a pydantic ValidationError into located problems."""
+    problems = []
+    for error in exc.errors():
+        loc = [*prefix, *(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))]
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(ConfigProblem(format_loc(loc), message, _line_of(root, loc), file))
+    return problems
+
+
+class EnvSettings(BaseSettings):
+    """Process settings from ACKBOT_* environment variables; they override the file."""
+
+    model_config = SettingsConfigDict(env_prefix="ACKBOT_", extra="ignore")
+
+    config: str | None = None
+    database_url: str | None = None
+    public_url: str | None = None
+    host: str | None = None
+    port: int | None = None
+    log_level: str = "INFO"
+    log_json: bool = False
+
+
+def _apply_env(data: dict[str, Any], env: EnvSettings) -> dict[str, Any]:
+    overrides = {
+        ("database", "url"): env.database_url,
+        ("server", "public_url"): env.public_url,
+        ("server", "host"): env.host,
+        ("server", "port"): env.port,
+    }
+    for (section, key), value in overrides.items():
+        if value is None:
+            continue
+        if not isinstance(data.get(section), dict):
+            data[section] = {}
+        data[section][key] = value
+    return data
+
+
+def parse_config(text: str, *, file: str | None = None, environ: bool = True) -> AckbotConfig:
+    """Parse and validate YAML text; raise ConfigError listing every problem with its key path and line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError([ConfigProblem("", f"invalid YAML: {exc.problem}", line, file)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem("", f"invalid YAML: {exc}", None, file)]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem("", "the file must hold a mapping of settings", 1, file)])
+    if environ:
+        data = _apply_env(data, EnvSettings())
+    root = _line_index(text)
+    try:
+        return AckbotConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation(exc, root=root, file=file)) from None
+
+
+def config_path_from_env(explicit: str | None = None) -> str | None:
+    """The config file to use: --config, then ACKBOT_CONFIG, else None for the embedded default."""
+    return explicit or EnvSettings().config or None
+
+
+def load_config(path: str | None = None, *, environ: bool = True) -> tuple[AckbotConfig, str]:
+    """Load the config file (or the embedded default); return it with the name of where it came from."""
+    resolved = config_path_from_env(path)
+    if resolved is None:
+        return parse_config(default_config_text(), file="<embedded default>", environ=environ), "<embedded default>"
+    try:
+        text = Path(resolved).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("", f"cannot read: {exc.strerror}", None, resolved)]) from None
+    return parse_config(text, file=resolved, environ=environ), resolved

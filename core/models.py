@@ -1,0 +1,461 @@
+"""The domain vocabulary of ackbot: pydantic models shared by every layer."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+
+class Strict(BaseModel):
+    """Base for models read from users: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class Severity(StrEnum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+    @classmethod
+    def parse_loose(cls, value: str | None, default: Severity | None = None) -> Severity:
+        """Map the many spellings alert sources use (warning, error, page, p1 ...) onto our five levels."""
+        fallback = default if default is not None else Severity.medium
+        if not value:
+            return fallback
+        return _SEVERITY_ALIASES.get(value.strip().lower(), fallback)
+
+
+_SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
+_SEVERITY_ALIASES: dict[str, Severity] = {
+    **{s.value: s for s in Severity},
+    "none": Severity.info,
+    "informational": Severity.info,
+    "debug": Severity.info,
+    "ok": Severity.info,
+    "minor": Severity.low,
+    "p4": Severity.low,
+    "p5": Severity.info,
+    "warning": Severity.medium,
+    "warn": Severity.medium,
+    "moderate": Severity.medium,
+    "p3": Severity.medium,
+    "error": Severity.high,
+    "major": Severity.high,
+    "p2": Severity.high,
+    "page": Severity.critical,
+    "crit": Severity.critical,
+    "fatal": Severity.critical,
+    "emergency": Severity.critical,
+    "p1": Severity.critical,
+}
+
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse "90s", "5m", "1h30m", "2d" or a number of seconds into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 30s, 5m, 1h or 1d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match and any(match.groups()):
+            days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    raise ValueError("a duration such as 30s, 5m, 1h or 1d")
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta the way parse_duration reads it."""
+    total = int(value.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, total = divmod(total, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts) or "0s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- events
+
+
+class Link(Strict):
+    title: str = Field(default="", max_length=200)
+    url: str = Field(max_length=2000)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("links must be http(s) URLs")
+        return url
+
+
+class Scope(Strict):
+    namespace: str = Field(default="", max_length=256)
+    repo: str = Field(default="", max_length=512)
+    digest: str = Field(default="", max_length=256)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _label_sizes(cls, labels: dict[str, str]) -> dict[str, str]:
+        if len(labels) > 100:
+            raise ValueError("at most 100 labels")
+        for key, value in labels.items():
+            if len(key) > 128 or len(value) > 1024:
+                raise ValueError(f"label {key[:40]!r} is too long (name 128, value 1024 characters)")
+        return labels
+
+
+class EventStatus(StrEnum):
+    firing = "firing"
+    resolved = "resolved"
+
+
+class EventIn(Strict):
+    """An event as a client sends it to POST /api/v1/events."""
+
+    id: str | None = Field(default=None, min_length=1, max_length=200, description="client idempotency key")
+    kind: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/-]+$")
+    tenant: str | None = Field(default=None, min_length=1, max_length=100)
+    ts: UtcDatetime | None = None
+    severity: Severity = Severity.info
+    status: EventStatus = EventStatus.firing
+    title: str = Field(min_length=1, max_length=500)
+    summary: str = Field(default="", max_length=20000)
+    scope: Scope = Field(default_factory=Scope)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    dedup_key: str | None = Field(default=None, min_length=1, max_length=500)
+    links: list[Link] = Field(default_factory=list, max_length=20)
+
+
+class Event(BaseModel):
+    """An event as ackbot stored it."""
+
+    id: str
+    client_id: str | None = None
+    kind: str
+    tenant: str
+    ts: UtcDatetime
+    received_at: UtcDatetime
+    severity: Severity
+    status: EventStatus = EventStatus.firing
+    title: str
+    summary: str = ""
+    scope: Scope = Field(default_factory=Scope)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    dedup_key: str | None = None
+    links: list[Link] = Field(default_factory=list)
+    alert_id: str | None = None
+    source: str = "api"
+
+
+class AlertStatus(StrEnum):
+    open = "open"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+
+
+class Alert(BaseModel):
+    """The lasting thing that one or more events about the same subject open, update and resolve."""
+
+    id: str
+    tenant: str
+    fingerprint: str
+    kind: str
+    status: AlertStatus
+    severity: Severity
+    title: str
+    summary: str = ""
+    scope: Scope = Field(default_factory=Scope)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    links: list[Link] = Field(default_factory=list)
+    first_seen: UtcDatetime
+    last_seen: UtcDatetime
+    resolved_at: UtcDatetime | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: UtcDatetime | None = None
+    event_count: int = 1
+    last_event_id: str | None = None
+
+
+# ---------------------------------------------------------------- rules
+
+
+class ConditionOp(StrEnum):
+    eq = "eq"
+    ne = "ne"
+    gt = "gt"
+    gte = "gte"
+    lt = "lt"
+    lte = "lte"
+    in_ = "in"
+    contains = "contains"
+    regex = "regex"
+    exists = "exists"
+
+
+class Condition(Strict):
+    field: str = Field(min_length=1, max_length=200, description='dotted path, e.g. "payload.verdict"')
+    op: ConditionOp = ConditionOp.eq
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _check_value(self) -> Condition:
+        if self.op is ConditionOp.regex:
+            if not isinstance(self.value, str):
+                raise ValueError("regex needs a string value")
+            try:
+                re.compile(self.value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        elif self.op is ConditionOp.in_ and not isinstance(self.value, list):
+            raise ValueError("in needs a list value")
+        elif self.op is ConditionOp.exists and self.value is not None and not isinstance(self.value, bool):
+            raise ValueError("exists takes true, false or no value")
+        return self
+
+
+class Match(Strict):
+    kinds: list[str] = Field(default_factory=list, description="glob patterns; empty matches every kind")
+    namespaces: list[str] = Field(default_factory=list)
+    repos: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict, description="exact values or glob patterns")
+    min_severity: Severity = Severity.info
+    where: list[Condition] = Field(default_factory=list)
+
+
+class ApprovalSpec(Strict):
+    """What an approval asks for: who decides, how long they have, who is told when nobody does."""
+
+    approvers: list[str] = Field(default_factory=list, description="person or group names")
+    choices: list[str] = Field(default_factory=lambda: ["acknowledge", "deny", "escalate"])
+    timeout: Duration = timedelta(hours=1)
+    escalation: list[EscalationStep] = Field(default_factory=list)
+    quorum: int = Field(default=1, ge=1, le=50)
+    allow_self_approval: bool = False
+
+
+class EscalationStep(Strict):
+    after: Duration
+    targets: list[str] = Field(default_factory=list, description="channel names, or person:NAME")
+    approvers: list[str] = Field(default_factory=list)
+
+
+class Action(Strict):
+    channel: str = Field(min_length=1, max_length=100)
+    template: str | None = Field(default=None, max_length=100)
+    throttle: Duration | None = None
+    dedup_window: Duration | None = None
+    digest: str | None = Field(default=None, max_length=100)
+    wait: Duration | None = Field(default=None, alias="for")
+    approval: ApprovalSpec | None = None
+
+
+class Rule(Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    enabled: bool = True
+    tenant: str = Field(default="*", min_length=1, max_length=100, description='a tenant, or "*" for every tenant')
+    description: str = Field(default="", max_length=2000)
+    match: Match = Field(default_factory=Match)
+    actions: list[Action] = Field(default_factory=list, max_length=50)
+    on_acknowledge: list[Action] = Field(default_factory=list)
+    on_deny: list[Action] = Field(default_factory=list)
+    on_escalate: list[Action] = Field(default_factory=list)
+    on_expire: list[Action] = Field(default_factory=list)
+
+
+ApprovalSpec.model_rebuild()
+
+
+# ---------------------------------------------------------------- deliveries
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"  # failed an attempt, another one is scheduled
+    dead = "dead"
+    cancelled = "cancelled"
+
+
+class DeliveryPurpose(StrEnum):
+    notify = "notify"  # first message about an alert or approval
+    update = "update"  # edit an earlier message (decision, resolve)
+    callback = "callback"  # signed webhook to an approval's requester
+    test = "test"
+
+
+class Delivery(BaseModel):
+    id: str
+    tenant: str
+    event_id: str | None = None
+    alert_id: str | None = None
+    approval_id: str | None = None
+    rule: str | None = None
+    action_index: int | None = None
+    channel: str
+    purpose: DeliveryPurpose = DeliveryPurpose.notify
+    idempotency_key: str
+    status: DeliveryStatus
+    attempts: int = 0
+    next_attempt_at: UtcDatetime
+    last_error: str | None = None
+    message_ref: dict[str, Any] | None = None
+    target: str | None = Field(default=None, description="a person or conversation within the channel")
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    sent_at: UtcDatetime | None = None
+
+
+class DeliveryAttempt(BaseModel):
+    delivery_id: str
+    number: int
+    started_at: UtcDatetime
+    finished_at: UtcDatetime
+    outcome: Literal["sent", "retry", "permanent"]
+    status_code: int | None = None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- people
+
+
+class Identities(Strict):
+    slack: str | None = Field(default=None, description="Slack user id, e.g. U012AB3CD")
+    teams: str | None = Field(default=None, description="Azure AD object id")
+    email: str | None = None
+
+
+class Person(Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
+    display_name: str = ""
+    identities: Identities = Field(default_factory=Identities)
+
+
+class Group(Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
+    members: list[str] = Field(default_factory=list, description="person names or other group names")
+
+
+class Actor(BaseModel):
+    """Whoever clicked: the platform and the identity the platform vouched for."""
+
+    platform: Literal["slack", "teams", "web", "api"]
+    id: str
+    display_name: str = ""
+
+
+# ---------------------------------------------------------------- approvals
+
+
+class ApprovalState(StrEnum):
+    pending = "pending"
+    acknowledged = "acknowledged"
+    denied = "denied"
+    escalated = "escalated"
+    expired = "expired"
+    cancelled = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self not in (ApprovalState.pending, ApprovalState.escalated)
+
+
+class Choice(StrEnum):
+    acknowledge = "acknowledge"
+    deny = "deny"
+    escalate = "escalate"
+
+
+CHOICE_STATE: dict[Choice, ApprovalState] = {
+    Choice.acknowledge: ApprovalState.acknowledged,
+    Choice.deny: ApprovalState.denied,
+    Choice.escalate: ApprovalState.escalated,
+}
+
+
+class Approval(BaseModel):
+    """A question put to people, with its state and what it has been answered."""
+
+    id: str
+    tenant: str
+    title: str
+    summary: str = ""
+    requester: str | None = None
+    approvers: list[str] = Field(default_factory=list)
+    targets: list[str] = Field(default_factory=list)
+    choices: list[Choice] = Field(default_factory=lambda: list(Choice))
+    state: ApprovalState = ApprovalState.pending
+    quorum: int = 1
+    allow_self_approval: bool = False
+    escalation: list[EscalationStep] = Field(default_factory=list)
+    escalation_level: int = 0
+    callback_url: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    alert_id: str | None = None
+    rule: str | None = None
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
+    decided_at: UtcDatetime | None = None
+    decided_by: str | None = None
+    decided_choice: Choice | None = None
+    decision_channel: str | None = None
+
+
+class Decision(BaseModel):
+    """One person's answer to an approval, as recorded."""
+
+    approval_id: str
+    actor: str
+    actor_platform: str
+    choice: Choice
+    channel: str | None = None
+    decided_at: UtcDatetime
