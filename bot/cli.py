@@ -1,0 +1,184 @@
+"""The `ackbot` command: serve, check-config, db, rules test."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+from pydantic import ValidationError
+
+from bot import logs
+from bot.app import build_registry, build_runtime, create_app
+from core.config import (
+    AckbotConfig,
+    ConfigError,
+    ConfigProblem,
+    EnvSettings,
+    config_path_from_env,
+    default_config_text,
+    load_config,
+    problems_from_validation,
+)
+from core.models import EventIn
+from core.store import migrate
+from core.store.db import Database
+
+
+def _channel_problems(config: AckbotConfig, text: str | None, file: str) -> list[ConfigProblem]:
+    registry = build_registry()
+    root = yaml.compose(text, Loader=yaml.SafeLoader) if text else None
+    problems = []
+    for index, channel in enumerate(config.channels):
+        if channel.type not in registry.types():
+            known = ", ".join(sorted(registry.types()))
+            problems.append(
+                ConfigProblem(
+                    f"channels[{index}].type", f"unknown channel type {channel.type!r} (known: {known})", None, file
+                )
+            )
+            continue
+        try:
+            registry.validate_settings(channel.type, channel.settings)
+        except ValidationError as exc:
+            problems += problems_from_validation(exc, root=root, file=file, prefix=("channels", index, "settings"))
+    return problems
+
+
+def load_checked(path: str | None) -> tuple[AckbotConfig, str]:
+    """Load the config and check what the schema alone cannot: channel settings per type."""
+    config, source = load_config(path)
+    resolved = config_path_from_env(path)
+    text = Path(resolved).read_text(encoding="utf-8") if resolved else default_config_text()
+    problems = _channel_problems(config, text, source)
+    if problems:
+        raise ConfigError(problems)
+    return config, source
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config, source = load_checked(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{source}: OK")
+    print(
+        f"  {len(config.api_keys)} API keys, {len(config.people)} people, {len(config.groups)} groups, "
+        f"{len(config.channels)} channels, {len(config.rules)} rules"
+    )
+    print(
+        f"  database: {config.database.url.split('://', 1)[0]}, listening on {config.server.host}:{config.server.port}"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    env = EnvSettings()
+    logs.configure(env.log_level, env.log_json)
+    try:
+        config, source = load_checked(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    runtime = build_runtime(config)
+    app = create_app(runtime)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    print(
+        f"ackbot: config {source}, database {config.database.url}, listening on http://{host}:{port}", file=sys.stderr
+    )
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    async def run() -> str | None:
+        db = Database(config.database.url)
+        try:
+            if args.action == "upgrade":
+                await migrate.upgrade(db)
+            return await migrate.current_revision(db)
+        finally:
+            await db.close()
+
+    revision = asyncio.run(run())
+    print(f"database at revision {revision} (head {migrate.head_revision()})")
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    """Dry-run an event file against the config's rules, offline: nothing is stored or sent."""
+    from core.clock import SystemClock
+    from core.ingest import build_event
+    from core.rules import RuleSet
+
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        data = json.loads(Path(args.event).read_text(encoding="utf-8"))
+        incoming = EventIn.model_validate(data)
+    except (OSError, ValueError) as exc:
+        print(f"{args.event}: {exc}", file=sys.stderr)
+        return 1
+    event = build_event(incoming, tenant=incoming.tenant or "default", source="dry-run", clock=SystemClock())
+    for verdict in RuleSet(config.rules).explain(event):
+        mark = "MATCH" if verdict.matched else "no   "
+        detail = "" if verdict.matched else f"  ({verdict.check}: {verdict.detail})"
+        print(f"{mark} {verdict.rule}{detail}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ackbot", description="ChatOps bot with interactive approvals")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (API, dispatcher, chat surfaces)")
+    serve.add_argument("--config", help="config file (default: ACKBOT_CONFIG, else the embedded default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and list every problem")
+    check.add_argument("file", nargs="?", help="config file (default: ACKBOT_CONFIG, else the embedded default)")
+    check.set_defaults(func=cmd_check_config)
+
+    db = sub.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.add_argument("--config")
+    db.set_defaults(func=cmd_db)
+
+    rules = sub.add_parser("rules", help="rules tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    rules_test = rules_sub.add_parser("test", help="dry-run an event JSON file against the config's rules")
+    rules_test.add_argument("event")
+    rules_test.add_argument("--config")
+    rules_test.set_defaults(func=cmd_rules_test)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ackbot` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Reading alerts: GET /api/v1/alerts and /api/v1/alerts/{id}."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import Field
+
+from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from core.config import ApiScope
+from core.models import AlertStatus, Severity, Strict
+from core.store import alerts as alert_store
+from core.store.pagination import encode_cursor
+
+
+class AlertQuery(Strict):
+    status: AlertStatus | None = None
+    severity: Severity | None = None
+    min_severity: Severity | None = None
+    tenant: str | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = None
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    """Alerts newest first, filtered and paginated with an opaque cursor."""
+    principal = authenticate(request, ApiScope.notify_read)
+    query = query_model(AlertQuery, request)
+    tenants = principal.tenants
+    if query.tenant is not None:
+        principal.check_tenant(query.tenant)
+        tenants = [query.tenant]
+    async with runtime_of(request).db.sessions() as session:
+        try:
+            page, last = await alert_store.list_alerts(
+                session=session,
+                tenants=tenants,
+                status=query.status,
+                severity=query.severity,
+                min_severity=query.min_severity,
+                limit=query.limit,
+                cursor=query.cursor,
+            )
+        except ValueError:
+            raise ApiError(
+                400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]
+            ) from None
+    return json_response(
+        {"items": [a.model_dump(mode="json") for a in page], "next_cursor": encode_cursor(last) if last else None}
+    )
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    """One alert by id; another tenant's alert is refused with 403."""
+    principal = authenticate(request, ApiScope.notify_read)
+    async with runtime_of(request).db.sessions() as session:
+        alert = await alert_store.get(session=session, alert_id=request.match_info["alert_id"])
+    if alert is None:
+        raise ApiError(404, "no such alert")
+    principal.check_tenant(alert.tenant)
+    return json_response(alert)
+
+
+def routes() -> list[web.RouteDef]:
+    """The alert routes."""
+    return [web.get("/api/v1/alerts", list_alerts), web.get("/api/v1/alerts/{alert_id}", get_alert)]

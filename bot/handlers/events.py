@@ -1,0 +1,94 @@
+"""Event intake: our envelope, Alertmanager and Grafana webhooks. Answered 202 only after the commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
+from core.auth import Principal
+from core.config import ApiScope
+from core.ingest import IngestResult, ingest
+from core.models import EventIn
+from core.sources import alertmanager, grafana
+
+ORIGIN_HEADER = "X-Ackbot-Origin"
+
+
+def _refuse_own_origin(request: web.Request) -> None:
+    # An event that carries our own origin came from one of our webhooks: accepting it could loop forever.
+    if request.headers.get(ORIGIN_HEADER) == runtime_of(request).origin:
+        raise ApiError(409, "this request carries this ackbot's own origin; refused to prevent a delivery loop")
+
+
+def _tenant_resolver(principal: Principal) -> Any:
+    def tenant_for(event: EventIn) -> str:
+        tenant = event.tenant or (principal.tenant if principal.tenant != "*" else "default")
+        principal.check_tenant(tenant)
+        return tenant
+
+    return tenant_for
+
+
+async def _accept(request: web.Request, principal: Principal, events: list[EventIn], source: str) -> list[IngestResult]:
+    runtime = runtime_of(request)
+    tenant_for = _tenant_resolver(principal)
+    for event in events:
+        tenant_for(event)  # refuse another tenant's event before anything is written
+    results = await ingest(deps=runtime.ingest_deps(), events=events, tenant_for=tenant_for, source=source)
+    if runtime.dispatcher is not None and any(r.deliveries for r in results):
+        runtime.dispatcher.wake()
+    return results
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """POST /api/v1/events: one event or a JSON array of up to max_batch."""
+    principal = authenticate(request, ApiScope.events_write)
+    _refuse_own_origin(request)
+    body = await read_json(request)
+    limit = runtime_of(request).config.server.max_batch
+    if isinstance(body, list):
+        if not body:
+            raise ApiError(422, "invalid request", errors=[{"field": "(body)", "message": "the array is empty"}])
+        if len(body) > limit:
+            raise ApiError(413, f"at most {limit} events per request")
+        events = [parse_model(EventIn, item, prefix=(index,)) for index, item in enumerate(body)]
+        results = await _accept(request, principal, events, "api")
+        return json_response([r.model_dump(mode="json") for r in results], status=202)
+    event = parse_model(EventIn, body)
+    (result,) = await _accept(request, principal, [event], "api")
+    return json_response(result, status=202)
+
+
+class _SourceResult(BaseModel):
+    events: list[IngestResult]
+
+
+async def post_alertmanager(request: web.Request) -> web.Response:
+    """POST /api/v1/ingest/alertmanager: Alertmanager's webhook (version 4)."""
+    principal = authenticate(request, ApiScope.events_write)
+    _refuse_own_origin(request)
+    payload = parse_model(alertmanager.AlertmanagerPayload, await read_json(request))
+    tenant = request.query.get("tenant")
+    events = alertmanager.to_events(payload, tenant=tenant)
+    return json_response(_SourceResult(events=await _accept(request, principal, events, "alertmanager")), 202)
+
+
+async def post_grafana(request: web.Request) -> web.Response:
+    """POST /api/v1/ingest/grafana: Grafana unified alerting's webhook."""
+    principal = authenticate(request, ApiScope.events_write)
+    _refuse_own_origin(request)
+    payload = parse_model(grafana.GrafanaPayload, await read_json(request))
+    events = grafana.to_events(payload, tenant=request.query.get("tenant"))
+    return json_response(_SourceResult(events=await _accept(request, principal, events, "grafana")), 202)
+
+
+def routes() -> list[web.RouteDef]:
+    """The intake routes."""
+    return [
+        web.post("/api/v1/events", post_events),
+        web.post("/api/v1/ingest/alertmanager", post_alertmanager),
+        web.post("/api/v1/ingest/grafana", post_grafana),
+    ]

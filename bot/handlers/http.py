@@ -1,0 +1,145 @@
+"""What every HTTP handler shares: JSON errors, authentication, body limits and query parsing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from core.auth import AuthError, ForbiddenError, Principal
+from core.config import ApiScope, format_loc
+from core.runtime import Runtime
+
+log = logging.getLogger("ackbot.http")
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error the client should see, with its HTTP status and the fields it concerns."""
+
+    def __init__(self, status: int, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+
+
+def error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The one JSON shape of every error answer."""
+    body: dict[str, Any] = {"error": {"status": status, "message": message}}
+    if errors:
+        body["error"]["fields"] = errors
+    return body
+
+
+def validation_errors(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[dict[str, Any]]:
+    """Each bad field of a pydantic error, named by its path in the request body."""
+    fields = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = (*prefix, *error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        fields.append({"field": format_loc(loc) or "(body)", "message": message})
+    return fields
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer; pydantic models are dumped in JSON mode."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON answer: bad input is a 4xx naming the field, never a traceback."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except ApiError as exc:
+        status = exc.status
+        response = json_response(error_body(exc.status, exc.message, exc.errors), status=exc.status)
+    except AuthError as exc:
+        status = 401
+        response = json_response(error_body(401, str(exc)), status=401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ackbot"'
+    except ForbiddenError as exc:
+        status = 403
+        response = json_response(error_body(403, str(exc)), status=403)
+    except ValidationError as exc:
+        status = 422
+        response = json_response(error_body(422, "invalid request", validation_errors(exc)), status=422)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise
+        response = json_response(error_body(exc.status, exc.reason), status=exc.status)
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+    except Exception:
+        log.exception("request %s %s failed (request id %s)", request.method, request.path, request_id)
+        response = json_response(error_body(500, f"internal error (request id {request_id})"), status=500)
+    finally:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        runtime = request.app.get(RUNTIME)
+        if runtime is not None:
+            runtime.metrics.http_latency.labels(method=request.method, route=route, status=str(status)).observe(
+                time.perf_counter() - started
+            )
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def runtime_of(request: web.Request) -> Runtime:
+    """The process runtime the app was built with."""
+    return request.app[RUNTIME]
+
+
+def authenticate(request: web.Request, scope: ApiScope) -> Principal:
+    """The calling key, which must carry scope; 401/403 otherwise."""
+    principal = runtime_of(request).keyring.authenticate(request.headers.get("Authorization"))
+    principal.require(scope)
+    return principal
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, within the size limit; 413 or 400 otherwise."""
+    limit = runtime_of(request).config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    if not raw.strip():
+        raise ApiError(400, "request body is empty: send a JSON document")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def parse_model(model: type[M], data: Any, *, prefix: tuple[int | str, ...] = ()) -> M:
+    """Validate data as model; a 422 naming each bad field otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid request", errors=validation_errors(exc, prefix)) from None
+
+
+def query_model(model: type[M], request: web.Request) -> M:
+    """Validate the query string as model (unknown parameters are errors)."""
+    return parse_model(model, dict(request.query))

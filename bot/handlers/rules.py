@@ -1,0 +1,190 @@
+"""Rules through the API, and the dry run that explains what an event would do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    json_response,
+    parse_model,
+    read_json,
+    runtime_of,
+    validation_errors,
+)
+from core.auth import Principal
+from core.config import ApiScope
+from core.ingest import build_event, describe_plan, fingerprint, plan_actions
+from core.models import EventIn, Rule
+from core.store import noise as noise_store
+from core.store import rules as rule_store
+from core.store.alerts import Transition
+
+
+def _check_rule_tenant(principal: Principal, rule: Rule) -> None:
+    if rule.tenant == "*" and principal.tenant != "*":
+        raise ApiError(403, "only a key for every tenant may manage rules for every tenant")
+    principal.check_tenant(rule.tenant)
+
+
+def _rule_json(rule: Rule, origin: str) -> dict[str, Any]:
+    return {**rule.model_dump(mode="json"), "origin": origin}
+
+
+def _check_channels(request: web.Request, rule: Rule) -> None:
+    known = set(runtime_of(request).channels)
+    errors = []
+    for hook in ("actions", "on_acknowledge", "on_deny", "on_escalate", "on_expire"):
+        for index, action in enumerate(getattr(rule, hook)):
+            if action.channel not in known:
+                errors.append({"field": f"{hook}[{index}].channel", "message": f"no channel named {action.channel!r}"})
+    if errors:
+        raise ApiError(422, "invalid rule", errors=errors)
+
+
+async def list_rules(request: web.Request) -> web.Response:
+    """Every rule in force that the key may see, config rules first."""
+    principal = authenticate(request, ApiScope.notify_read)
+    book = runtime_of(request).rulebook
+    await book.refresh()
+    items = [
+        _rule_json(rule, book.origin(rule.name))
+        for rule in book.all_rules()
+        if rule.tenant == "*" or principal.can_see(rule.tenant)
+    ]
+    return json_response({"items": items})
+
+
+async def get_rule(request: web.Request) -> web.Response:
+    """One rule by name."""
+    principal = authenticate(request, ApiScope.notify_read)
+    book = runtime_of(request).rulebook
+    await book.refresh()
+    name = request.match_info["name"]
+    rule = next((r for r in book.all_rules() if r.name == name), None)
+    if rule is None:
+        raise ApiError(404, f"no rule named {name!r}")
+    if rule.tenant != "*":
+        principal.check_tenant(rule.tenant)
+    return json_response(_rule_json(rule, book.origin(name)))
+
+
+async def _save(request: web.Request, rule: Rule, principal: Principal, *, status: int) -> web.Response:
+    runtime = runtime_of(request)
+    _check_rule_tenant(principal, rule)
+    _check_channels(request, rule)
+    async with runtime.db.transaction() as session:
+        await rule_store.put(session=session, rule=rule, now=runtime.clock.now())
+    await runtime.rulebook.refresh(force=True)
+    return json_response(_rule_json(rule, "api"), status=status)
+
+
+async def create_rule(request: web.Request) -> web.Response:
+    """POST /api/v1/rules: a new rule; 409 if the name is taken."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    rule = parse_model(Rule, await read_json(request))
+    runtime = runtime_of(request)
+    await runtime.rulebook.refresh()
+    if any(r.name == rule.name for r in runtime.rulebook.all_rules()):
+        raise ApiError(409, f"a rule named {rule.name!r} exists; PATCH it instead")
+    return await _save(request, rule, principal, status=201)
+
+
+async def patch_rule(request: web.Request) -> web.Response:
+    """PATCH /api/v1/rules/{name}: merge the given top-level fields into an API rule."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    runtime = runtime_of(request)
+    name = request.match_info["name"]
+    if runtime.rulebook.origin(name) == "config":
+        raise ApiError(409, f"rule {name!r} comes from the config file; change it there")
+    changes = await read_json(request)
+    if not isinstance(changes, dict):
+        raise ApiError(422, "invalid request", errors=[{"field": "(body)", "message": "expected a JSON object"}])
+    if "name" in changes and changes["name"] != name:
+        raise ApiError(422, "invalid request", errors=[{"field": "name", "message": "a rule cannot be renamed"}])
+    async with runtime.db.sessions() as session:
+        current = await rule_store.get(session=session, name=name)
+    if current is None:
+        raise ApiError(404, f"no rule named {name!r}")
+    _check_rule_tenant(principal, current)
+    try:
+        rule = Rule.model_validate({**current.model_dump(mode="json"), **changes})
+    except ValidationError as exc:
+        raise ApiError(422, "invalid rule", errors=validation_errors(exc)) from None
+    return await _save(request, rule, principal, status=200)
+
+
+async def delete_rule(request: web.Request) -> web.Response:
+    """DELETE /api/v1/rules/{name}."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    runtime = runtime_of(request)
+    name = request.match_info["name"]
+    if runtime.rulebook.origin(name) == "config":
+        raise ApiError(409, f"rule {name!r} comes from the config file; remove it there")
+    async with runtime.db.transaction() as session:
+        current = await rule_store.get(session=session, name=name)
+        if current is None:
+            raise ApiError(404, f"no rule named {name!r}")
+        _check_rule_tenant(principal, current)
+        await rule_store.remove(session=session, name=name)
+    await runtime.rulebook.refresh(force=True)
+    return web.Response(status=204)
+
+
+async def test_rules(request: web.Request) -> web.Response:
+    """POST /api/v1/rules/test: which rules an event matches, why the others do not, what each action would do."""
+    principal = authenticate(request, ApiScope.notify_read)
+    runtime = runtime_of(request)
+    body = await read_json(request)
+    if isinstance(body, dict) and "event" in body:
+        body = body["event"]
+    incoming = parse_model(EventIn, body, prefix=("event",))
+    tenant = incoming.tenant or (principal.tenant if principal.tenant != "*" else "default")
+    principal.check_tenant(tenant)
+    event = build_event(incoming, tenant=tenant, source="dry-run", clock=runtime.clock)
+    await runtime.rulebook.refresh()
+    ruleset = runtime.rulebook.current()
+    verdicts = ruleset.explain(event)
+    matched = ruleset.match(event)
+    identity = fingerprint(event, tenant)
+    transition = Transition.resolved if event.status == "resolved" else Transition.opened
+    plans = plan_actions(
+        event=event,
+        identity=identity,
+        rules=matched,
+        transition=transition,
+        default_window=runtime.config.noise.dedup_window,
+    )
+    actions = []
+    async with runtime.db.sessions() as session:
+        for plan in plans:
+            window = await noise_store.peek(session=session, key=plan.noise_key, now=runtime.clock.now())
+            line = describe_plan(plan, window)
+            if plan.channel not in runtime.channels:
+                line.update(outcome="skip", reason=f"channel {plan.channel!r} is not configured")
+            actions.append(line)
+    return json_response(
+        {
+            "event": event.model_dump(mode="json", exclude={"id", "received_at", "alert_id"}),
+            "matched": [rule.name for rule in matched],
+            "rules": [verdict.as_dict() for verdict in verdicts],
+            "actions": actions,
+            "sent": False,
+        }
+    )
+
+
+def routes() -> list[web.RouteDef]:
+    """The rule routes."""
+    return [
+        web.get("/api/v1/rules", list_rules),
+        web.post("/api/v1/rules", create_rule),
+        web.post("/api/v1/rules/test", test_rules),
+        web.get("/api/v1/rules/{name}", get_rule),
+        web.patch("/api/v1/rules/{name}", patch_rule),
+        web.delete("/api/v1/rules/{name}", delete_rule),
+    ]

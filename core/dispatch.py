@@ -1,0 +1,344 @@
+"""The outbox workers: claim due deliveries, pace them per destination, send, retry, dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.channels.base import (
+    Channel,
+    ChannelError,
+    Notification,
+    PermanentChannelError,
+    SendResult,
+    TransientChannelError,
+)
+from core.clock import Clock
+from core.metrics import Metrics
+from core.models import DeliveryPurpose, DeliveryStatus
+from core.secrets import SecretError
+from core.store import alerts as alert_store
+from core.store import deliveries as delivery_store
+from core.store.convert import event_from_row
+from core.store.db import Database, new_id
+from core.store.tables import DeliveryRow, EventRow
+
+log = logging.getLogger("ackbot.dispatch")
+
+# Enrichers add purpose-specific parts (an approval and its buttons) to a notification being built.
+Enricher = Callable[[AsyncSession, DeliveryRow, dict[str, Any]], Awaitable[None]]
+# A delay shorter than this is slept off in the worker; a longer one goes back to the database.
+INLINE_WAIT = 0.25
+
+
+@dataclass
+class Bucket:
+    """A token bucket in virtual time: each reservation takes the next free slot."""
+
+    rate: float
+    burst: float = 1.0
+    next_free: float = 0.0
+
+    def reserve(self, now: float) -> float:
+        """Seconds until the reserved slot (0 if it is now)."""
+        interval = 1.0 / self.rate
+        # Allow up to `burst` messages at once after a quiet spell.
+        start = max(self.next_free, now - interval * (self.burst - 1))
+        self.next_free = start + interval
+        return max(0.0, start - now)
+
+
+@dataclass
+class Pacer:
+    """One bucket per destination, so pacing one destination never delays another."""
+
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+    reserved: dict[str, float] = field(default_factory=dict)
+
+    def delay(self, *, delivery_id: str, destination: str, rate: float, now: float) -> float:
+        """How long this delivery must wait for its destination; reserves its slot."""
+        slot = self.reserved.get(delivery_id)
+        if slot is not None:
+            if slot - now <= INLINE_WAIT:
+                del self.reserved[delivery_id]
+                return max(0.0, slot - now)
+            return slot - now
+        bucket = self.buckets.get(destination)
+        if bucket is None or bucket.rate != rate:
+            bucket = self.buckets[destination] = Bucket(rate=rate, next_free=bucket.next_free if bucket else 0.0)
+        wait = bucket.reserve(now)
+        if wait > INLINE_WAIT:
+            self.reserved[delivery_id] = now + wait
+        return wait
+
+
+def backoff(*, attempt: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; never sooner than the receiver asked."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = random.uniform(0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+@dataclass
+class DispatcherConfig:
+    workers: int = 4
+    lease: timedelta = timedelta(seconds=60)
+    poll_interval: float = 0.5
+    batch: int = 50
+    public_url: str = ""
+
+
+class Dispatcher:
+    """Runs in every replica; the database decides which replica sends which delivery."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        channels: Mapping[str, Channel],
+        clock: Clock,
+        metrics: Metrics,
+        config: DispatcherConfig,
+        enrichers: list[Enricher] | None = None,
+    ) -> None:
+        self.db = db
+        self.channels = channels
+        self.clock = clock
+        self.metrics = metrics
+        self.config = config
+        self.enrichers = enrichers or []
+        self.worker_id = f"{socket.gethostname()}:{new_id('wrk')}"
+        self.pacer = Pacer()
+        self._wake = asyncio.Event()
+        self._queue: asyncio.Queue[DeliveryRow] = asyncio.Queue(maxsize=config.workers * 2)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_hand: set[str] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Look for due work now instead of at the next poll (called after an ingest commits)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the claimer and the workers; pending and half-sent work from before a restart is picked up."""
+        self._stopping = False
+        self._tasks.append(asyncio.create_task(self._claim_loop(), name="ackbot-claimer"))
+        for number in range(self.config.workers):
+            self._tasks.append(asyncio.create_task(self._work_loop(), name=f"ackbot-worker-{number}"))
+
+    async def stop(self) -> None:
+        """Stop claiming and cancel the workers; what they held is reclaimed when its lease expires."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        # Hand back what was claimed but not started, so another replica need not wait for the lease.
+        leftovers = []
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait().id)
+        if leftovers:
+            await self._release(leftovers, self.clock.now())
+
+    async def run_once(self) -> int:
+        """Claim and process one batch in the caller's task (for tests and `ackbot` one-shot commands)."""
+        rows = await delivery_store.claim(
+            db=self.db, worker=self.worker_id, now=self.clock.now(), lease=self.config.lease, limit=self.config.batch
+        )
+        for row in rows:
+            await self.process(row)
+        return len(rows)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            try:
+                free = self._queue.maxsize - self._queue.qsize()
+                rows = []
+                if free > 0:
+                    rows = await delivery_store.claim(
+                        db=self.db,
+                        worker=self.worker_id,
+                        now=self.clock.now(),
+                        lease=self.config.lease,
+                        limit=min(free, self.config.batch),
+                    )
+                for row in rows:
+                    await self._queue.put(row)
+                if len(rows) == free and free > 0:
+                    continue  # more may be due: claim again at once
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claiming deliveries failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_interval)
+
+    async def _work_loop(self) -> None:
+        while True:
+            row = await self._queue.get()
+            try:
+                await self.process(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery %s: unexpected failure; it will be retried after its lease", row.id)
+
+    async def _release(self, ids: list[str], when: datetime) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id.in_(ids), DeliveryRow.claimed_by == self.worker_id)
+                .values(status=DeliveryStatus.pending, lease_until=None, claimed_by=None, next_attempt_at=when)
+            )
+
+    async def build_notification(self, row: DeliveryRow) -> Notification:
+        """Everything a channel needs for this delivery, read fresh from the database."""
+        fields: dict[str, Any] = {
+            "delivery_id": row.id,
+            "idempotency_key": row.idempotency_key,
+            "tenant": row.tenant,
+            "purpose": row.purpose,
+            "channel": row.channel,
+            "target": row.target,
+            "suppressed_count": row.suppressed_count,
+            "public_url": self.config.public_url,
+            "created_at": row.created_at,
+            "extra": row.extra or {},
+        }
+        async with self.db.sessions() as session:
+            if row.alert_id:
+                fields["alert"] = await alert_store.get(session=session, alert_id=row.alert_id)
+            if row.event_id:
+                event_row = await session.get(EventRow, row.event_id)
+                fields["event"] = event_from_row(event_row) if event_row is not None else None
+            for enrich in self.enrichers:
+                await enrich(session, row, fields)
+            message_ref = None
+            if row.purpose == DeliveryPurpose.update:
+                message_ref = await delivery_store.latest_message_ref(
+                    session=session,
+                    channel=row.channel,
+                    target=row.target,
+                    alert_id=row.alert_id,
+                    approval_id=row.approval_id,
+                )
+            fields["extra"] = {**fields["extra"], "message_ref": message_ref} if message_ref else fields["extra"]
+        return Notification.model_validate(fields)
+
+    async def process(self, row: DeliveryRow) -> None:
+        """Send one claimed delivery and record the outcome."""
+        channel = self.channels.get(row.channel)
+        started = self.clock.now()
+        if channel is None:
+            await self._finish(row, started, PermanentChannelError(f"channel {row.channel!r} is not configured"))
+            return
+        note = await self.build_notification(row)
+        loop_now = asyncio.get_running_loop().time()
+        wait = self.pacer.delay(
+            delivery_id=row.id, destination=channel.destination(note), rate=channel.rate_per_second, now=loop_now
+        )
+        if wait > INLINE_WAIT:
+            self.metrics.rate_limited.labels(channel=row.channel).inc()
+            await self._release([row.id], started + timedelta(seconds=wait))
+            return
+        if wait > 0:
+            await asyncio.sleep(wait)
+        started = self.clock.now()
+        try:
+            result = await self._send(channel, note)
+        except ChannelError as exc:
+            await self._finish(row, started, exc)
+        except SecretError as exc:
+            await self._finish(row, started, PermanentChannelError(str(exc)))
+        except (TimeoutError, OSError) as exc:
+            await self._finish(row, started, TransientChannelError(f"{type(exc).__name__}: {exc}"))
+        else:
+            await self._finish(row, started, result)
+
+    async def _send(self, channel: Channel, note: Notification) -> SendResult:
+        ref = note.extra.get("message_ref")
+        if note.purpose == DeliveryPurpose.update and ref and channel.supports_update:
+            return await channel.update(ref, note)
+        return await channel.send(note)
+
+    async def _finish(self, row: DeliveryRow, started: datetime, outcome: SendResult | ChannelError) -> None:
+        now = self.clock.now()
+        channel = self.channels.get(row.channel)
+        attempt = row.attempts + 1
+        if isinstance(outcome, SendResult):
+            settled = await delivery_store.settle(
+                db=self.db,
+                delivery_id=row.id,
+                worker=self.worker_id,
+                started_at=started,
+                now=now,
+                outcome="sent",
+                status=DeliveryStatus.sent,
+                status_code=outcome.status_code,
+                message_ref=outcome.message_ref,
+            )
+            if settled:
+                self.metrics.delivery_attempts.labels(channel=row.channel, result="sent").inc()
+                self.metrics.deliveries.labels(channel=row.channel, status="sent").inc()
+                self.metrics.delivery_latency.labels(channel=row.channel).observe(
+                    max(0.0, (now - row.created_at).total_seconds())
+                )
+            return
+        max_attempts = channel.max_attempts if channel is not None else 1
+        permanent = isinstance(outcome, PermanentChannelError) or not isinstance(outcome, TransientChannelError)
+        error = str(outcome)[:2000]
+        if permanent or attempt >= max_attempts:
+            status, result, next_at = DeliveryStatus.dead, "permanent" if permanent else "exhausted", None
+        else:
+            base = getattr(channel, "BACKOFF_BASE", 1.0)
+            cap = getattr(channel, "BACKOFF_MAX", 60.0)
+            retry_after = outcome.retry_after if isinstance(outcome, TransientChannelError) else None
+            if retry_after is not None:
+                self.metrics.rate_limited.labels(channel=row.channel).inc()
+            delay = backoff(attempt=attempt, base=base, cap=cap, retry_after=retry_after)
+            status, result, next_at = DeliveryStatus.failed, "retry", now + timedelta(seconds=delay)
+        settled = await delivery_store.settle(
+            db=self.db,
+            delivery_id=row.id,
+            worker=self.worker_id,
+            started_at=started,
+            now=now,
+            outcome="permanent" if status is DeliveryStatus.dead else "retry",
+            status=status,
+            next_attempt_at=next_at,
+            status_code=outcome.status_code,
+            error=error,
+        )
+        if settled:
+            self.metrics.delivery_attempts.labels(channel=row.channel, result=result).inc()
+            if status is DeliveryStatus.dead:
+                self.metrics.deliveries.labels(channel=row.channel, status="dead").inc()
+                log.error("delivery %s to %s is dead after %d attempts: %s", row.id, row.channel, attempt, error)
+            else:
+                log.warning("delivery %s to %s failed (attempt %d), retrying: %s", row.id, row.channel, attempt, error)
+
+    async def refresh_gauges(self) -> None:
+        """Set the dead-letter gauge from the database, which every replica shares."""
+        async with self.db.sessions() as session:
+            counts = await delivery_store.count_by_status(session=session)
+        dead: dict[str, int] = {name: 0 for name in self.channels}
+        for (channel, status), count in counts.items():
+            if status == DeliveryStatus.dead:
+                dead[channel] = count
+        for channel, count in dead.items():
+            self.metrics.deliveries_dead.labels(channel=channel).set(count)

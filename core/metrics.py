@@ -1,0 +1,52 @@
+"""Prometheus metrics, one registry per process (tests build many apps in one interpreter)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class Metrics:
+    """Every metric ackbot exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_received = Counter(
+            "ackbot_events_received", "Events accepted, by kind and source", ["kind", "source"], registry=r
+        )
+        self.events_duplicate = Counter("ackbot_events_duplicate", "Events answered as duplicates", registry=r)
+        self.rules_matched = Counter("ackbot_rules_matched", "Rule matches, by rule", ["rule"], registry=r)
+        self.deliveries = Counter(
+            "ackbot_deliveries", "Deliveries by channel and final or created status", ["channel", "status"], registry=r
+        )
+        self.delivery_attempts = Counter(
+            "ackbot_delivery_attempts", "Delivery attempts by channel and result", ["channel", "result"], registry=r
+        )
+        self.delivery_latency = Histogram(
+            "ackbot_delivery_latency_seconds",
+            "From event accepted to delivered",
+            ["channel"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self.deliveries_dead = Gauge(
+            "ackbot_deliveries_dead", "Dead deliveries now, by channel", ["channel"], registry=r
+        )
+        self.rate_limited = Counter(
+            "ackbot_rate_limited", "Times a receiver or our pacing held a delivery back", ["channel"], registry=r
+        )
+        self.suppressed = Counter("ackbot_notifications_suppressed", "Held back by dedup or throttle", registry=r)
+        self.http_latency = Histogram(
+            "ackbot_http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,54 @@
+"""The rules in force: those of the config file plus those created through the API, compiled into one RuleSet."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from core.models import Rule
+from core.rules import RuleSet
+from core.store import rules as rule_store
+from core.store.db import Database
+
+log = logging.getLogger("ackbot.rules")
+
+
+class RuleConflict(Exception):
+    """A rule name that the config file already uses, or a change to a config rule."""
+
+
+class RuleBook:
+    """Holds the compiled rule set; rebuilt when API rules change on any replica."""
+
+    def __init__(self, *, db: Database, config_rules: Sequence[Rule]) -> None:
+        self.db = db
+        self.config_rules = list(config_rules)
+        self.config_names = {rule.name for rule in self.config_rules}
+        self.api_rules: list[Rule] = []
+        self._version: tuple[int, str] | None = None
+        self._ruleset = RuleSet(self.config_rules)
+
+    def current(self) -> RuleSet:
+        """The compiled rules in force now."""
+        return self._ruleset
+
+    def all_rules(self) -> list[Rule]:
+        """Config rules first, then API rules: the order rules match in."""
+        return [*self.config_rules, *self.api_rules]
+
+    def origin(self, name: str) -> str:
+        """Where a rule comes from: "config" or "api"."""
+        return "config" if name in self.config_names else "api"
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Reload API rules if they changed since the last look; True if the rule set was rebuilt."""
+        async with self.db.sessions() as session:
+            stamp = await rule_store.version(session=session)
+            if not force and stamp == self._version:
+                return False
+            api_rules = [r for r in await rule_store.list_rules(session=session) if r.name not in self.config_names]
+        self.api_rules = api_rules
+        self._ruleset = RuleSet(self.all_rules())
+        self._version = stamp
+        log.info("rules loaded: %d from config, %d from the API", len(self.config_rules), len(api_rules))
+        return True

@@ -1,0 +1,145 @@
+"""The process's core parts, wired once: database, rules, keys, channels, ingest and the dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from core.auth import ApiKeyring
+from core.channels.base import Channel, ChannelContext, Renderer
+from core.channels.registry import ChannelRegistry
+from core.clock import Clock, SystemClock
+from core.config import AckbotConfig, ChannelConfig
+from core.dispatch import Dispatcher, DispatcherConfig, Enricher
+from core.ingest import IngestDeps
+from core.metrics import Metrics
+from core.rulebook import RuleBook
+from core.store import migrate
+from core.store.db import Database
+
+log = logging.getLogger("ackbot")
+
+RULES_REFRESH_SECONDS = 5.0
+GAUGES_REFRESH_SECONDS = 15.0
+
+
+@dataclass
+class Runtime:
+    """Everything that outlives one request; built by bot/app.py, started and stopped with the web app."""
+
+    config: AckbotConfig
+    registry: ChannelRegistry
+    clock: Clock = field(default_factory=SystemClock)
+    metrics: Metrics = field(default_factory=Metrics)
+    run_dispatcher: bool = True
+    enrichers: list[Enricher] = field(default_factory=list)
+    renderers: dict[str, Renderer] = field(default_factory=dict)
+    origin: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def __post_init__(self) -> None:
+        self.db = Database(
+            self.config.database.url, pool_size=self.config.database.pool_size, echo=self.config.database.echo
+        )
+        self.keyring = ApiKeyring(self.config.api_keys)
+        self.rulebook = RuleBook(db=self.db, config_rules=self.config.rules)
+        self.channels: dict[str, Channel] = {}
+        self.channel_configs: dict[str, ChannelConfig] = {}
+        self.http: aiohttp.ClientSession | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def public_url(self) -> str:
+        server = self.config.server
+        return server.public_url or f"http://{server.host}:{server.port}"
+
+    def channel_context(self) -> ChannelContext:
+        """What every channel is lent: the shared HTTP session, our public URL, the renderers."""
+        return ChannelContext(http=self.http, public_url=self.public_url, renderers=self.renderers, origin=self.origin)
+
+    def add_channel(self, channel_config: ChannelConfig) -> Channel:
+        """Build a channel from its config and put it into service (replacing one of the same name)."""
+        channel = self.registry.build(
+            channel_config.name, channel_config.type, channel_config.settings, self.channel_context()
+        )
+        self.channels[channel_config.name] = channel
+        self.channel_configs[channel_config.name] = channel_config
+        return channel
+
+    def ingest_deps(self) -> IngestDeps:
+        """The parts ingest needs."""
+        return IngestDeps(
+            db=self.db,
+            rulebook=self.rulebook,
+            clock=self.clock,
+            metrics=self.metrics,
+            default_window=self.config.noise.dedup_window,
+            channel_names=lambda: set(self.channels),
+        )
+
+    async def start(self, *, migrate_db: bool = True) -> None:
+        """Migrate, load rules and channels, and start the workers."""
+        if migrate_db:
+            await migrate.upgrade(self.db)
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        for channel_config in self.config.channels:
+            if channel_config.enabled:
+                self.add_channel(channel_config)
+        await self.rulebook.refresh(force=True)
+        dispatch = self.config.dispatch
+        self.dispatcher = Dispatcher(
+            db=self.db,
+            channels=self.channels,
+            clock=self.clock,
+            metrics=self.metrics,
+            config=DispatcherConfig(
+                workers=dispatch.workers,
+                lease=dispatch.lease,
+                poll_interval=dispatch.poll_interval.total_seconds(),
+                batch=dispatch.batch,
+                public_url=self.public_url,
+            ),
+            enrichers=self.enrichers,
+        )
+        if self.run_dispatcher:
+            await self.dispatcher.start()
+        self._every(RULES_REFRESH_SECONDS, self.rulebook.refresh)
+        if self.run_dispatcher:
+            self._every(GAUGES_REFRESH_SECONDS, self.dispatcher.refresh_gauges)
+        if not len(self.keyring):
+            log.warning("no API key is usable: the HTTP API will refuse every request (see api_keys in the config)")
+
+    def _every(self, seconds: float, job: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await job()
+                except Exception:
+                    log.exception("background job %s failed", getattr(job, "__qualname__", job))
+
+        self._background.append(asyncio.create_task(loop()))
+
+    async def stop(self) -> None:
+        """Stop the workers and close connections; work in flight is reclaimed after its lease."""
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        for channel in self.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        if self.http is not None:
+            await self.http.close()
+        await self.db.close()

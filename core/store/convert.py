@@ -1,0 +1,41 @@
+"""Rows to domain models and back: the one place that knows both shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.models import Alert, Delivery, DeliveryAttempt, Event
+from core.store.tables import AlertRow, DeliveryAttemptRow, DeliveryRow, EventRow
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+
+
+def event_from_row(row: EventRow) -> Event:
+    """The stored event as a domain model."""
+    data = _columns(row)
+    data["client_id"] = data.pop("client_id")
+    return Event.model_validate(data)
+
+
+def alert_from_row(row: AlertRow) -> Alert:
+    """The stored alert as a domain model."""
+    data = _columns(row)
+    data.pop("severity_rank")
+    return Alert.model_validate(data)
+
+
+def delivery_from_row(row: DeliveryRow) -> Delivery:
+    """The stored delivery as a domain model (leases and bookkeeping columns left out)."""
+    data = _columns(row)
+    for internal in ("lease_until", "claimed_by", "suppressed_count", "extra"):
+        data.pop(internal)
+    return Delivery.model_validate(data)
+
+
+def attempt_from_row(row: DeliveryAttemptRow) -> DeliveryAttempt:
+    """One recorded attempt as a domain model."""
+    data = _columns(row)
+    data.pop("id")
+    return DeliveryAttempt.model_validate(data)
