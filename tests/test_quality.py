@@ -26,12 +26,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint() -> None:
-    result = _run(_tool("ruff"), "check", "core", "bot", "tests", "bench")
+    result = _run(_tool("ruff"), "check", "core", "bot", "tests", "bench", "tools")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
-    result = _run(_tool("ruff"), "format", "--check", "core", "bot", "tests", "bench")
+    result = _run(_tool("ruff"), "format", "--check", "core", "bot", "tests", "bench", "tools")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
