@@ -6,21 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from core.channels.registry import ChannelRegistry, default_registry
 
 from bot.cards import slack as slack_cards
 from bot.cards import teams as teams_cards
-from bot.handlers import alerts, events, health, rules
+from bot.handlers import alerts, channels, deliveries, events, health, rules
 from bot.handlers.http import RUNTIME, error_middleware
+from core.channels.registry import ChannelRegistry, default_registry
 from core.clock import Clock, SystemClock
 from core.config import AckbotConfig
 from core.runtime import Runtime
 
 log = logging.getLogger("ackbot")
-
-# Teams Workflows webhooks refuse cards over 28 KB; leave room for the envelope around the card.
-WORKFLOWS_CARD_BYTES = 27 * 1024
-
 
 def build_registry() -> ChannelRegistry:
     """Every channel type this build knows: core's, and the chat platforms' from bot/."""
@@ -37,7 +33,7 @@ def build_runtime(config: AckbotConfig, *, clock: Clock | None = None, run_dispa
         renderers={
             "slack": slack_cards.render,
             "teams": teams_cards.render,
-            "teams_workflows": lambda note: teams_cards.render(note, max_bytes=WORKFLOWS_CARD_BYTES),
+            "teams_workflows": teams_cards.render_for_workflows,
         },
     )
 
@@ -46,7 +42,7 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
     """The aiohttp application; the runtime starts and stops with it."""
     app = web.Application(middlewares=[error_middleware], client_max_size=runtime.config.server.max_body_bytes + 1)
     app[RUNTIME] = runtime
-    for module in (health, events, alerts, rules):
+    for module in (health, events, alerts, rules, deliveries, channels):
         app.add_routes(module.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

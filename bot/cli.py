@@ -121,6 +121,37 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send_test(args: argparse.Namespace) -> int:
+    """Send a real test notification through one channel and report what the receiver said."""
+    from core.commands import UnknownChannel, send_test
+
+    logs.configure(EnvSettings().log_level)
+    try:
+        config, _ = load_checked(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    async def run() -> int:
+        runtime = build_runtime(config, run_dispatcher=False)
+        await runtime.start()
+        try:
+            outcome = await send_test(runtime=runtime, channel=args.channel, requested_by="ackbot send-test")
+        except UnknownChannel:
+            names = ", ".join(sorted(runtime.channels)) or "none"
+            print(f"no channel named {args.channel!r} is in service (channels: {names})", file=sys.stderr)
+            return 2
+        finally:
+            await runtime.stop()
+        if outcome.ok:
+            print(f"{args.channel}: delivered (delivery {outcome.delivery_id}, status {outcome.status_code})")
+            return 0
+        print(f"{args.channel}: failed: {outcome.error}", file=sys.stderr)
+        return 1
+
+    return asyncio.run(run())
+
+
 def cmd_rules_test(args: argparse.Namespace) -> int:
     """Dry-run an event file against the config's rules, offline: nothing is stored or sent."""
     from core.clock import SystemClock
@@ -164,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade", "current"])
     db.add_argument("--config")
     db.set_defaults(func=cmd_db)
+
+    send = sub.add_parser("send-test", help="send a test notification through a channel")
+    send.add_argument("channel")
+    send.add_argument("--config")
+    send.set_defaults(func=cmd_send_test)
 
     rules = sub.add_parser("rules", help="rules tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)

@@ -259,16 +259,43 @@ class Dispatcher:
         if wait > 0:
             await asyncio.sleep(wait)
         started = self.clock.now()
+        await self._finish(row, started, await self._attempt(row, note))
+
+    async def deliver_now(self, *, delivery_id: str) -> SendResult | ChannelError:
+        """Send one pending delivery at once, outside the queue and its pacing, with no retry (test sends)."""
+        now = self.clock.now()
+        async with self.db.transaction() as session:
+            row = (
+                await session.execute(
+                    update(DeliveryRow)
+                    .where(DeliveryRow.id == delivery_id, DeliveryRow.status == DeliveryStatus.pending)
+                    .values(
+                        status=DeliveryStatus.sending,
+                        claimed_by=self.worker_id,
+                        lease_until=now + self.config.lease,
+                        updated_at=now,
+                    )
+                    .returning(DeliveryRow)
+                )
+            ).scalar_one_or_none()
+        if row is None:
+            return PermanentChannelError(f"delivery {delivery_id} is not pending")
+        outcome = await self._attempt(row)
+        await self._finish(row, now, outcome, final=True)
+        return outcome
+
+    async def _attempt(self, row: DeliveryRow, note: Notification | None = None) -> SendResult | ChannelError:
+        channel = self.channels.get(row.channel)
+        if channel is None:
+            return PermanentChannelError(f"channel {row.channel!r} is not configured")
         try:
-            result = await self._send(channel, note)
+            return await self._send(channel, note or await self.build_notification(row))
         except ChannelError as exc:
-            await self._finish(row, started, exc)
+            return exc
         except SecretError as exc:
-            await self._finish(row, started, PermanentChannelError(str(exc)))
+            return PermanentChannelError(str(exc))
         except (TimeoutError, OSError) as exc:
-            await self._finish(row, started, TransientChannelError(f"{type(exc).__name__}: {exc}"))
-        else:
-            await self._finish(row, started, result)
+            return TransientChannelError(f"{type(exc).__name__}: {exc}")
 
     async def _send(self, channel: Channel, note: Notification) -> SendResult:
         ref = note.extra.get("message_ref")
@@ -276,7 +303,9 @@ class Dispatcher:
             return await channel.update(ref, note)
         return await channel.send(note)
 
-    async def _finish(self, row: DeliveryRow, started: datetime, outcome: SendResult | ChannelError) -> None:
+    async def _finish(
+        self, row: DeliveryRow, started: datetime, outcome: SendResult | ChannelError, *, final: bool = False
+    ) -> None:
         now = self.clock.now()
         channel = self.channels.get(row.channel)
         attempt = row.attempts + 1
@@ -302,7 +331,7 @@ class Dispatcher:
         max_attempts = channel.max_attempts if channel is not None else 1
         permanent = isinstance(outcome, PermanentChannelError) or not isinstance(outcome, TransientChannelError)
         error = str(outcome)[:2000]
-        if permanent or attempt >= max_attempts:
+        if permanent or final or attempt >= max_attempts:
             status, result, next_at = DeliveryStatus.dead, "permanent" if permanent else "exhausted", None
         else:
             base = getattr(channel, "BACKOFF_BASE", 1.0)

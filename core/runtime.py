@@ -21,6 +21,7 @@ from core.dispatch import Dispatcher, DispatcherConfig, Enricher
 from core.ingest import IngestDeps
 from core.metrics import Metrics
 from core.rulebook import RuleBook
+from core.store import channels as channel_store
 from core.store import migrate
 from core.store.db import Database
 
@@ -53,6 +54,8 @@ class Runtime:
         self.channel_configs: dict[str, ChannelConfig] = {}
         self.http: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
+        self.config_channel_names = {c.name for c in self.config.channels}
+        self._channels_version: tuple[int, str] | None = None
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -73,6 +76,38 @@ class Runtime:
         self.channel_configs[channel_config.name] = channel_config
         return channel
 
+    def remove_channel(self, name: str) -> Channel | None:
+        """Take a channel out of service; the caller closes it."""
+        self.channel_configs.pop(name, None)
+        return self.channels.pop(name, None)
+
+    async def refresh_channels(self, *, force: bool = False) -> bool:
+        """Bring API-created channels in line with the database (they may change on any replica)."""
+        async with self.db.sessions() as session:
+            stamp = await channel_store.version(session=session)
+            if not force and stamp == self._channels_version:
+                return False
+            stored = await channel_store.list_channels(session=session)
+        wanted = {c.name: c for c in stored if c.name not in self.config_channel_names}
+        for name in [n for n in self.channel_configs if n not in self.config_channel_names and n not in wanted]:
+            removed = self.remove_channel(name)
+            if removed is not None:
+                await removed.close()
+        for name, channel_config in wanted.items():
+            if self.channel_configs.get(name) == channel_config:
+                continue
+            previous = self.remove_channel(name)
+            if previous is not None:
+                await previous.close()
+            if channel_config.enabled:
+                try:
+                    self.add_channel(channel_config)
+                except Exception as exc:
+                    log.error("API channel %r cannot be built and is out of service: %s", name, exc)
+                    self.channel_configs[name] = channel_config
+        self._channels_version = stamp
+        return True
+
     def ingest_deps(self) -> IngestDeps:
         """The parts ingest needs."""
         return IngestDeps(
@@ -92,6 +127,7 @@ class Runtime:
         for channel_config in self.config.channels:
             if channel_config.enabled:
                 self.add_channel(channel_config)
+        await self.refresh_channels(force=True)
         await self.rulebook.refresh(force=True)
         dispatch = self.config.dispatch
         self.dispatcher = Dispatcher(
@@ -111,6 +147,7 @@ class Runtime:
         if self.run_dispatcher:
             await self.dispatcher.start()
         self._every(RULES_REFRESH_SECONDS, self.rulebook.refresh)
+        self._every(RULES_REFRESH_SECONDS, self.refresh_channels)
         if self.run_dispatcher:
             self._every(GAUGES_REFRESH_SECONDS, self.dispatcher.refresh_gauges)
         if not len(self.keyring):

@@ -173,3 +173,146 @@ class RuleRow(Base):
     body: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class ChannelRow(Base):
+    """Channels created through the API; channels from the config file are not stored."""
+
+    __tablename__ = "channels"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    type: Mapped[str] = mapped_column(String(50))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    settings: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class TeamsConversationRow(Base):
+    """A Teams team channel, group chat or 1:1 chat the bot is in: the reference proactive messages need."""
+
+    __tablename__ = "teams_conversations"
+
+    # Teams conversation ids run long (19:...@thread.tacv2, a:1... for personal chats): no short limit.
+    conversation_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    # What operators type in a channel's settings: "Team/Channel", a chat's topic, or user:<name>.
+    name: Mapped[str] = mapped_column(String(300), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # channel | groupChat | personal
+    tenant_id: Mapped[str | None] = mapped_column(String(100))
+    team_id: Mapped[str | None] = mapped_column(String(512))
+    team_name: Mapped[str | None] = mapped_column(String(300))
+    channel_id: Mapped[str | None] = mapped_column(String(512))
+    channel_name: Mapped[str | None] = mapped_column(String(300))
+    user_aad_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    service_url: Mapped[str] = mapped_column(String(500))
+    reference: Mapped[dict[str, Any]]
+    installed: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+# ---------------------------------------------------------------- approvals, tokens and audit
+
+
+class ApprovalRow(Base):
+    """An approval and its state; next_due_at is when the scheduler must look at it again (escalate or expire)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    requester: Mapped[str | None] = mapped_column(String(200))
+    approvers: Mapped[list[Any]]
+    targets: Mapped[list[Any]]
+    choices: Mapped[list[Any]]
+    state: Mapped[str] = mapped_column(String(16))
+    quorum: Mapped[int] = mapped_column(Integer, default=1)
+    allow_self_approval: Mapped[bool] = mapped_column(default=False)
+    escalation: Mapped[list[Any]]
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    callback_url: Mapped[str | None] = mapped_column(String(2000))
+    context: Mapped[dict[str, Any]]
+    alert_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    event_id: Mapped[str | None] = mapped_column(String(40))
+    rule: Mapped[str | None] = mapped_column(String(200))
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    next_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_choice: Mapped[str | None] = mapped_column(String(16))
+    decision_channel: Mapped[str | None] = mapped_column(String(100))
+
+    __table_args__ = (Index("ix_approvals_tenant_state_id", "tenant", "state", "id"),)
+
+
+class ApprovalVoteRow(Base):
+    """One person's acknowledge vote toward a quorum; the unique index makes a second vote of one person fail."""
+
+    __tablename__ = "approval_votes"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    approval_id: Mapped[str] = mapped_column(String(40), ForeignKey("approvals.id", ondelete="CASCADE"))
+    person: Mapped[str] = mapped_column(String(100))
+    choice: Mapped[str] = mapped_column(String(16))
+    actor_platform: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index("uq_approval_votes_approval_id_person", "approval_id", "person", unique=True),)
+
+
+class SpentNonceRow(Base):
+    """Ack-token nonces already used: the primary key makes every nonce single use across replicas."""
+
+    __tablename__ = "spent_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    approval_id: Mapped[str] = mapped_column(String(40))
+    spent_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SigningKeyRow(Base):
+    """Generated secrets shared by every replica: ack-token keys (hmac, dsse), the callback and CSRF secrets."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16), index=True)
+    material: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    retired_at: Mapped[datetime | None]
+
+
+class AuditRow(Base):
+    """The append-only audit log; each row carries the hash of the one before (a hash chain)."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    approval_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    alert_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    actor: Mapped[str | None] = mapped_column(String(200), index=True)
+    actor_platform: Mapped[str | None] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """One row: the last audit seq and hash. Locked (FOR UPDATE) to serialize appends, and it exposes truncation."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -59,6 +59,94 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "approvals",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("tenant", sa.String(length=100), nullable=False),
+        sa.Column("title", sa.String(length=500), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False),
+        sa.Column("requester", sa.String(length=200), nullable=True),
+        sa.Column(
+            "approvers", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column(
+            "targets", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column(
+            "choices", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("quorum", sa.Integer(), nullable=False),
+        sa.Column("allow_self_approval", sa.Boolean(), nullable=False),
+        sa.Column(
+            "escalation", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("escalation_level", sa.Integer(), nullable=False),
+        sa.Column("callback_url", sa.String(length=2000), nullable=True),
+        sa.Column(
+            "context", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("alert_id", sa.String(length=40), nullable=True),
+        sa.Column("event_id", sa.String(length=40), nullable=True),
+        sa.Column("rule", sa.String(length=200), nullable=True),
+        sa.Column("created_by", sa.String(length=100), nullable=True),
+        sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("next_due_at", core.store.tables.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("decided_at", core.store.tables.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("decided_by", sa.String(length=200), nullable=True),
+        sa.Column("decided_choice", sa.String(length=16), nullable=True),
+        sa.Column("decision_channel", sa.String(length=100), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_approvals")),
+    )
+    with op.batch_alter_table("approvals", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_approvals_alert_id"), ["alert_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_approvals_next_due_at"), ["next_due_at"], unique=False)
+        batch_op.create_index("ix_approvals_tenant_state_id", ["tenant", "state", "id"], unique=False)
+
+    op.create_table(
+        "audit_head",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
+    )
+    op.create_table(
+        "audit_log",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=False, nullable=False),
+        sa.Column("at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("tenant", sa.String(length=100), nullable=True),
+        sa.Column("type", sa.String(length=64), nullable=False),
+        sa.Column("approval_id", sa.String(length=40), nullable=True),
+        sa.Column("alert_id", sa.String(length=40), nullable=True),
+        sa.Column("actor", sa.String(length=200), nullable=True),
+        sa.Column("actor_platform", sa.String(length=16), nullable=True),
+        sa.Column(
+            "data", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("prev_hash", sa.String(length=64), nullable=False),
+        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_log")),
+    )
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_audit_log_actor"), ["actor"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_log_alert_id"), ["alert_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_log_approval_id"), ["approval_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_log_type"), ["type"], unique=False)
+
+    op.create_table(
+        "channels",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("type", sa.String(length=50), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column(
+            "settings", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_channels")),
+    )
+    op.create_table(
         "deliveries",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("tenant", sa.String(length=100), nullable=False),
@@ -150,6 +238,71 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_rules")),
     )
     op.create_table(
+        "signing_keys",
+        sa.Column("kid", sa.String(length=64), nullable=False),
+        sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("material", sa.Text(), nullable=False),
+        sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("retired_at", core.store.tables.UtcDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("kid", name=op.f("pk_signing_keys")),
+    )
+    with op.batch_alter_table("signing_keys", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_signing_keys_purpose"), ["purpose"], unique=False)
+
+    op.create_table(
+        "spent_nonces",
+        sa.Column("nonce", sa.String(length=64), nullable=False),
+        sa.Column("approval_id", sa.String(length=40), nullable=False),
+        sa.Column("spent_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("nonce", name=op.f("pk_spent_nonces")),
+    )
+    with op.batch_alter_table("spent_nonces", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_spent_nonces_expires_at"), ["expires_at"], unique=False)
+
+    op.create_table(
+        "teams_conversations",
+        sa.Column("conversation_id", sa.String(length=512), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("tenant_id", sa.String(length=100), nullable=True),
+        sa.Column("team_id", sa.String(length=512), nullable=True),
+        sa.Column("team_name", sa.String(length=300), nullable=True),
+        sa.Column("channel_id", sa.String(length=512), nullable=True),
+        sa.Column("channel_name", sa.String(length=300), nullable=True),
+        sa.Column("user_aad_id", sa.String(length=100), nullable=True),
+        sa.Column("service_url", sa.String(length=500), nullable=False),
+        sa.Column(
+            "reference", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("installed", sa.Boolean(), nullable=False),
+        sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("conversation_id", name=op.f("pk_teams_conversations")),
+    )
+    with op.batch_alter_table("teams_conversations", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_teams_conversations_name"), ["name"], unique=False)
+        batch_op.create_index(batch_op.f("ix_teams_conversations_user_aad_id"), ["user_aad_id"], unique=False)
+
+    op.create_table(
+        "approval_votes",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("approval_id", sa.String(length=40), nullable=False),
+        sa.Column("person", sa.String(length=100), nullable=False),
+        sa.Column("choice", sa.String(length=16), nullable=False),
+        sa.Column("actor_platform", sa.String(length=16), nullable=False),
+        sa.Column("actor_id", sa.String(length=200), nullable=False),
+        sa.Column("channel", sa.String(length=100), nullable=True),
+        sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["approval_id"], ["approvals.id"], name=op.f("fk_approval_votes_approval_id_approvals"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_approval_votes")),
+    )
+    with op.batch_alter_table("approval_votes", schema=None) as batch_op:
+        batch_op.create_index("uq_approval_votes_approval_id_person", ["approval_id", "person"], unique=True)
+
+    op.create_table(
         "delivery_attempts",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("delivery_id", sa.String(length=40), nullable=False),
@@ -176,6 +329,23 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_delivery_attempts_delivery_id"))
 
     op.drop_table("delivery_attempts")
+    with op.batch_alter_table("approval_votes", schema=None) as batch_op:
+        batch_op.drop_index("uq_approval_votes_approval_id_person")
+
+    op.drop_table("approval_votes")
+    with op.batch_alter_table("teams_conversations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_teams_conversations_user_aad_id"))
+        batch_op.drop_index(batch_op.f("ix_teams_conversations_name"))
+
+    op.drop_table("teams_conversations")
+    with op.batch_alter_table("spent_nonces", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_spent_nonces_expires_at"))
+
+    op.drop_table("spent_nonces")
+    with op.batch_alter_table("signing_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_signing_keys_purpose"))
+
+    op.drop_table("signing_keys")
     op.drop_table("rules")
     with op.batch_alter_table("noise_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_noise_keys_window_until"))
@@ -194,6 +364,21 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_deliveries_alert_id"))
 
     op.drop_table("deliveries")
+    op.drop_table("channels")
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_audit_log_type"))
+        batch_op.drop_index(batch_op.f("ix_audit_log_approval_id"))
+        batch_op.drop_index(batch_op.f("ix_audit_log_alert_id"))
+        batch_op.drop_index(batch_op.f("ix_audit_log_actor"))
+
+    op.drop_table("audit_log")
+    op.drop_table("audit_head")
+    with op.batch_alter_table("approvals", schema=None) as batch_op:
+        batch_op.drop_index("ix_approvals_tenant_state_id")
+        batch_op.drop_index(batch_op.f("ix_approvals_next_due_at"))
+        batch_op.drop_index(batch_op.f("ix_approvals_alert_id"))
+
+    op.drop_table("approvals")
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.drop_index(
             "uq_alerts_active_fingerprint",

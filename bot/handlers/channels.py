@@ -1,0 +1,173 @@
+"""Channels through the API: list, create, change, delete, send a test, and health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    json_response,
+    parse_model,
+    read_json,
+    runtime_of,
+    validation_errors,
+)
+from core.commands import UnknownChannel, all_channel_health, channel_health, send_test
+from core.config import ApiScope, ChannelConfig
+from core.store import channels as channel_store
+
+
+def _describe(request: web.Request, config: ChannelConfig) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    # Settings hold secret references, never secrets, so they are safe to show.
+    return {
+        "name": config.name,
+        "type": config.type,
+        "enabled": config.enabled,
+        "settings": config.settings,
+        "origin": "config" if config.name in runtime.config_channel_names else "api",
+        "in_service": config.name in runtime.channels,
+    }
+
+
+def _validate(request: web.Request, config: ChannelConfig) -> None:
+    registry = runtime_of(request).registry
+    if config.type not in registry.types():
+        known = ", ".join(sorted(registry.types()))
+        raise ApiError(422, "invalid channel", errors=[{"field": "type", "message": f"unknown type (known: {known})"}])
+    try:
+        registry.validate_settings(config.type, config.settings)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid channel", errors=validation_errors(exc, ("settings",))) from None
+
+
+def _known(request: web.Request, name: str) -> ChannelConfig:
+    config = runtime_of(request).channel_configs.get(name)
+    if config is None:
+        raise ApiError(404, f"no channel named {name!r}")
+    return config
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    """GET /api/v1/channels."""
+    authenticate(request, ApiScope.notify_read)
+    runtime = runtime_of(request)
+    await runtime.refresh_channels()
+    return json_response({"items": [_describe(request, c) for _, c in sorted(runtime.channel_configs.items())]})
+
+
+async def get_channel(request: web.Request) -> web.Response:
+    """GET /api/v1/channels/{name}."""
+    authenticate(request, ApiScope.notify_read)
+    await runtime_of(request).refresh_channels()
+    return json_response(_describe(request, _known(request, request.match_info["name"])))
+
+
+async def _save(request: web.Request, config: ChannelConfig, status: int) -> web.Response:
+    runtime = runtime_of(request)
+    _validate(request, config)
+    async with runtime.db.transaction() as session:
+        await channel_store.put(session=session, channel=config, now=runtime.clock.now())
+    await runtime.refresh_channels(force=True)
+    return json_response(_describe(request, config), status=status)
+
+
+async def create_channel(request: web.Request) -> web.Response:
+    """POST /api/v1/channels: a new channel, in service at once on every replica."""
+    authenticate(request, ApiScope.notify_admin)
+    config = parse_model(ChannelConfig, await read_json(request))
+    await runtime_of(request).refresh_channels()
+    if config.name in runtime_of(request).channel_configs:
+        raise ApiError(409, f"a channel named {config.name!r} exists; PATCH it instead")
+    return await _save(request, config, 201)
+
+
+def _api_channel(request: web.Request, name: str) -> ChannelConfig:
+    config = _known(request, name)
+    if name in runtime_of(request).config_channel_names:
+        raise ApiError(409, f"channel {name!r} comes from the config file; change it there")
+    return config
+
+
+async def patch_channel(request: web.Request) -> web.Response:
+    """PATCH /api/v1/channels/{name}: change enabled or settings (settings are merged key by key)."""
+    authenticate(request, ApiScope.notify_admin)
+    await runtime_of(request).refresh_channels()
+    current = _api_channel(request, request.match_info["name"])
+    changes = await read_json(request)
+    if not isinstance(changes, dict):
+        raise ApiError(422, "invalid request", errors=[{"field": "(body)", "message": "expected a JSON object"}])
+    for fixed in ("name", "type"):
+        if fixed in changes and changes[fixed] != getattr(current, fixed):
+            raise ApiError(422, "invalid request", errors=[{"field": fixed, "message": "cannot be changed"}])
+    merged = current.model_dump()
+    if "settings" in changes:
+        if not isinstance(changes["settings"], dict):
+            raise ApiError(422, "invalid request", errors=[{"field": "settings", "message": "expected an object"}])
+        merged["settings"] = {**current.settings, **changes.pop("settings")}
+    merged.update(changes)
+    return await _save(request, parse_model(ChannelConfig, merged), 200)
+
+
+async def delete_channel(request: web.Request) -> web.Response:
+    """DELETE /api/v1/channels/{name}; its pending deliveries dead-letter with a clear reason."""
+    authenticate(request, ApiScope.notify_admin)
+    runtime = runtime_of(request)
+    await runtime.refresh_channels()
+    name = request.match_info["name"]
+    _api_channel(request, name)
+    async with runtime.db.transaction() as session:
+        await channel_store.remove(session=session, name=name)
+    await runtime.refresh_channels(force=True)
+    return web.Response(status=204)
+
+
+async def test_channel(request: web.Request) -> web.Response:
+    """POST /api/v1/channels/{name}/test: send a real test notification; 200 with the outcome either way."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    runtime = runtime_of(request)
+    await runtime.refresh_channels()
+    name = request.match_info["name"]
+    _known(request, name)
+    tenant = principal.tenant if principal.tenant != "*" else "default"
+    try:
+        outcome = await send_test(runtime=runtime, channel=name, tenant=tenant, requested_by=principal.name)
+    except UnknownChannel:
+        raise ApiError(409, f"channel {name!r} is not in service (disabled, or its settings do not build)") from None
+    return json_response(outcome.as_dict(), status=200)
+
+
+async def get_health(request: web.Request) -> web.Response:
+    """GET /api/v1/channels/{name}/health."""
+    authenticate(request, ApiScope.notify_read)
+    name = request.match_info["name"]
+    _known(request, name)
+    try:
+        health = await channel_health(runtime=runtime_of(request), channel=name)
+    except UnknownChannel:
+        raise ApiError(404, f"no channel named {name!r}") from None
+    return json_response(health.as_dict())
+
+
+async def list_health(request: web.Request) -> web.Response:
+    """GET /api/v1/channels/health: every channel in service."""
+    authenticate(request, ApiScope.notify_read)
+    return json_response({"items": [h.as_dict() for h in await all_channel_health(runtime=runtime_of(request))]})
+
+
+def routes() -> list[web.RouteDef]:
+    """The channel routes."""
+    return [
+        web.get("/api/v1/channels", list_channels),
+        web.post("/api/v1/channels", create_channel),
+        web.get("/api/v1/channels/health", list_health),
+        web.get("/api/v1/channels/{name}", get_channel),
+        web.patch("/api/v1/channels/{name}", patch_channel),
+        web.delete("/api/v1/channels/{name}", delete_channel),
+        web.post("/api/v1/channels/{name}/test", test_channel),
+        web.get("/api/v1/channels/{name}/health", get_health),
+    ]

@@ -1,0 +1,89 @@
+"""The delivery ledger: list, inspect (with every attempt) and retry by hand."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import Field
+
+from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from core.config import ApiScope
+from core.models import DeliveryStatus, Strict
+from core.store import deliveries as delivery_store
+from core.store.pagination import encode_cursor
+
+
+class DeliveryQuery(Strict):
+    status: DeliveryStatus | None = None
+    channel: str | None = None
+    event: str | None = None
+    alert: str | None = None
+    approval: str | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = None
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    """GET /api/v1/deliveries: newest first, filtered, paginated."""
+    principal = authenticate(request, ApiScope.notify_read)
+    query = query_model(DeliveryQuery, request)
+    async with runtime_of(request).db.sessions() as session:
+        try:
+            page, last = await delivery_store.list_deliveries(
+                session=session,
+                tenants=principal.tenants,
+                status=query.status,
+                channel=query.channel,
+                event_id=query.event,
+                alert_id=query.alert,
+                approval_id=query.approval,
+                limit=query.limit,
+                cursor=query.cursor,
+            )
+        except ValueError:
+            bad = [{"field": "cursor", "message": "not a cursor we made"}]
+            raise ApiError(400, "invalid cursor", errors=bad) from None
+    return json_response(
+        {"items": [d.model_dump(mode="json") for d in page], "next_cursor": encode_cursor(last) if last else None}
+    )
+
+
+async def get_delivery(request: web.Request) -> web.Response:
+    """GET /api/v1/deliveries/{id}: the delivery and every attempt (errors never carry secrets)."""
+    principal = authenticate(request, ApiScope.notify_read)
+    delivery_id = request.match_info["delivery_id"]
+    async with runtime_of(request).db.sessions() as session:
+        delivery = await delivery_store.get(session=session, delivery_id=delivery_id)
+        if delivery is None:
+            raise ApiError(404, "no such delivery")
+        principal.check_tenant(delivery.tenant)
+        attempts = await delivery_store.attempts(session=session, delivery_id=delivery_id)
+    history = [a.model_dump(mode="json") for a in attempts]
+    return json_response({**delivery.model_dump(mode="json"), "attempts": history})
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    """POST /api/v1/deliveries/{id}/retry: put a dead or failing delivery back in the queue now."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    runtime = runtime_of(request)
+    delivery_id = request.match_info["delivery_id"]
+    async with runtime.db.transaction() as session:
+        delivery = await delivery_store.get(session=session, delivery_id=delivery_id)
+        if delivery is None:
+            raise ApiError(404, "no such delivery")
+        principal.check_tenant(delivery.tenant)
+        if not await delivery_store.retry_dead(session=session, delivery_id=delivery_id, now=runtime.clock.now()):
+            raise ApiError(409, f"delivery is {delivery.status}; only dead or failed deliveries can be retried")
+    if runtime.dispatcher is not None:
+        runtime.dispatcher.wake()
+    async with runtime.db.sessions() as session:
+        updated = await delivery_store.get(session=session, delivery_id=delivery_id)
+    return json_response(updated, status=202)
+
+
+def routes() -> list[web.RouteDef]:
+    """The delivery routes."""
+    return [
+        web.get("/api/v1/deliveries", list_deliveries),
+        web.get("/api/v1/deliveries/{delivery_id}", get_delivery),
+        web.post("/api/v1/deliveries/{delivery_id}/retry", retry_delivery),
+    ]

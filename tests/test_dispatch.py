@@ -1,0 +1,262 @@
+"""The delivery engine against real local receivers: signatures, retries, Retry-After, dead letters, pacing,
+fault isolation, restarts, and the delivery and channel APIs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from core.channels import signing
+from core.clock import ManualClock
+from core.store import deliveries as delivery_store
+from core.store.tables import DeliveryAttemptRow, DeliveryRow
+from tests.conftest import API_KEY, AppFactory, auth, make_config
+from tests.peers.http_sink import HttpSink, Reply
+
+SECRET = "whsec-test-0123456789"
+EVENT = {"kind": "deploy.failed", "tenant": "acme", "severity": "high", "title": "deploy of api failed"}
+
+
+def webhook(name: str, url: str, **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "webhook",
+        "settings": {"url": url, "secret": "env:ACKBOT_TEST_WEBHOOK_SECRET", "allow_private": True, **settings},
+    }
+
+
+def config_with(database_url: str, channels: list[dict[str, Any]], **kw: Any) -> Any:
+    names = [c["name"] for c in channels]
+    rules = [{"name": "to-all", "actions": [{"channel": n} for n in names]}]
+    return make_config(database_url, channels=channels, rules=rules, **kw)
+
+
+async def statuses(runtime: Any) -> dict[str, str]:
+    async with runtime.db.sessions() as session:
+        rows = (await session.execute(select(DeliveryRow.channel, DeliveryRow.status))).all()
+    return {channel: status for channel, status in rows}
+
+
+async def test_event_reaches_the_webhook_signed(app_factory: AppFactory, database_url: str) -> None:
+    async with HttpSink(Reply(200)) as sink:
+        client, runtime = await app_factory(config_with(database_url, [webhook("hook", sink.url("/in"))]))
+        resp = await client.post("/api/v1/events", json=EVENT, headers=auth())
+        assert resp.status == 202
+        async with asyncio.timeout(10):
+            (received,) = await sink.wait_for(1)
+        signing.verify(SECRET, received.body, received.headers["X-Ackbot-Signature"])
+        body = received.json()
+        assert body["type"] == "notify" and body["alert"]["title"] == "deploy of api failed"
+        assert received.headers["X-Ackbot-Delivery-Id"] == body["idempotency_key"]
+        assert received.headers["X-Ackbot-Origin"] == runtime.origin
+        for _ in range(100):
+            if (await statuses(runtime)).get("hook") == "sent":
+                break
+            await asyncio.sleep(0.02)
+        listing = await (await client.get("/api/v1/deliveries?status=sent", headers=auth())).json()
+        (delivery,) = listing["items"]
+        detail = await (await client.get(f"/api/v1/deliveries/{delivery['id']}", headers=auth())).json()
+        assert [a["outcome"] for a in detail["attempts"]] == ["sent"]
+        assert detail["attempts"][0]["status_code"] == 200
+        metrics = await (await client.get("/metrics")).text()
+        assert 'ackbot_deliveries_total{channel="hook",status="sent"} 1.0' in metrics
+        assert 'ackbot_delivery_latency_seconds_count{channel="hook"} 1.0' in metrics
+
+
+async def test_our_own_origin_is_refused(app_factory: AppFactory) -> None:
+    client, runtime = await app_factory(run_dispatcher=False)
+    headers = {**auth(), "X-Ackbot-Origin": runtime.origin}
+    assert (await client.post("/api/v1/events", json=EVENT, headers=headers)).status == 409
+
+
+async def test_one_channel_down_while_three_deliver(app_factory: AppFactory, database_url: str) -> None:
+    clock = ManualClock()
+    async with HttpSink(Reply(200)) as sink:
+        sink.always(Reply(503, "down"), path="/down")
+        channels = [webhook("down", sink.url("/down"))] + [webhook(f"up{i}", sink.url(f"/up{i}")) for i in range(3)]
+        client, runtime = await app_factory(config_with(database_url, channels), run_dispatcher=False, clock=clock)
+        assert (await (await client.post("/api/v1/events", json=EVENT, headers=auth())).json())["deliveries"] == 4
+        assert await runtime.dispatcher.run_once() == 4
+        state = await statuses(runtime)
+        assert state == {"down": "failed", "up0": "sent", "up1": "sent", "up2": "sent"}
+        # The failing channel retries with backoff until its attempts run out, then is dead; the others are untouched.
+        for _ in range(20):
+            clock.advance(timedelta(minutes=10))
+            await runtime.dispatcher.run_once()
+        state = await statuses(runtime)
+        assert state["down"] == "dead" and all(state[f"up{i}"] == "sent" for i in range(3))
+        paths = [r.path for r in sink.requests]
+        attempts = runtime.channels["down"].max_attempts
+        assert paths.count("/down") == attempts
+        assert sorted(p for p in paths if p != "/down") == ["/up0", "/up1", "/up2"]
+        health = await (await client.get("/api/v1/channels/down/health", headers=auth())).json()
+        assert health["consecutive_failures"] == attempts and health["dead"] == 1 and not health["healthy"]
+        assert "HTTP 503" in health["last_error"]
+        await runtime.dispatcher.refresh_gauges()
+        assert 'ackbot_deliveries_dead{channel="down"} 1.0' in (await (await client.get("/metrics")).text())
+
+
+async def test_retry_after_is_honoured(app_factory: AppFactory, database_url: str) -> None:
+    clock = ManualClock()
+    async with HttpSink(Reply(200)) as sink:
+        sink.enqueue(*[Reply(429, "slow down", headers={"Retry-After": "120"})] * 2)
+        client, runtime = await app_factory(
+            config_with(database_url, [webhook("hook", sink.url())]), run_dispatcher=False, clock=clock
+        )
+        await client.post("/api/v1/events", json=EVENT, headers=auth())
+        assert await runtime.dispatcher.run_once() == 1
+        clock.advance(timedelta(seconds=119))
+        assert await runtime.dispatcher.run_once() == 0
+        clock.advance(timedelta(seconds=1))
+        assert await runtime.dispatcher.run_once() == 1
+        clock.advance(timedelta(seconds=120))
+        assert await runtime.dispatcher.run_once() == 1
+        assert len(sink.requests) == 3
+        async with runtime.db.sessions() as session:
+            codes = (
+                await session.execute(select(DeliveryAttemptRow.status_code).order_by(DeliveryAttemptRow.id))
+            ).scalars()
+            assert list(codes) == [429, 429, 200]
+        assert (await statuses(runtime))["hook"] == "sent"
+        assert 'ackbot_rate_limited_total{channel="hook"} 2.0' in (await (await client.get("/metrics")).text())
+
+
+async def test_permanent_error_dead_at_once_then_retried_by_hand(app_factory: AppFactory, database_url: str) -> None:
+    async with HttpSink(Reply(200)) as sink:
+        sink.enqueue(Reply(400, "bad payload"))
+        client, runtime = await app_factory(
+            config_with(database_url, [webhook("hook", sink.url())]), run_dispatcher=False
+        )
+        await client.post("/api/v1/events", json=EVENT, headers=auth())
+        await runtime.dispatcher.run_once()
+        (dead,) = (await (await client.get("/api/v1/deliveries?status=dead", headers=auth())).json())["items"]
+        detail = await (await client.get(f"/api/v1/deliveries/{dead['id']}", headers=auth())).json()
+        assert detail["attempts"][0]["outcome"] == "permanent" and "HTTP 400" in detail["attempts"][0]["error"]
+        assert SECRET not in str(detail)
+        assert (await client.post(f"/api/v1/deliveries/{dead['id']}/retry", headers=auth())).status == 202
+        assert (await client.post(f"/api/v1/deliveries/{dead['id']}/retry", headers=auth())).status == 409
+        assert (await client.post("/api/v1/deliveries/dlv_none/retry", headers=auth())).status == 404
+        await runtime.dispatcher.run_once()
+        assert (await statuses(runtime))["hook"] == "sent"
+
+
+async def test_a_burst_to_one_destination_is_paced_and_nothing_is_lost(
+    app_factory: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rate = 100
+    async with HttpSink(Reply(200, "ok")) as sink:
+        monkeypatch.setenv("ACKBOT_TEST_SLACK_HOOK", sink.url("/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX"))
+        channel = {
+            "name": "slack",
+            "type": "slack_webhook",
+            "settings": {"url": "env:ACKBOT_TEST_SLACK_HOOK", "allow_private": True, "rate_per_second": rate},
+        }
+        client, runtime = await app_factory(
+            config_with(database_url, [channel], dispatch={"workers": 8, "poll_interval": 0.02})
+        )
+        batch = [{**EVENT, "dedup_key": f"burst-{i}"} for i in range(300)]
+        assert (await client.post("/api/v1/events", json=batch, headers=auth())).status == 202
+        async with asyncio.timeout(30):
+            await sink.wait_for(300)
+        await asyncio.sleep(0.2)
+        assert len(sink.requests) == 300
+        async with runtime.db.sessions() as session:
+            finished = sorted((await session.execute(select(DeliveryAttemptRow.finished_at))).scalars().all())
+        assert len(finished) == 300
+        # Never more than the rate (plus the one-message burst allowance) inside any one-second window.
+        busiest = max(
+            sum(1 for t in finished[i:] if (t - start).total_seconds() < 1.0) for i, start in enumerate(finished)
+        )
+        assert busiest <= rate + 5, busiest
+        assert (finished[-1] - finished[0]).total_seconds() >= (300 / rate) - 1.2
+
+
+async def test_restart_resumes_retries_and_reclaims_abandoned_work(database_url: str) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.app import build_runtime, create_app
+
+    clock = ManualClock()
+    async with HttpSink(Reply(200)) as sink:
+        sink.enqueue(Reply(503))
+        config = config_with(database_url, [webhook("hook", sink.url())])
+        first = build_runtime(config, clock=clock, run_dispatcher=False)
+        client = TestClient(TestServer(create_app(first)))
+        await client.start_server()
+        results = await (
+            await client.post(
+                "/api/v1/events", json=[{**EVENT, "dedup_key": f"r{i}"} for i in range(2)], headers=auth()
+            )
+        ).json()
+        assert [r["deliveries"] for r in results] == [1, 1]
+        # One delivery fails an attempt; the other is claimed by a worker that then dies without settling it.
+        rows = await delivery_store.claim(
+            db=first.db, worker="w", now=clock.now(), lease=timedelta(seconds=60), limit=1
+        )
+        await first.dispatcher.process(rows[0])
+        abandoned = await delivery_store.claim(
+            db=first.db, worker="dead", now=clock.now(), lease=timedelta(seconds=60), limit=1
+        )
+        assert len(abandoned) == 1
+        await client.close()
+
+        clock.advance(timedelta(seconds=61))
+        second = build_runtime(config, clock=clock, run_dispatcher=False)
+        client = TestClient(TestServer(create_app(second)))
+        await client.start_server()
+        try:
+            assert await second.dispatcher.run_once() == 2
+            assert set((await statuses(second)).values()) == {"sent"}
+            assert len(sink.requests) == 3
+        finally:
+            await client.close()
+
+
+async def test_channels_api(app_factory: AppFactory, database_url: str) -> None:
+    async with HttpSink(Reply(200)) as sink:
+        client, runtime = await app_factory(run_dispatcher=False)
+        new = webhook("ops-hook", sink.url("/ops"))
+        resp = await client.post("/api/v1/channels", json=new, headers=auth())
+        assert resp.status == 201, await resp.text()
+        assert (await resp.json())["in_service"] is True and "ops-hook" in runtime.channels
+        assert (await client.post("/api/v1/channels", json=new, headers=auth())).status == 409
+        names = [c["name"] for c in (await (await client.get("/api/v1/channels", headers=auth())).json())["items"]]
+        assert names == ["console", "ops-hook"]
+
+        tested = await (await client.post("/api/v1/channels/ops-hook/test", headers=auth())).json()
+        assert tested["ok"] is True and tested["status_code"] == 200
+        assert sink.requests[-1].json()["type"] == "test"
+        sink.enqueue(Reply(500, "boom"))
+        failed = await (await client.post("/api/v1/channels/ops-hook/test", headers=auth())).json()
+        assert failed["ok"] is False and "HTTP 500" in failed["error"]
+        health = await (await client.get("/api/v1/channels/ops-hook/health", headers=auth())).json()
+        assert health["last_success"] and health["last_failure"] and health["consecutive_failures"] == 1
+
+        bad = await client.patch("/api/v1/channels/ops-hook", json={"settings": {"method": "DELETE"}}, headers=auth())
+        assert bad.status == 422 and (await bad.json())["error"]["fields"][0]["field"] == "settings.method"
+        ok = await client.patch("/api/v1/channels/ops-hook", json={"settings": {"method": "PUT"}}, headers=auth())
+        assert ok.status == 200 and (await ok.json())["settings"]["method"] == "PUT"
+        assert (await client.patch("/api/v1/channels/console", json={"enabled": False}, headers=auth())).status == 409
+        unknown = await client.post("/api/v1/channels", json={"name": "x", "type": "fax"}, headers=auth())
+        assert unknown.status == 422 and (await unknown.json())["error"]["fields"][0]["field"] == "type"
+        assert (await client.delete("/api/v1/channels/ops-hook", headers=auth())).status == 204
+        assert "ops-hook" not in runtime.channels
+        assert (await client.get("/api/v1/channels/ops-hook", headers=auth())).status == 404
+        assert (await client.post("/api/v1/channels", json=new, headers=auth(API_KEY))).status == 201
+
+
+def test_send_test_cli(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    path = tmp_path / "c.yml"
+    path.write_text(
+        f"database: {{url: 'sqlite+aiosqlite:///{tmp_path}/a.db'}}\nchannels: [{{name: console, type: console}}]\n"
+    )
+    assert main(["send-test", "console", "--config", str(path)]) == 0
+    assert "console: delivered" in capsys.readouterr().out
+    assert main(["send-test", "nope", "--config", str(path)]) == 2
+    assert "no channel named 'nope'" in capsys.readouterr().err
