@@ -1,0 +1,151 @@
+"""Outbound safety: no requests to loopback, link-local (metadata), private or other non-public addresses,
+none to ackbot itself, and the same rules hold when a real channel sends."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from core.channels.base import ChannelContext, PermanentChannelError
+from core.channels.safety import UnsafeDestinationError, check_destination, classify_address, is_own_url
+from core.channels.webhook import WebhookChannel, WebhookSettings
+from tests.peers.http_sink import HttpSink
+from tests.peers.notes import make_note
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("10.0.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::1", "private"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("100.64.0.1", "shared address space"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:169.254.169.254", "link-local"),
+    ],
+)
+def test_non_public_addresses_are_classified(address: str, reason: str) -> None:
+    found = classify_address(ipaddress.ip_address(address))
+    assert found is not None and reason in found
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address: str) -> None:
+    assert classify_address(ipaddress.ip_address(address)) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/admin",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://localhost/x",
+        "http://0.0.0.0/",
+    ],
+)
+async def test_private_destinations_are_refused_without_allow_private(url: str) -> None:
+    with pytest.raises(UnsafeDestinationError, match="allow_private"):
+        await check_destination(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/hook", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/admin"]
+)
+async def test_allow_private_lets_them_through(url: str) -> None:
+    await check_destination(url, allow_private=True)
+
+
+async def test_a_public_address_is_accepted() -> None:
+    await check_destination("https://8.8.8.8/hook")
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+@pytest.mark.parametrize(
+    ("url", "public_url"),
+    [
+        ("https://ackbot.example.com/api/v1/events", "https://ackbot.example.com"),
+        ("https://ACKBOT.example.com:443/x", "https://ackbot.example.com/"),
+        ("http://127.0.0.1:8080/api/v1/events", "http://127.0.0.1:8080"),
+    ],
+)
+async def test_our_own_public_url_is_refused_even_with_allow_private(
+    url: str, public_url: str, allow_private: bool
+) -> None:
+    assert is_own_url(url, public_url)
+    with pytest.raises(UnsafeDestinationError, match="own public URL"):
+        await check_destination(url, allow_private=allow_private, public_url=public_url)
+
+
+@pytest.mark.parametrize(
+    ("url", "public_url"),
+    [
+        ("http://ackbot.example.com/x", "https://ackbot.example.com"),  # another scheme
+        ("https://ackbot.example.com:8443/x", "https://ackbot.example.com"),  # another port
+        ("https://hooks.example.com/x", "https://ackbot.example.com"),  # another host
+        ("https://ackbot.example.com/x", ""),  # no public URL known
+    ],
+)
+def test_only_the_same_scheme_host_and_port_is_our_own(url: str, public_url: str) -> None:
+    assert not is_own_url(url, public_url)
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("ftp://example.com/x", "only http"),
+        ("file:///etc/passwd", "only http"),
+        ("http:///nohost", "no host"),
+        ("https://user:pass@8.8.8.8/", "credentials"),
+    ],
+)
+async def test_odd_urls_are_refused(url: str, match: str) -> None:
+    with pytest.raises(UnsafeDestinationError, match=match):
+        await check_destination(url, allow_private=True)
+
+
+async def test_refusals_are_permanent_channel_errors() -> None:
+    assert issubclass(UnsafeDestinationError, PermanentChannelError)
+
+
+async def test_a_channel_refuses_loopback_without_allow_private_and_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOOK_SECRET", "whsec-test-0123456789")
+    async with HttpSink() as sink:
+        closed = WebhookChannel(
+            "hook", WebhookSettings(url=sink.url("/hook"), secret="env:HOOK_SECRET"), ChannelContext()
+        )
+        opened = WebhookChannel(
+            "hook",
+            WebhookSettings(url=sink.url("/hook"), secret="env:HOOK_SECRET", allow_private=True),
+            ChannelContext(),
+        )
+        ours = WebhookChannel(
+            "hook",
+            WebhookSettings(url=sink.url("/api/v1/events"), secret="env:HOOK_SECRET", allow_private=True),
+            ChannelContext(public_url=sink.base_url),
+        )
+        try:
+            with pytest.raises(UnsafeDestinationError, match="loopback"):
+                await closed.send(make_note())
+            with pytest.raises(UnsafeDestinationError, match="own public URL"):
+                await ours.send(make_note())
+            assert sink.requests == []
+            await opened.send(make_note())
+            assert len(sink.requests) == 1
+        finally:
+            for channel in (closed, opened, ours):
+                await channel.close()
