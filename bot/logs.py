@@ -31,3 +31,5 @@ def configure(level: str = "INFO", as_json: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Alembic announces its context on every readiness probe; our own start-up line says what matters.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

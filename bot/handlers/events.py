@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -23,7 +23,7 @@ def _refuse_own_origin(request: web.Request) -> None:
         raise ApiError(409, "this request carries this ackbot's own origin; refused to prevent a delivery loop")
 
 
-def _tenant_resolver(principal: Principal) -> Any:
+def _tenant_resolver(principal: Principal) -> Callable[[EventIn], str]:
     def tenant_for(event: EventIn) -> str:
         tenant = event.tenant or (principal.tenant if principal.tenant != "*" else "default")
         principal.check_tenant(tenant)

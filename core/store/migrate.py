@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -11,6 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from core.store.db import Database
+
+log = logging.getLogger("ackbot.db")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -38,6 +41,7 @@ async def upgrade(db: Database, revision: str = "head") -> None:
 
     async with db.engine.begin() as conn:
         await conn.run_sync(run)
+    log.info("database schema at revision %s", await current_revision(db))
 
 
 async def current_revision(db: Database) -> str | None:
