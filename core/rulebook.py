@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -48,7 +49,8 @@ class RuleBook:
                 return False
             api_rules = [r for r in await rule_store.list_rules(session=session) if r.name not in self.config_names]
         self.api_rules = api_rules
-        self._ruleset = RuleSet(self.all_rules())
+        # Compiling thousands of rules takes a few hundred milliseconds: keep the event loop free meanwhile.
+        self._ruleset = await asyncio.to_thread(RuleSet, self.all_rules())
         self._version = stamp
         log.info("rules loaded: %d from config, %d from the API", len(self.config_rules), len(api_rules))
         return True
