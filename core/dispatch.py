@@ -39,6 +39,8 @@ log = logging.getLogger("ackbot.dispatch")
 Enricher = Callable[[AsyncSession, DeliveryRow, dict[str, Any]], Awaitable[None]]
 # A delay shorter than this is slept off in the worker; a longer one goes back to the database.
 INLINE_WAIT = 0.25
+# A receiver asking us to wait longer than this is answered sooner: an alert an hour late is worth little.
+MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass
@@ -87,7 +89,7 @@ def backoff(*, attempt: int, base: float, cap: float, retry_after: float | None)
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
     delay = random.uniform(0, ceiling)
     if retry_after is not None:
-        delay = max(delay, retry_after)
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay
 
 

@@ -85,9 +85,10 @@ class SlackWebhookChannel(HttpChannel):
     Settings = SlackWebhookSettings
     settings: SlackWebhookSettings
     supports_update: ClassVar[bool] = False
-    MAX_ATTEMPTS: ClassVar[int] = 6
-    BACKOFF_BASE: ClassVar[float] = 2.0
-    BACKOFF_MAX: ClassVar[float] = 120.0
+    # Chat is for now: three quick attempts (about 1s, 2s, 4s apart), then the dead-letter queue says why.
+    MAX_ATTEMPTS: ClassVar[int] = 3
+    BACKOFF_BASE: ClassVar[float] = 1.0
+    BACKOFF_MAX: ClassVar[float] = 4.0
     # Slack allows about one message a second per webhook, with short bursts.
     RATE_PER_SECOND: ClassVar[float] = 1.0
     # Block Kit limits: 50 blocks a message; text beyond 40 000 characters is truncated by Slack.

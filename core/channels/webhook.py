@@ -161,8 +161,8 @@ class WebhookChannel(HttpChannel):
     Settings = WebhookSettings
     settings: WebhookSettings
     supports_update: ClassVar[bool] = True
-    # Receivers are ours to guess: a moderate pace and a generous retry budget.
-    MAX_ATTEMPTS: ClassVar[int] = 8
+    # Receivers are ours to guess: a moderate pace and five attempts over a few minutes.
+    MAX_ATTEMPTS: ClassVar[int] = 5
     BACKOFF_BASE: ClassVar[float] = 2.0
     BACKOFF_MAX: ClassVar[float] = 300.0
     RATE_PER_SECOND: ClassVar[float] = 10.0
