@@ -18,6 +18,7 @@ from core.runtime import Runtime
 
 log = logging.getLogger("ackbot")
 
+
 def build_registry() -> ChannelRegistry:
     """Every channel type this build knows: core's, and the chat platforms' from bot/."""
     return default_registry()
