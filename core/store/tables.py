@@ -295,7 +295,9 @@ class AuditRow(Base):
 
     __tablename__ = "audit_log"
 
-    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     at: Mapped[datetime]
     tenant: Mapped[str | None] = mapped_column(String(100))
     type: Mapped[str] = mapped_column(String(64), index=True)
