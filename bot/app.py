@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bot import slack as slack_app
 from bot.cards import slack as slack_cards
 from bot.cards import teams as teams_cards
 from bot.handlers import alerts, channels, deliveries, events, health, rules
@@ -19,16 +20,19 @@ from core.runtime import Runtime
 log = logging.getLogger("ackbot")
 
 
-def build_registry() -> ChannelRegistry:
+def build_registry(config: AckbotConfig | None = None) -> ChannelRegistry:
     """Every channel type this build knows: core's, and the chat platforms' from bot/."""
-    return default_registry()
+    registry = default_registry()
+    # The Slack channel borrows the Slack app's token and API URL and people's Slack ids: bound to the config here.
+    registry.register(slack_app.SlackChannel.for_config(config) if config is not None else slack_app.SlackChannel)
+    return registry
 
 
 def build_runtime(config: AckbotConfig, *, clock: Clock | None = None, run_dispatcher: bool = True) -> Runtime:
     """The process's core parts, with the renderers the webhook channels borrow from bot/cards."""
     return Runtime(
         config=config,
-        registry=build_registry(),
+        registry=build_registry(config),
         clock=clock or SystemClock(),
         run_dispatcher=run_dispatcher,
         renderers={
@@ -52,4 +56,6 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
         await runtime.stop()
 
     app.cleanup_ctx.append(lifecycle)
+    # After the runtime's hooks: Slack starts once the runtime has its HTTP session, and stops before it closes.
+    slack_app.mount(app, runtime)
     return app

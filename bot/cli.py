@@ -152,6 +152,20 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_slack_manifest(args: argparse.Namespace) -> int:
+    """Print the Slack app manifest filled in for a deployment, to paste into api.slack.com/apps."""
+    from bot.slack import manifest
+
+    url = (args.url or "").rstrip("/")
+    if not args.socket_mode and not url.startswith("https://"):
+        # Slack sends commands and clicks only to https request URLs; Socket Mode needs none.
+        print("--url https://... (where Slack reaches ackbot) is required unless --socket-mode", file=sys.stderr)
+        return 2
+    document = manifest(url=url or "https://unused.invalid", command=args.command, socket_mode=args.socket_mode)
+    print(yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000), end="")
+    return 0
+
+
 def cmd_rules_test(args: argparse.Namespace) -> int:
     """Dry-run an event file against the config's rules, offline: nothing is stored or sent."""
     from core.clock import SystemClock
@@ -200,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("channel")
     send.add_argument("--config")
     send.set_defaults(func=cmd_send_test)
+
+    slack = sub.add_parser("slack", help="Slack app tools")
+    slack_sub = slack.add_subparsers(dest="slack_command", required=True)
+    slack_manifest = slack_sub.add_parser("manifest", help="print the Slack app manifest for this deployment")
+    slack_manifest.add_argument("--url", help="ackbot's public https URL (Slack posts to URL/slack/events)")
+    slack_manifest.add_argument("--command", default="/ackbot", help="the slash command (default /ackbot)")
+    slack_manifest.add_argument("--socket-mode", action="store_true", help="Socket Mode: no request URLs")
+    slack_manifest.set_defaults(func=cmd_slack_manifest)
 
     rules = sub.add_parser("rules", help="rules tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)

@@ -91,6 +91,44 @@ class TokensConfig(Strict):
     keys: list[TokenKeyConfig] = Field(default_factory=list, description="newest last; the newest signs")
 
 
+class SlackConfig(Strict):
+    """The Slack app: its credentials (secret references) and how Slack reaches ackbot."""
+
+    bot_token: SecretRef | None = Field(default=None, description="the xoxb- bot token: posts and updates messages")
+    signing_secret: SecretRef | None = Field(
+        default=None, description="verifies the requests Slack sends to /slack/events (HTTP mode)"
+    )
+    app_token: SecretRef | None = Field(
+        default=None, description="the xapp- app-level token (connections:write), for Socket Mode"
+    )
+    command: str = Field(default="/ackbot", pattern=r"^/[a-z0-9_.-]{1,31}$", description="the slash command's name")
+    socket_mode: bool = Field(default=False, description="connect out to Slack over a WebSocket instead of HTTP")
+    api_base_url: str = Field(
+        default="https://slack.com/api/", description="the Slack Web API; tests point it at a local fake"
+    )
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _http_base(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("api_base_url must start with http:// or https://")
+        # slack_sdk joins "chat.postMessage" onto the base, so it must end with a slash.
+        return url if url.endswith("/") else url + "/"
+
+    @model_validator(mode="after")
+    def _complete(self) -> SlackConfig:
+        if self.socket_mode and self.app_token is None:
+            raise ValueError("socket_mode needs app_token (an xapp- app-level token)")
+        if self.bot_token is not None and not self.socket_mode and self.signing_secret is None:
+            raise ValueError("HTTP mode needs signing_secret to verify Slack's requests (or use socket_mode)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the Slack app runs: a bot token is configured."""
+        return self.bot_token is not None
+
+
 class AckbotConfig(Strict):
     """The whole configuration file."""
 
@@ -104,7 +142,7 @@ class AckbotConfig(Strict):
     groups: list[Group] = Field(default_factory=list)
     channels: list[ChannelConfig] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
-    slack: dict[str, Any] = Field(default_factory=dict, description="the Slack app's settings")
+    slack: SlackConfig = Field(default_factory=SlackConfig, description="the Slack app's settings")
     teams: dict[str, Any] = Field(default_factory=dict, description="the Teams bot's settings")
 
     @model_validator(mode="after")
