@@ -1,0 +1,133 @@
+"""Slack button clicks: Acknowledge / Deny / Escalate become one call to the approvals service.
+
+The button's action_id names the choice and its value is the signed ack token; the token alone decides what the
+click means (the service checks signature, expiry, nonce, tenant and the clicker), so a forged action_id buys
+nothing. Slack wants an answer within 3 seconds: ack() comes first, the decision after.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
+
+from bot.cards import slack as slack_cards
+from core.channels.base import Notification
+from core.models import Actor, Approval, Choice, DeliveryPurpose
+from core.runtime import Runtime
+from core.store import alerts as alert_store
+
+log = logging.getLogger("ackbot.slack")
+
+# The decision buttons the cards draw (bot/cards/slack.py: action_id "ackbot.<choice>", value = ack token).
+CHOICE_ACTION = re.compile(r"^ackbot\.(acknowledge|deny|escalate)$")
+# Link buttons (the web ack page when a token is too long for a value, "open digest"): Slack still sends a
+# block_actions for them, which must be acknowledged or the clicker sees a warning sign.
+LINK_ACTION = re.compile(r"^ackbot\.open[._]")
+
+NO_APPROVALS = "Approvals are not available on this ackbot."
+FAILED = "ackbot could not record your decision. Try again in a moment, or use the link in the message."
+
+
+class DecisionOutcome(Protocol):
+    """What the approvals service answers a decision with (core/approvals.py: DecisionResult)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def approval(self) -> Approval | None: ...
+
+
+class ApprovalsApi(Protocol):
+    """The approvals service's entry points the chat surfaces use (runtime.approvals)."""
+
+    async def decide(self, *, token: str, actor: Actor) -> DecisionOutcome: ...
+
+    async def decide_by_id(self, *, approval_id: str, choice: Choice, actor: Actor) -> DecisionOutcome: ...
+
+    async def list_pending_for(self, *, actor: Actor) -> Sequence[Approval]: ...
+
+
+def approvals_of(runtime: Runtime) -> ApprovalsApi | None:
+    """The runtime's approvals service, if this build has one."""
+    return cast("ApprovalsApi | None", getattr(runtime, "approvals", None))
+
+
+def slack_actor(user: dict[str, Any] | None) -> Actor | None:
+    """The clicker as Slack vouches for them (the request's signature covers this payload)."""
+    user = user or {}
+    user_id = str(user.get("id") or user.get("user_id") or "")
+    if not user_id:
+        return None
+    name = user.get("name") or user.get("username") or user.get("user_name") or ""
+    return Actor(platform="slack", id=user_id, display_name=str(name))
+
+
+async def decided_message(runtime: Runtime, approval: Approval) -> dict[str, Any]:
+    """The clicked message as it now stands: the decided view of the approval (and its alert, if any)."""
+    alert = None
+    if approval.alert_id:
+        async with runtime.db.sessions() as session:
+            alert = await alert_store.get(session=session, alert_id=approval.alert_id)
+    note = Notification(
+        delivery_id=f"slack-click:{approval.id}",
+        idempotency_key=f"slack-click:{approval.id}",
+        tenant=approval.tenant,
+        purpose=DeliveryPurpose.update,
+        channel="slack",
+        approval=approval,
+        alert=alert,
+        public_url=runtime.public_url,
+    )
+    return slack_cards.render_decided(note)
+
+
+async def tell(respond: AsyncRespond, text: str) -> None:
+    """An ephemeral note to the clicker only; the message they clicked stays as it is."""
+    try:
+        await respond(response_type="ephemeral", replace_original=False, **slack_cards.render_text(text))
+    except Exception:
+        log.exception("could not send an ephemeral reply through the response_url")
+
+
+def register(bolt: AsyncApp, runtime: Runtime) -> None:
+    """Add the click listeners to the Bolt app."""
+
+    async def on_choice(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        actor = slack_actor(body.get("user"))
+        approvals = approvals_of(runtime)
+        if actor is None:
+            await tell(respond, "Slack did not say who clicked; nothing was recorded.")
+            return
+        if approvals is None:
+            await tell(respond, NO_APPROVALS)
+            return
+        try:
+            result = await approvals.decide(token=str(action.get("value") or ""), actor=actor)
+        except Exception:
+            log.exception("deciding a Slack click by %s failed", actor.id)
+            await tell(respond, FAILED)
+            return
+        if not result.ok or result.approval is None:
+            await tell(respond, result.message or "Your decision was not accepted.")
+            return
+        # The approvals service updates every message of this approval through the outbox; this edit only makes
+        # the clicker's own copy show the outcome at once instead of after the next dispatch.
+        try:
+            await respond(replace_original=True, **await decided_message(runtime, result.approval))
+        except Exception:
+            log.exception("could not update the clicked message of approval %s", result.approval.id)
+
+    async def on_link(ack: AsyncAck) -> None:
+        await ack()
+
+    bolt.action(CHOICE_ACTION)(on_choice)
+    bolt.action(LINK_ACTION)(on_link)
