@@ -150,8 +150,8 @@ class StubApprovals:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    async def decide(self, *, token: str, actor: Actor) -> Decided:
-        self.calls.append(("decide", (token, actor)))
+    async def decide(self, *, token: str, actor: Actor, choice: str | None = None) -> Decided:
+        self.calls.append(("decide", (token, actor, choice)))
         await asyncio.sleep(self.delay)
         if token != "good-token":
             return Decided(False, "This button's token is not valid.", None, "invalid")
@@ -173,6 +173,10 @@ class StubApprovals:
         if actor.id != ALICE:
             return []
         return [make_approval(id="apr_1", alert_id="alr_1", title="Deploy payments 1.2.3 to prod?")]
+
+    async def list_approvals(self, *, tenants: Any, states: Any = None, alert_id: str | None = None) -> Any:
+        self.calls.append(("list_approvals", alert_id))
+        return ([make_approval(id="apr_1", alert_id="alr_1")] if alert_id == "alr_1" else []), None
 
 
 def _decided(actor: Actor) -> Approval:
@@ -306,7 +310,7 @@ async def test_pending_and_ack_go_through_the_approvals_service(
     assert "may not decide" in reply_text(await command(client, slack, "ack apr_1", user=MALLORY, name="ack-m"))
     # An alert id is acknowledged through the approval waiting on it.
     assert "Acknowledged" in reply_text(await command(client, slack, "ack alr_1", name="ack-alert"))
-    assert "No approval on alert" in reply_text(await command(client, slack, "ack alr_2", name="ack-none"))
+    assert "No approval is open on alert alr_2" in reply_text(await command(client, slack, "ack alr_2", name="ack-x"))
     assert "Usage" in reply_text(await command(client, slack, "ack", name="ack-usage"))
     decided = [args for name, args in stub.calls if name == "decide_by_id"]
     assert [(a[0], a[1], a[2].id) for a in decided] == [
@@ -362,8 +366,8 @@ async def test_a_click_decides_and_updates_the_clicked_message(
     [update] = await slack.wait_for("response_url")
     assert update.args["replace_original"] is True
     assert "u0alice" in reply_text(update) and not [b for b in update.args["blocks"] if b["type"] == "actions"]
-    [(name, (token, actor))] = stub.calls
-    assert (name, token) == ("decide", "good-token")
+    [(name, (token, actor, choice))] = stub.calls
+    assert (name, token, choice) == ("decide", "good-token", "acknowledge")
     assert actor == Actor(platform="slack", id=ALICE, display_name="u0alice")
 
 

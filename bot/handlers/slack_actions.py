@@ -18,7 +18,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.cards import slack as slack_cards
 from core.channels.base import Notification
-from core.models import Actor, Approval, Choice, DeliveryPurpose
+from core.models import Actor, Approval, ApprovalState, Choice, DeliveryPurpose
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 
@@ -35,7 +35,7 @@ FAILED = "ackbot could not record your decision. Try again in a moment, or use t
 
 
 class DecisionOutcome(Protocol):
-    """What the approvals service answers a decision with (core/approvals.py: DecisionResult)."""
+    """What the approvals service answers a decision with (core/approvals/models.py: DecisionResult)."""
 
     @property
     def ok(self) -> bool: ...
@@ -48,11 +48,15 @@ class DecisionOutcome(Protocol):
 class ApprovalsApi(Protocol):
     """The approvals service's entry points the chat surfaces use (runtime.approvals)."""
 
-    async def decide(self, *, token: str, actor: Actor) -> DecisionOutcome: ...
+    async def decide(self, *, token: str, actor: Actor, choice: str | None = None) -> DecisionOutcome: ...
 
     async def decide_by_id(self, *, approval_id: str, choice: Choice, actor: Actor) -> DecisionOutcome: ...
 
     async def list_pending_for(self, *, actor: Actor) -> Sequence[Approval]: ...
+
+    async def list_approvals(
+        self, *, tenants: list[str] | None, states: Sequence[ApprovalState] | None = None, alert_id: str | None = None
+    ) -> tuple[list[Approval], str | None]: ...
 
 
 def approvals_of(runtime: Runtime) -> ApprovalsApi | None:
@@ -110,14 +114,22 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
         if approvals is None:
             await tell(respond, NO_APPROVALS)
             return
+        # The button names the choice too; the service refuses a token minted for another choice.
+        match = CHOICE_ACTION.match(str(action.get("action_id") or ""))
         try:
-            result = await approvals.decide(token=str(action.get("value") or ""), actor=actor)
+            result = await approvals.decide(
+                token=str(action.get("value") or ""), actor=actor, choice=match.group(1) if match else None
+            )
         except Exception:
             log.exception("deciding a Slack click by %s failed", actor.id)
             await tell(respond, FAILED)
             return
         if not result.ok or result.approval is None:
             await tell(respond, result.message or "Your decision was not accepted.")
+            return
+        if result.approval.state is ApprovalState.pending:
+            # A vote toward a quorum: the approval is still open and the others still need their buttons.
+            await tell(respond, result.message)
             return
         # The approvals service updates every message of this approval through the outbox; this edit only makes
         # the clicker's own copy show the outcome at once instead of after the next dispatch.
