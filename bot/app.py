@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from bot import slack as slack_app
+from bot import teams as teams_app
 from bot.cards import slack as slack_cards
 from bot.cards import teams as teams_cards
 from bot.handlers import alerts, channels, deliveries, events, health, rules
@@ -25,12 +26,14 @@ def build_registry(config: AckbotConfig | None = None) -> ChannelRegistry:
     registry = default_registry()
     # The Slack channel borrows the Slack app's token and API URL and people's Slack ids: bound to the config here.
     registry.register(slack_app.SlackChannel.for_config(config) if config is not None else slack_app.SlackChannel)
+    # The Teams channel needs the process's bot (adapter, database): build_runtime binds it (teams_app.bind).
+    registry.register(teams_app.TeamsChannel)
     return registry
 
 
 def build_runtime(config: AckbotConfig, *, clock: Clock | None = None, run_dispatcher: bool = True) -> Runtime:
     """The process's core parts, with the renderers the webhook channels borrow from bot/cards."""
-    return Runtime(
+    runtime = Runtime(
         config=config,
         registry=build_registry(config),
         clock=clock or SystemClock(),
@@ -41,6 +44,8 @@ def build_runtime(config: AckbotConfig, *, clock: Clock | None = None, run_dispa
             "teams_workflows": teams_cards.render_for_workflows,
         },
     )
+    teams_app.bind(runtime)
+    return runtime
 
 
 def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
@@ -58,4 +63,6 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     # After the runtime's hooks: Slack starts once the runtime has its HTTP session, and stops before it closes.
     slack_app.mount(app, runtime)
+    # POST /api/messages: the Teams bot (authentication off, loopback only, when no teams.app_id is set).
+    teams_app.mount(app, runtime)
     return app

@@ -191,6 +191,63 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teams_conversations(args: argparse.Namespace) -> int:
+    """List the Teams conversations the bot knows: the names and ids a "teams" channel's settings can use."""
+    from core.store import conversations as conversation_store
+
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    async def run() -> list[conversation_store.TeamsConversation]:
+        db = Database(config.database.url)
+        try:
+            await migrate.upgrade(db)
+            async with db.sessions() as session:
+                return await conversation_store.list_conversations(session=session, include_removed=args.all)
+        finally:
+            await db.close()
+
+    found = asyncio.run(run())
+    if args.json:
+        print(json.dumps([c.model_dump(mode="json", exclude={"reference"}) for c in found], indent=2))
+        return 0
+    if not found:
+        print("No Teams conversations yet: install the ackbot app in a team, group chat or 1:1 chat.")
+        return 0
+    rows = [("NAME", "KIND", "CONVERSATION ID", "TEAM", "INSTALLED")]
+    rows += [(c.name, c.kind, c.conversation_id, c.team_name or "", "yes" if c.installed else "removed") for c in found]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
+    return 0
+
+
+def cmd_teams_package(args: argparse.Namespace) -> int:
+    """Write the Teams app package (manifest.json and icons) that admins upload."""
+    from bot.teams.package import PackageError, build_manifest, write_package
+
+    try:
+        manifest = build_manifest(
+            app_id=args.app_id,
+            url=args.url,
+            name=args.name,
+            version=args.version,
+            developer=args.developer,
+            privacy_url=args.privacy_url,
+            terms_url=args.terms_url,
+        )
+    except PackageError as exc:
+        print(f"ackbot teams package: {exc}", file=sys.stderr)
+        return 2
+    out = write_package(Path(args.out), manifest)
+    print(f"wrote {out} (manifest {manifest['manifestVersion']}, bot {manifest['bots'][0]['botId']})")
+    print("Upload it in Teams (Apps > Manage your apps > Upload an app) or the Teams admin center.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ackbot", description="ChatOps bot with interactive approvals")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     rules_test.add_argument("event")
     rules_test.add_argument("--config")
     rules_test.set_defaults(func=cmd_rules_test)
+
+    teams = sub.add_parser("teams", help="Microsoft Teams tools")
+    teams_sub = teams.add_subparsers(dest="teams_command", required=True)
+    conversations = teams_sub.add_parser(
+        "conversations", help="list the Teams conversations the bot was installed in (targets for teams channels)"
+    )
+    conversations.add_argument("--config")
+    conversations.add_argument("--all", action="store_true", help="include conversations the bot was removed from")
+    conversations.add_argument("--json", action="store_true", help="print JSON")
+    conversations.set_defaults(func=cmd_teams_conversations)
+    package = teams_sub.add_parser("package", help="write the Teams app package (manifest.json and icons) to upload")
+    package.add_argument("--app-id", required=True, help="the bot's Microsoft App ID (teams.app_id)")
+    package.add_argument("--url", required=True, help="the https:// address Teams reaches ackbot at")
+    package.add_argument("--out", default="ackbot-teams.zip", help="the zip to write (default: ackbot-teams.zip)")
+    package.add_argument("--name", default="ackbot", help="the app's name in Teams (30 characters at most)")
+    package.add_argument("--version", default="1.0.0", help="the app's version; raise it for every re-upload")
+    package.add_argument("--developer", default="ackbot", help="the publisher's name shown in Teams")
+    package.add_argument("--privacy-url", help="privacy statement (default: --url)")
+    package.add_argument("--terms-url", help="terms of use (default: --url)")
+    package.set_defaults(func=cmd_teams_package)
     return parser
 
 

@@ -129,6 +129,51 @@ class SlackConfig(Strict):
         return self.bot_token is not None
 
 
+class TeamsConfig(Strict):
+    """The Microsoft Teams bot: its Azure Bot registration (Entra ID app) and how ackbot reaches Teams."""
+
+    app_id: str = Field(
+        default="",
+        max_length=100,
+        description="the bot's Microsoft App ID; empty turns authentication OFF (local development only)",
+    )
+    app_password: SecretRef | None = Field(default=None, description="the app's client secret")
+    app_tenant_id: str = Field(default="", max_length=100, description="the Entra ID tenant (SingleTenant apps)")
+    app_type: Literal["SingleTenant", "MultiTenant"] = "MultiTenant"
+    certificate_thumbprint: str = Field(
+        default="", max_length=100, description="authenticate with a certificate instead of app_password"
+    )
+    certificate_private_key: SecretRef | None = Field(default=None, description="the certificate's PEM private key")
+    service_url: str = Field(
+        default="https://smba.trafficmanager.net/teams/",
+        description="where 1:1 chats are created when no stored conversation of the tenant gives a regional URL",
+    )
+
+    @field_validator("service_url")
+    @classmethod
+    def _http_service_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("service_url must start with http:// or https://")
+        return url if url.endswith("/") else url + "/"
+
+    @model_validator(mode="after")
+    def _complete(self) -> TeamsConfig:
+        if not self.app_id:
+            return self
+        if self.app_password is None and not self.certificate_thumbprint:
+            raise ValueError("app_id needs app_password, or certificate_thumbprint with certificate_private_key")
+        if self.certificate_thumbprint and self.certificate_private_key is None:
+            raise ValueError("certificate_thumbprint needs certificate_private_key")
+        if self.app_type == "SingleTenant" and not self.app_tenant_id:
+            raise ValueError("a SingleTenant app needs app_tenant_id")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether inbound requests must carry a valid Bot Framework token (an app id is configured)."""
+        return bool(self.app_id)
+
+
 class AckbotConfig(Strict):
     """The whole configuration file."""
 
@@ -143,7 +188,7 @@ class AckbotConfig(Strict):
     channels: list[ChannelConfig] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     slack: SlackConfig = Field(default_factory=SlackConfig, description="the Slack app's settings")
-    teams: dict[str, Any] = Field(default_factory=dict, description="the Teams bot's settings")
+    teams: TeamsConfig = Field(default_factory=TeamsConfig, description="the Teams bot's settings")
 
     @model_validator(mode="after")
     def _names_unique_and_known(self) -> AckbotConfig:
