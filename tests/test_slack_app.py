@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from slack_sdk.signature import SignatureVerifier
@@ -403,3 +403,41 @@ async def test_ack_comes_before_the_slow_work(app_factory: AppFactory, database_
     assert elapsed < 1.0, f"the ack took {elapsed:.2f}s"
     [_, update] = await slack.wait_for("response_url", 2, within=10)
     assert update.args["replace_original"] is True
+
+
+# ---------------------------------------------------------------- Socket Mode
+
+
+async def test_socket_mode_serves_commands_and_clicks_over_the_websocket(
+    app_factory: AppFactory, database_url: str, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACKBOT_TEST_SLACK_APP_TOKEN", slack.app_token)
+    settings = slack_settings(slack, socket_mode=True, app_token="env:ACKBOT_TEST_SLACK_APP_TOKEN")
+    del settings["signing_secret"]  # not needed: nothing reaches ackbot over HTTP
+    config = slack_config(database_url, slack)
+    config = config.model_copy(update={"slack": SlackConfig.model_validate(settings)})
+    client, runtime = await app_factory(config, run_dispatcher=False)
+    stub = StubApprovals(runtime.approvals)
+    runtime.approvals = stub
+    await slack.wait_for_socket()
+    [opened] = slack.calls_to("apps.connections.open")
+    assert opened.headers["Authorization"] == f"Bearer {slack.app_token}"
+    # No HTTP endpoint in Socket Mode: the WebSocket is the only way in.
+    resp = await client.post("/slack/events", data="x", headers=signed("x"))
+    assert resp.status == 404
+
+    # Socket Mode carries the same payloads as HTTP, as JSON and unsigned.
+    payload = dict(parse_qsl(command_body(slack, "help", response="socket-help")))
+    envelope = await slack.send_envelope("slash_commands", payload)
+    acks = await slack.wait_for("socket_ack")
+    assert acks[0].args["envelope_id"] == envelope
+    [reply] = await slack.wait_for("response_url")
+    assert reply.path.endswith("/socket-help") and "pending" in reply_text(reply)
+
+    click = json.loads(dict(parse_qsl(click_body(slack, "good-token", response="socket-click")))["payload"])
+    envelope = await slack.send_envelope("interactive", click)
+    acks = await slack.wait_for("socket_ack", 2)
+    assert acks[1].args["envelope_id"] == envelope
+    [_, update] = await slack.wait_for("response_url", 2)
+    assert update.path.endswith("/socket-click") and update.args["replace_original"] is True
+    assert [name for name, _ in stub.calls] == ["decide"]

@@ -8,6 +8,10 @@
         [post] = slack.calls_to("chat.postMessage")                      # method, arguments, headers
         await slack.wait_for("chat.update")                               # calls made after an ack() come later
 
+Socket Mode too: apps.connections.open (with the app-level token) hands out a ws:// URL on this server, which
+says hello; `await slack.send_envelope("slash_commands", payload)` pushes a request down the socket and the
+client's acknowledgement is recorded as a "socket_ack" call.
+
 It answers like Slack: ok:true documents with the fields ackbot reads (channel ids, message ts), ok:false with an
 error code otherwise, and HTTP 429 with Retry-After when told. Messages are kept by (channel, ts), so a test can
 read what a channel shows after chat.update. Requests without the expected bot token get invalid_auth.
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from multidict import CIMultiDictProxy
 from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.blocks import Block
@@ -52,6 +56,7 @@ class FakeSlack:
     """The Web API methods ackbot calls, plus any response_url; unknown methods answer unknown_method."""
 
     token: str = "xoxb-test-token"
+    app_token: str = "xapp-test-token"
     team_id: str = "T0ACME"
     bot_user_id: str = "U0ACKBOT"
     calls: list[Call] = field(default_factory=list)
@@ -67,6 +72,8 @@ class FakeSlack:
         self._ts = 0
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self.sockets: list[web.WebSocketResponse] = []
+        self._envelopes = 0
         self.port = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -75,6 +82,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/response/{id}", self._response_url)
+        app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -85,6 +93,8 @@ class FakeSlack:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        for socket in self.sockets:
+            await socket.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -180,7 +190,9 @@ class FakeSlack:
             return web.json_response(
                 {"ok": False, "error": failure.error}, status=failure.status, headers=failure.headers
             )
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        # Socket Mode URLs are handed out for the app-level token only; everything else wants the bot token.
+        expected = self.app_token if method == "apps.connections.open" else self.token
+        if request.headers.get("Authorization") != f"Bearer {expected}":
             return web.json_response({"ok": False, "error": "invalid_auth"})
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
@@ -216,7 +228,43 @@ class FakeSlack:
                     return f"{type(exc).__name__}: {exc}"
         return None
 
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.sockets.append(socket)
+        await socket.send_json({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0ACKBOT"}})
+        async with self._changed:
+            self._changed.notify_all()
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                await self._record(Call("socket_ack", json.loads(message.data), request.headers, request.path))
+        return socket
+
+    async def wait_for_socket(self, within: float = 5.0) -> None:
+        """Wait until a Socket Mode client is connected."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: any(not s.closed for s in self.sockets))
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        """Push a request down the newest socket, as Slack does in Socket Mode; returns its envelope id."""
+        self._envelopes += 1
+        envelope_id = f"env-{self._envelopes}"
+        await self.sockets[-1].send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": kind,
+                "payload": payload,
+                "accepts_response_payload": kind != "events_api",
+                "retry_attempt": 0,
+                "retry_reason": "",
+            }
+        )
+        return envelope_id
+
     # ---------------------------------------------------------------- methods
+
+    def _m_apps_connections_open(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"}
 
     def _m_auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {
