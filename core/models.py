@@ -70,7 +70,9 @@ _SEVERITY_ALIASES: dict[str, Severity] = {
 }
 
 
-_DURATION_RE = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+_DURATION_RE = re.compile(
+    r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+)ms)?\s*$"
+)
 
 
 def parse_duration(value: object) -> timedelta:
@@ -86,13 +88,17 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match and any(match.groups()):
-            days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    raise ValueError("a duration such as 30s, 5m, 1h or 1d")
+            days, hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis)
+    raise ValueError("a duration such as 500ms, 30s, 5m, 1h or 1d")
 
 
 def format_duration(value: timedelta) -> str:
     """Render a timedelta the way parse_duration reads it."""
+    if value.microseconds:
+        if value < timedelta(seconds=1):
+            return f"{value.microseconds // 1000}ms"
+        return f"{value.total_seconds():g}s"
     total = int(value.total_seconds())
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
