@@ -191,7 +191,7 @@ class SlackChannel(BaseChannel):
     MAX_ATTEMPTS: ClassVar[int] = 3
     BACKOFF_BASE: ClassVar[float] = 1.0
     BACKOFF_MAX: ClassVar[float] = 4.0
-    # Direct-message channel ids, remembered so each person costs one conversations.open per process.
+    # Direct-message channel ids (each person costs one conversations.open per process) and channel ids by name.
     DM_CACHE_SIZE: ClassVar[int] = 1000
     # The app's settings and people's Slack ids, bound by for_config() when the process is assembled.
     app_config: ClassVar[SlackConfig] = SlackConfig()
@@ -201,7 +201,10 @@ class SlackChannel(BaseChannel):
         if not isinstance(settings, SlackChannelSettings):
             raise TypeError(f"SlackChannel needs SlackChannelSettings, not {type(settings).__name__}")
         super().__init__(name, settings, context)
+        # Slack's ids for the names and people this channel posted to, so that pacing keys on one id per
+        # conversation: "#ops" and "C0OPS" (the posts and the edits of the same channel) share one bucket.
         self._dm: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
 
     @classmethod
     def for_config(cls, config: AckbotConfig) -> builtins.type[SlackChannel]:
@@ -258,9 +261,10 @@ class SlackChannel(BaseChannel):
         if isinstance(ref, Mapping) and ref.get("channel"):
             return f"slack:{ref['channel']}"
         try:
-            return f"slack:{self._conversation_of(note)}"
+            conversation = self._conversation_of(note)
         except PermanentChannelError:
             return f"slack:{self.name}"
+        return f"slack:{self._dm.get(conversation) or self._ids.get(conversation) or conversation}"
 
     async def _open_dm(self, client: AsyncWebClient, user: str) -> str:
         cached = self._dm.get(user)
@@ -293,6 +297,8 @@ class SlackChannel(BaseChannel):
             client.chat_postMessage(channel=conversation, unfurl_links=False, unfurl_media=False, **message),
         )
         channel, ts = data.get("channel"), data.get("ts")
+        if isinstance(channel, str) and channel != conversation and len(self._ids) < self.DM_CACHE_SIZE:
+            self._ids[conversation] = channel
         if not isinstance(channel, str) or not isinstance(ts, str):
             # Posted, but not addressable: later updates will post anew instead of editing.
             log.warning("%s: chat.postMessage returned no channel/ts; updates will post a new message", self.label)

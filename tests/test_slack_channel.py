@@ -99,6 +99,11 @@ async def test_pacing_is_keyed_by_slack_conversation(slack: FakeSlack) -> None:
     assert channel.destination(make_note(target="U0ALICE")) == "slack:U0ALICE"
     update = make_note(extra={"message_ref": {"channel": "C0OPS", "ts": "1.2"}})
     assert channel.destination(update) == "slack:C0OPS"
+    # Once Slack has said which ids the names stand for, posts and edits of one conversation share one key.
+    await channel.send(make_note())
+    await channel.send(make_note(target="U0ALICE"))
+    assert channel.destination(make_note()) == "slack:C0OPS"
+    assert channel.destination(make_note(target="U0ALICE")).startswith("slack:D")
     assert channel.rate_per_second == 1.0 and channel.max_attempts == 3
     assert (SlackChannel.BACKOFF_BASE, SlackChannel.BACKOFF_MAX) == (1.0, 4.0)
 
