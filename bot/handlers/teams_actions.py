@@ -20,7 +20,7 @@ from sqlalchemy import select
 from bot.cards import teams as teams_cards
 from bot.cards.common import json_size
 from core.channels.base import Notification
-from core.models import Actor, Alert, Approval, DeliveryPurpose, DeliveryStatus
+from core.models import Actor, Alert, Approval, Choice, DeliveryPurpose, DeliveryStatus
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 from core.store.tables import DeliveryRow
@@ -31,6 +31,7 @@ Card = dict[str, Any]
 
 # The channel type whose deliveries carry Teams messages (bot/teams/channel.py).
 TEAMS_TYPE = "teams"
+CHOICES = frozenset(choice.value for choice in Choice)
 
 
 class DecisionLike(Protocol):
@@ -195,12 +196,23 @@ def refusal_text(result: DecisionLike) -> str:
     }.get(result.reason or "", f"Your choice was not recorded ({result.reason or 'refused'}).")
 
 
-async def decide(runtime: Runtime, *, token: str, actor: Actor, conversation_id: str | None) -> CardAnswer:
-    """Record a click through approvals.decide; the updated card, or the current card with the reason it was refused."""
+async def decide(
+    runtime: Runtime, *, token: str, actor: Actor, conversation_id: str | None, choice: str | None = None
+) -> CardAnswer:
+    """Record a click through approvals.decide; the updated card, or the current card with the reason it was refused.
+
+    choice is the button's own (the Action.Execute verb): the service checks that the token says the same.
+    """
     service = _approvals(runtime)
     if service is None:
         return CardAnswer(teams_cards.render_text("Approvals are not available on this ackbot."), False)
-    result: DecisionLike = await service.decide(token=token, actor=actor)
+    if choice is not None and choice not in CHOICES:
+        choice = None
+    result: DecisionLike = (
+        await service.decide(token=token, actor=actor, choice=choice)
+        if choice
+        else await service.decide(token=token, actor=actor)
+    )
     note = None
     if result.approval is not None:
         note = await current_note(runtime, approval=result.approval, conversation_id=conversation_id)

@@ -13,7 +13,7 @@ from typing import Any
 from bot.cards import teams as teams_cards
 from bot.handlers.teams_actions import current_note, render
 from core import commands
-from core.models import Actor, AlertStatus, Choice, Severity
+from core.models import Actor, AlertStatus, ApprovalState, Choice, Severity
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 
@@ -22,6 +22,9 @@ log = logging.getLogger("ackbot.teams")
 Card = dict[str, Any]
 
 NO_APPROVALS = "Approvals are not available on this ackbot."
+ALERT_ID_PREFIX = "alr_"
+# The states in which an approval still takes decisions.
+OPEN_STATES = (ApprovalState.pending, ApprovalState.escalated)
 # Open alerts read to pick the top ones from, and how many of those a reply shows.
 LIST_SCAN = 500
 LIST_SHOWN = 20
@@ -102,12 +105,12 @@ async def acknowledge(runtime: Runtime, actor: Actor, args: list[str]) -> Card:
         return _text(NO_APPROVALS)
     target = args[0]
     approval_id = target
-    if target.startswith("alr_"):
-        # An alert is acknowledged through its approval: the one waiting for this caller.
-        waiting = [a for a in await approvals.list_pending_for(actor=actor) if a.alert_id == target]
-        if not waiting:
-            return _text(f"No approval on alert {target} is waiting for your decision.")
-        approval_id = waiting[0].id
+    if target.startswith(ALERT_ID_PREFIX):
+        # An alert is acknowledged through its open approval; the service then decides whether this caller may.
+        found, _ = await approvals.list_approvals(tenants=None, states=OPEN_STATES, alert_id=target)
+        if not found:
+            return _text(f"No approval is open on alert {target}.")
+        approval_id = found[0].id
     result = await approvals.decide_by_id(approval_id=approval_id, choice=Choice.acknowledge, actor=actor)
     if not result.ok or result.approval is None:
         return _text(result.message or f"{target} was not acknowledged.")

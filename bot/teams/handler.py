@@ -238,7 +238,7 @@ class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
         activity = turn_context.activity
         value = activity.value
         if isinstance(value, dict) and isinstance(value.get("token"), str):
-            await self._submit(turn_context, value["token"])
+            await self._submit(turn_context, value)
             return
         text = command_text(activity)
         actor = teams_actor(activity)
@@ -248,7 +248,7 @@ class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
             card = await teams_commands.run(self.runtime, actor, text)
         await turn_context.send_activity(Activity(type="message", attachments=[card_attachment(card)]))
 
-    async def _submit(self, turn_context: Any, token: str) -> None:
+    async def _submit(self, turn_context: Any, value: dict[str, Any]) -> None:
         """Action.Submit (clients older than card 1.5): decide, then edit the clicked message in place."""
         activity = turn_context.activity
         actor = teams_actor(activity)
@@ -256,7 +256,10 @@ class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
             answer = teams_actions.CardAnswer(_text_card("ackbot cannot tell who clicked."), False)
         else:
             conversation_id = channel_conversation_id(activity.conversation.id)
-            answer = await teams_actions.decide(self.runtime, token=token, actor=actor, conversation_id=conversation_id)
+            choice = value.get("choice") if isinstance(value.get("choice"), str) else None
+            answer = await teams_actions.decide(
+                self.runtime, token=value["token"], actor=actor, conversation_id=conversation_id, choice=choice
+            )
         message = Activity(type="message", attachments=[card_attachment(answer.card)])
         if activity.reply_to_id:
             message.id = activity.reply_to_id
@@ -294,7 +297,9 @@ class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
             actor = teams_actor(activity)
             if actor is None:
                 return error_invoke(401, "Unauthorized", "ackbot cannot tell who clicked (no Entra ID identity)")
-            answer = await teams_actions.decide(self.runtime, token=token, actor=actor, conversation_id=conversation_id)
+            answer = await teams_actions.decide(
+                self.runtime, token=token, actor=actor, conversation_id=conversation_id, choice=verb
+            )
             return card_invoke(answer.card)
         except Exception:
             log.exception("Teams: the card action %r failed", verb)
