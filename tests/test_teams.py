@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import select
 
 from bot.cli import main as cli_main
 from bot.teams import bot_of
-from bot.teams.bot import _is_loopback
+from bot.teams.bot import CachingCredentialsFactory, _is_loopback
 from core.channels.base import Notification, PermanentChannelError, TransientChannelError
 from core.config import AckbotConfig
 from core.models import DeliveryPurpose
@@ -497,3 +498,34 @@ def test_teams_config_is_checked() -> None:
         {**base, "teams": {"app_id": APP_ID, "certificate_thumbprint": "AB12", "certificate_private_key": "file:/k"}}
     )
     assert ok.teams.auth_enabled
+
+
+async def test_credentials_are_reused_and_tokens_fetched_off_the_event_loop() -> None:
+    class Credentials:
+        def __init__(self) -> None:
+            self.threads: list[int] = []
+
+        def get_access_token(self) -> str:
+            self.threads.append(threading.get_ident())
+            return "token"
+
+    class Inner:
+        created = 0
+
+        async def is_valid_app_id(self, app_id: str) -> bool:
+            return app_id == APP_ID
+
+        async def is_authentication_disabled(self) -> bool:
+            return False
+
+        async def create_credentials(self, app_id: str, scope: str, endpoint: str, validate: bool) -> Credentials:
+            Inner.created += 1
+            return Credentials()
+
+    factory = CachingCredentialsFactory(Inner())
+    first = await factory.create_credentials(APP_ID, "https://api.botframework.com", "https://login", True)
+    again = await factory.create_credentials(APP_ID, "https://api.botframework.com", "https://login", True)
+    assert first is again and Inner.created == 1
+    # MSAL's synchronous HTTP runs on a worker thread, never on the loop's.
+    assert len(first.threads) == 2 and threading.get_ident() not in first.threads
+    assert await factory.is_valid_app_id(APP_ID) and not await factory.is_authentication_disabled()

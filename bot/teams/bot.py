@@ -15,6 +15,7 @@ botbuilder is untyped: its objects are ``Any`` here and never leave this package
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -27,7 +28,11 @@ import aiohttp
 import requests
 from aiohttp import web
 from botbuilder.core import InvokeResponse, TurnContext, serializer_helper
-from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+from botbuilder.integration.aiohttp import (
+    CloudAdapter,
+    ConfigurationBotFrameworkAuthentication,
+    ConfigurationServiceClientCredentialFactory,
+)
 from botbuilder.schema import (
     Activity,
     ChannelAccount,
@@ -35,7 +40,7 @@ from botbuilder.schema import (
     ConversationParameters,
     ConversationReference,
 )
-from botframework.connector.auth import CertificateServiceClientCredentialsFactory
+from botframework.connector.auth import CertificateServiceClientCredentialsFactory, ServiceClientCredentialsFactory
 from msrest.exceptions import ClientRequestError
 from msrest.serialization import Model
 
@@ -54,6 +59,8 @@ log = logging.getLogger("ackbot.teams")
 T = TypeVar("T")
 
 MSTEAMS = "msteams"
+# Seconds a token check may take (it may fetch Microsoft's signing keys) before the request gets 503.
+AUTH_TIMEOUT = 10.0
 # Teams prefixes a bot's id with "28:" inside conversations.
 BOT_ID_PREFIX = "28:"
 # The activity of a message in a channel thread carries ";messageid=..." after the channel's conversation id.
@@ -106,6 +113,38 @@ class _Settings:
         self.APP_TENANTID = config.app_tenant_id
 
 
+class CachingCredentialsFactory(ServiceClientCredentialsFactory):  # type: ignore[misc]
+    """Keeps one credentials object per (app, audience) and fetches its token off the event loop.
+
+    botbuilder 4.17 builds new credentials, with a new MSAL application and so an empty token cache, for every
+    connector client, and MSAL's HTTP is synchronous: each proactive post would fetch a token from Entra ID inside
+    the event loop. Reusing the object makes MSAL's cache work (a token lasts about an hour), and asking for the
+    token on a worker thread first means the SDK's own call in the loop is a cache hit.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._credentials: dict[tuple[Any, ...], Any] = {}
+
+    async def is_valid_app_id(self, app_id: str) -> bool:
+        return bool(await self._inner.is_valid_app_id(app_id))
+
+    async def is_authentication_disabled(self) -> bool:
+        return bool(await self._inner.is_authentication_disabled())
+
+    async def create_credentials(
+        self, app_id: str, oauth_scope: str, login_endpoint: str, validate_authority: bool
+    ) -> Any:
+        key = (app_id, oauth_scope, login_endpoint, validate_authority)
+        credentials = self._credentials.get(key)
+        if credentials is None:
+            credentials = await self._inner.create_credentials(app_id, oauth_scope, login_endpoint, validate_authority)
+            self._credentials[key] = credentials
+        if app_id and callable(getattr(credentials, "get_access_token", None)):
+            await asyncio.to_thread(credentials.get_access_token)
+        return credentials
+
+
 def build_authentication(config: TeamsConfig) -> Any:
     """The SDK's BotFrameworkAuthentication for our config; secrets are resolved here, once, at start-up."""
     try:
@@ -113,15 +152,18 @@ def build_authentication(config: TeamsConfig) -> Any:
         private_key = resolve_secret(config.certificate_private_key) if config.certificate_private_key else ""
     except SecretError as exc:
         raise TeamsAuthError(f"teams: {exc}") from None
-    credentials_factory = None
+    settings = _Settings(config, password)
+    inner: Any
     if config.app_id and config.certificate_thumbprint:
-        credentials_factory = CertificateServiceClientCredentialsFactory(
+        inner = CertificateServiceClientCredentialsFactory(
             config.certificate_thumbprint,
             private_key,
             config.app_id,
             config.app_tenant_id or None,
         )
-    return ConfigurationBotFrameworkAuthentication(_Settings(config, password), credentials_factory=credentials_factory)
+    else:
+        inner = ConfigurationServiceClientCredentialFactory(settings)
+    return ConfigurationBotFrameworkAuthentication(settings, credentials_factory=CachingCredentialsFactory(inner))
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -233,7 +275,7 @@ class TeamsBot:
             log.error("Teams: %s", exc)
             return _json_error(503, "the Teams bot is not configured correctly; see ackbot's log")
         try:
-            authenticated = await authentication.authenticate_request(activity, auth_header)
+            authenticated = await self._authenticate(authentication, activity, auth_header)
         except PermissionError as exc:
             return _json_error(401, f"unauthorized: {exc}")
         except (requests.RequestException, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
@@ -254,6 +296,18 @@ class TeamsBot:
         if body_out is None:
             return web.Response(status=status)
         return web.json_response(body_out, status=status)
+
+    async def _authenticate(self, authentication: Any, activity: Any, auth_header: str) -> Any:
+        """The SDK's token check; with a token, on a worker thread with its own event loop.
+
+        Validating a token can fetch Microsoft's signing keys (daily, and when a token names an unknown key) with
+        blocking `requests` calls that have no time-out: on this loop they would stall every request, delivery
+        and Slack socket of the process. The thread is given AUTH_TIMEOUT seconds.
+        """
+        if not auth_header:
+            return await authentication.authenticate_request(activity, auth_header)
+        check = authentication.authenticate_request(activity, auth_header)
+        return await asyncio.wait_for(asyncio.to_thread(asyncio.run, check), AUTH_TIMEOUT)
 
     async def _on_turn_error(self, turn_context: Any, error: Exception) -> None:
         """A handler failed: log it, and tell the person if we can (the request itself still succeeds)."""
