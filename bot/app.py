@@ -11,7 +11,7 @@ from bot import slack as slack_app
 from bot import teams as teams_app
 from bot.cards import slack as slack_cards
 from bot.cards import teams as teams_cards
-from bot.handlers import alerts, channels, deliveries, events, health, rules
+from bot.handlers import alerts, channels, deliveries, events, health, openapi, rules
 from bot.handlers.http import RUNTIME, error_middleware
 from core.channels.registry import ChannelRegistry, default_registry
 from core.clock import Clock, SystemClock
@@ -52,7 +52,8 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
     """The aiohttp application; the runtime starts and stops with it."""
     app = web.Application(middlewares=[error_middleware], client_max_size=runtime.config.server.max_body_bytes + 1)
     app[RUNTIME] = runtime
-    for module in (health, events, alerts, rules, deliveries, channels):
+    app[openapi.OPENAPI] = {}
+    for module in (health, events, alerts, rules, deliveries, channels, openapi):
         app.add_routes(module.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

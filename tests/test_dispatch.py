@@ -60,8 +60,8 @@ async def test_event_reaches_the_webhook_signed(app_factory: AppFactory, databas
         listing = await (await client.get("/api/v1/deliveries?status=sent", headers=auth())).json()
         (delivery,) = listing["items"]
         detail = await (await client.get(f"/api/v1/deliveries/{delivery['id']}", headers=auth())).json()
-        assert [a["outcome"] for a in detail["attempts"]] == ["sent"]
-        assert detail["attempts"][0]["status_code"] == 200
+        assert [a["outcome"] for a in detail["history"]] == ["sent"]
+        assert detail["history"][0]["status_code"] == 200
         metrics = await (await client.get("/metrics")).text()
         assert 'ackbot_deliveries_total{channel="hook",status="sent"} 1.0' in metrics
         assert 'ackbot_delivery_latency_seconds_count{channel="hook"} 1.0' in metrics
@@ -135,7 +135,7 @@ async def test_permanent_error_dead_at_once_then_retried_by_hand(app_factory: Ap
         await runtime.dispatcher.run_once()
         (dead,) = (await (await client.get("/api/v1/deliveries?status=dead", headers=auth())).json())["items"]
         detail = await (await client.get(f"/api/v1/deliveries/{dead['id']}", headers=auth())).json()
-        assert detail["attempts"][0]["outcome"] == "permanent" and "HTTP 400" in detail["attempts"][0]["error"]
+        assert detail["history"][0]["outcome"] == "permanent" and "HTTP 400" in detail["history"][0]["error"]
         assert SECRET not in str(detail)
         assert (await client.post(f"/api/v1/deliveries/{dead['id']}/retry", headers=auth())).status == 202
         assert (await client.post(f"/api/v1/deliveries/{dead['id']}/retry", headers=auth())).status == 409

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from bot.handlers.openapi import documented
 from core.config import ApiScope
-from core.models import AlertStatus, Severity, Strict
+from core.models import Alert, AlertStatus, Severity, Strict
 from core.store import alerts as alert_store
 from core.store.pagination import encode_cursor
 
@@ -21,6 +22,18 @@ class AlertQuery(Strict):
     cursor: str | None = None
 
 
+class AlertPage(BaseModel):
+    items: list[Alert]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+@documented(
+    summary="Alerts newest first, filtered and paginated",
+    scope=ApiScope.notify_read,
+    query=AlertQuery,
+    responses={200: AlertPage},
+    tags=("alerts",),
+)
 async def list_alerts(request: web.Request) -> web.Response:
     """Alerts newest first, filtered and paginated with an opaque cursor."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -44,11 +57,10 @@ async def list_alerts(request: web.Request) -> web.Response:
             raise ApiError(
                 400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]
             ) from None
-    return json_response(
-        {"items": [a.model_dump(mode="json") for a in page], "next_cursor": encode_cursor(last) if last else None}
-    )
+    return json_response(AlertPage(items=page, next_cursor=encode_cursor(last) if last else None))
 
 
+@documented(summary="One alert", scope=ApiScope.notify_read, responses={200: Alert}, tags=("alerts",))
 async def get_alert(request: web.Request) -> web.Response:
     """One alert by id; another tenant's alert is refused with 403."""
     principal = authenticate(request, ApiScope.notify_read)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bot.handlers.http import (
     ApiError,
@@ -16,22 +16,60 @@ from bot.handlers.http import (
     runtime_of,
     validation_errors,
 )
+from bot.handlers.openapi import documented
 from core.commands import UnknownChannel, all_channel_health, channel_health, send_test
 from core.config import ApiScope, ChannelConfig
 from core.store import channels as channel_store
 
 
-def _describe(request: web.Request, config: ChannelConfig) -> dict[str, Any]:
+class ChannelView(BaseModel):
+    name: str
+    type: str
+    enabled: bool
+    settings: dict[str, Any]
+    origin: Literal["config", "api"]
+    in_service: bool
+
+
+class ChannelPage(BaseModel):
+    items: list[ChannelView]
+
+
+class TestOutcomeView(BaseModel):
+    channel: str
+    delivery_id: str
+    ok: bool
+    status_code: int | None
+    error: str | None
+    message_ref: dict[str, Any] | None
+
+
+class HealthView(BaseModel):
+    channel: str
+    healthy: bool
+    last_success: str | None
+    last_failure: str | None
+    last_error: str | None
+    consecutive_failures: int
+    dead: int
+    pending: int
+
+
+class HealthPage(BaseModel):
+    items: list[HealthView]
+
+
+def _describe(request: web.Request, config: ChannelConfig) -> ChannelView:
     runtime = runtime_of(request)
     # Settings hold secret references, never secrets, so they are safe to show.
-    return {
-        "name": config.name,
-        "type": config.type,
-        "enabled": config.enabled,
-        "settings": config.settings,
-        "origin": "config" if config.name in runtime.config_channel_names else "api",
-        "in_service": config.name in runtime.channels,
-    }
+    return ChannelView(
+        name=config.name,
+        type=config.type,
+        enabled=config.enabled,
+        settings=config.settings,
+        origin="config" if config.name in runtime.config_channel_names else "api",
+        in_service=config.name in runtime.channels,
+    )
 
 
 def _validate(request: web.Request, config: ChannelConfig) -> None:
@@ -52,14 +90,16 @@ def _known(request: web.Request, name: str) -> ChannelConfig:
     return config
 
 
+@documented(summary="Every channel", scope=ApiScope.notify_read, responses={200: ChannelPage}, tags=("channels",))
 async def list_channels(request: web.Request) -> web.Response:
     """GET /api/v1/channels."""
     authenticate(request, ApiScope.notify_read)
     runtime = runtime_of(request)
     await runtime.refresh_channels()
-    return json_response({"items": [_describe(request, c) for _, c in sorted(runtime.channel_configs.items())]})
+    return json_response(ChannelPage(items=[_describe(request, c) for _, c in sorted(runtime.channel_configs.items())]))
 
 
+@documented(summary="One channel", scope=ApiScope.notify_read, responses={200: ChannelView}, tags=("channels",))
 async def get_channel(request: web.Request) -> web.Response:
     """GET /api/v1/channels/{name}."""
     authenticate(request, ApiScope.notify_read)
@@ -76,6 +116,13 @@ async def _save(request: web.Request, config: ChannelConfig, status: int) -> web
     return json_response(_describe(request, config), status=status)
 
 
+@documented(
+    summary="Create a channel, in service at once on every replica",
+    scope=ApiScope.notify_admin,
+    body=ChannelConfig,
+    responses={201: ChannelView, 409: "a channel of that name exists"},
+    tags=("channels",),
+)
 async def create_channel(request: web.Request) -> web.Response:
     """POST /api/v1/channels: a new channel, in service at once on every replica."""
     authenticate(request, ApiScope.notify_admin)
@@ -93,6 +140,13 @@ def _api_channel(request: web.Request, name: str) -> ChannelConfig:
     return config
 
 
+@documented(
+    summary="Change an API channel (settings are merged key by key)",
+    scope=ApiScope.notify_admin,
+    body=dict[str, Any],
+    responses={200: ChannelView, 409: "the channel comes from the config file"},
+    tags=("channels",),
+)
 async def patch_channel(request: web.Request) -> web.Response:
     """PATCH /api/v1/channels/{name}: change enabled or settings (settings are merged key by key)."""
     authenticate(request, ApiScope.notify_admin)
@@ -113,6 +167,12 @@ async def patch_channel(request: web.Request) -> web.Response:
     return await _save(request, parse_model(ChannelConfig, merged), 200)
 
 
+@documented(
+    summary="Delete an API channel",
+    scope=ApiScope.notify_admin,
+    responses={204: None, 409: "the channel comes from the config file"},
+    tags=("channels",),
+)
 async def delete_channel(request: web.Request) -> web.Response:
     """DELETE /api/v1/channels/{name}; its pending deliveries dead-letter with a clear reason."""
     authenticate(request, ApiScope.notify_admin)
@@ -126,6 +186,12 @@ async def delete_channel(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@documented(
+    summary="Send a real test notification; the outcome or the receiver's error",
+    scope=ApiScope.notify_admin,
+    responses={200: TestOutcomeView, 409: "the channel is not in service"},
+    tags=("channels",),
+)
 async def test_channel(request: web.Request) -> web.Response:
     """POST /api/v1/channels/{name}/test: send a real test notification; 200 with the outcome either way."""
     principal = authenticate(request, ApiScope.notify_admin)
@@ -138,9 +204,10 @@ async def test_channel(request: web.Request) -> web.Response:
         outcome = await send_test(runtime=runtime, channel=name, tenant=tenant, requested_by=principal.name)
     except UnknownChannel:
         raise ApiError(409, f"channel {name!r} is not in service (disabled, or its settings do not build)") from None
-    return json_response(outcome.as_dict(), status=200)
+    return json_response(TestOutcomeView(**outcome.as_dict()), status=200)
 
 
+@documented(summary="A channel's health", scope=ApiScope.notify_read, responses={200: HealthView}, tags=("channels",))
 async def get_health(request: web.Request) -> web.Response:
     """GET /api/v1/channels/{name}/health."""
     authenticate(request, ApiScope.notify_read)
@@ -150,13 +217,20 @@ async def get_health(request: web.Request) -> web.Response:
         health = await channel_health(runtime=runtime_of(request), channel=name)
     except UnknownChannel:
         raise ApiError(404, f"no channel named {name!r}") from None
-    return json_response(health.as_dict())
+    return json_response(HealthView(**health.as_dict()))
 
 
+@documented(
+    summary="Health of every channel in service",
+    scope=ApiScope.notify_read,
+    responses={200: HealthPage},
+    tags=("channels",),
+)
 async def list_health(request: web.Request) -> web.Response:
     """GET /api/v1/channels/health: every channel in service."""
     authenticate(request, ApiScope.notify_read)
-    return json_response({"items": [h.as_dict() for h in await all_channel_health(runtime=runtime_of(request))]})
+    items = [HealthView(**h.as_dict()) for h in await all_channel_health(runtime=runtime_of(request))]
+    return json_response(HealthPage(items=items))
 
 
 def routes() -> list[web.RouteDef]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from bot.handlers.openapi import documented
 from core.config import ApiScope
-from core.models import DeliveryStatus, Strict
+from core.models import Delivery, DeliveryAttempt, DeliveryStatus, Strict
 from core.store import deliveries as delivery_store
 from core.store.pagination import encode_cursor
 
@@ -22,6 +23,22 @@ class DeliveryQuery(Strict):
     cursor: str | None = None
 
 
+class DeliveryPage(BaseModel):
+    items: list[Delivery]
+    next_cursor: str | None
+
+
+class DeliveryDetail(Delivery):
+    history: list[DeliveryAttempt] = Field(description="every attempt, oldest first")
+
+
+@documented(
+    summary="Deliveries newest first, filtered and paginated",
+    scope=ApiScope.notify_read,
+    query=DeliveryQuery,
+    responses={200: DeliveryPage},
+    tags=("deliveries",),
+)
 async def list_deliveries(request: web.Request) -> web.Response:
     """GET /api/v1/deliveries: newest first, filtered, paginated."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -42,11 +59,15 @@ async def list_deliveries(request: web.Request) -> web.Response:
         except ValueError:
             bad = [{"field": "cursor", "message": "not a cursor we made"}]
             raise ApiError(400, "invalid cursor", errors=bad) from None
-    return json_response(
-        {"items": [d.model_dump(mode="json") for d in page], "next_cursor": encode_cursor(last) if last else None}
-    )
+    return json_response(DeliveryPage(items=page, next_cursor=encode_cursor(last) if last else None))
 
 
+@documented(
+    summary="One delivery with every attempt",
+    scope=ApiScope.notify_read,
+    responses={200: DeliveryDetail},
+    tags=("deliveries",),
+)
 async def get_delivery(request: web.Request) -> web.Response:
     """GET /api/v1/deliveries/{id}: the delivery and every attempt (errors never carry secrets)."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -57,10 +78,15 @@ async def get_delivery(request: web.Request) -> web.Response:
             raise ApiError(404, "no such delivery")
         principal.check_tenant(delivery.tenant)
         attempts = await delivery_store.attempts(session=session, delivery_id=delivery_id)
-    history = [a.model_dump(mode="json") for a in attempts]
-    return json_response({**delivery.model_dump(mode="json"), "attempts": history})
+    return json_response(DeliveryDetail(**delivery.model_dump(), history=attempts))
 
 
+@documented(
+    summary="Queue a dead or failing delivery again, now",
+    scope=ApiScope.notify_admin,
+    responses={202: Delivery, 409: "the delivery is neither dead nor failed"},
+    tags=("deliveries",),
+)
 async def retry_delivery(request: web.Request) -> web.Response:
     """POST /api/v1/deliveries/{id}/retry: put a dead or failing delivery back in the queue now."""
     principal = authenticate(request, ApiScope.notify_admin)

@@ -5,16 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
+from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from bot.handlers.openapi import documented
 from core.auth import Principal
 from core.config import ApiScope
 from core.ingest import IngestResult, ingest
-from core.models import EventIn
+from core.models import EventIn, Strict
 from core.sources import alertmanager, grafana
 
 ORIGIN_HEADER = "X-Ackbot-Origin"
+OWN_ORIGIN = "the request carries this ackbot's own origin (loop prevention)"
+
+
+class TenantQuery(Strict):
+    tenant: str | None = Field(default=None, min_length=1, max_length=100, description="the tenant of the alerts")
+
+
+class SourceResult(BaseModel):
+    """One result per alert of a webhook payload."""
+
+    events: list[IngestResult]
 
 
 def _refuse_own_origin(request: web.Request) -> None:
@@ -43,6 +55,13 @@ async def _accept(request: web.Request, principal: Principal, events: list[Event
     return results
 
 
+@documented(
+    summary="Send one event, or an array of up to 1000; answered after the commit",
+    scope=ApiScope.events_write,
+    body=EventIn | list[EventIn],
+    responses={202: IngestResult | list[IngestResult], 409: OWN_ORIGIN},
+    tags=("events",),
+)
 async def post_events(request: web.Request) -> web.Response:
     """POST /api/v1/events: one event or a JSON array of up to max_batch."""
     principal = authenticate(request, ApiScope.events_write)
@@ -62,27 +81,40 @@ async def post_events(request: web.Request) -> web.Response:
     return json_response(result, status=202)
 
 
-class _SourceResult(BaseModel):
-    events: list[IngestResult]
-
-
+@documented(
+    summary="Prometheus Alertmanager webhook (version 4)",
+    scope=ApiScope.events_write,
+    body=alertmanager.AlertmanagerPayload,
+    query=TenantQuery,
+    responses={202: SourceResult, 409: OWN_ORIGIN},
+    tags=("events",),
+)
 async def post_alertmanager(request: web.Request) -> web.Response:
     """POST /api/v1/ingest/alertmanager: Alertmanager's webhook (version 4)."""
     principal = authenticate(request, ApiScope.events_write)
     _refuse_own_origin(request)
+    tenant = query_model(TenantQuery, request).tenant
     payload = parse_model(alertmanager.AlertmanagerPayload, await read_json(request))
-    tenant = request.query.get("tenant")
     events = alertmanager.to_events(payload, tenant=tenant)
-    return json_response(_SourceResult(events=await _accept(request, principal, events, "alertmanager")), 202)
+    return json_response(SourceResult(events=await _accept(request, principal, events, "alertmanager")), 202)
 
 
+@documented(
+    summary="Grafana unified alerting webhook",
+    scope=ApiScope.events_write,
+    body=grafana.GrafanaPayload,
+    query=TenantQuery,
+    responses={202: SourceResult, 409: OWN_ORIGIN},
+    tags=("events",),
+)
 async def post_grafana(request: web.Request) -> web.Response:
     """POST /api/v1/ingest/grafana: Grafana unified alerting's webhook."""
     principal = authenticate(request, ApiScope.events_write)
     _refuse_own_origin(request)
+    tenant = query_model(TenantQuery, request).tenant
     payload = parse_model(grafana.GrafanaPayload, await read_json(request))
-    events = grafana.to_events(payload, tenant=request.query.get("tenant"))
-    return json_response(_SourceResult(events=await _accept(request, principal, events, "grafana")), 202)
+    events = grafana.to_events(payload, tenant=tenant)
+    return json_response(SourceResult(events=await _accept(request, principal, events, "grafana")), 202)
 
 
 def routes() -> list[web.RouteDef]:

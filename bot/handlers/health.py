@@ -6,18 +6,42 @@ import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from bot.handlers.http import json_response, runtime_of
+from bot.handlers.openapi import documented
 from core.store import migrate
 
 log = logging.getLogger("ackbot.health")
 
 
+class Health(BaseModel):
+    status: str
+
+
+class Migrations(BaseModel):
+    current: str | None
+    head: str | None = None
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    migrations: Migrations | None = None
+
+
+@documented(summary="The process is up", scope=None, responses={200: Health}, tags=("probes",))
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and serving."""
-    return json_response({"status": "ok"})
+    return json_response(Health(status="ok"))
 
 
+@documented(
+    summary="Database reachable and migrated",
+    scope=None,
+    responses={200: Readiness, 503: Readiness},
+    tags=("probes",),
+)
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and its schema is at the revision this code needs."""
     runtime = runtime_of(request)
@@ -26,16 +50,17 @@ async def readyz(request: web.Request) -> web.Response:
         revision = await migrate.current_revision(runtime.db)
     except Exception as exc:
         log.warning("readiness: database unreachable: %s", type(exc).__name__)
-        return json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+        return json_response(Readiness(status="unavailable", database="unreachable"), status=503)
     head = migrate.head_revision()
     if revision != head:
-        return json_response(
-            {"status": "unavailable", "database": "reachable", "migrations": {"current": revision, "head": head}},
-            status=503,
-        )
-    return json_response({"status": "ready", "database": "reachable", "migrations": {"current": revision}})
+        migrations = Migrations(current=revision, head=head)
+        return json_response(Readiness(status="unavailable", database="reachable", migrations=migrations), 503)
+    return json_response(Readiness(status="ready", database="reachable", migrations=Migrations(current=revision)))
 
 
+@documented(
+    summary="Prometheus metrics (text exposition format)", scope=None, responses={200: "metrics"}, tags=("probes",)
+)
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
     body = runtime_of(request).metrics.render()

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 
 from core.auth import AuthError, ForbiddenError, Principal
 from core.config import ApiScope, format_loc
@@ -90,6 +91,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+        # The database is down, locked or out of connections: nothing was committed, the client may retry.
+        status = 503
+        log.warning("request %s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
+        response = json_response(error_body(503, "the database is unavailable; retry shortly"), status=503)
+        response.headers["Retry-After"] = "1"
     except Exception:
         log.exception("request %s %s failed (request id %s)", request.method, request.path, request_id)
         response = json_response(error_body(500, f"internal error (request id {request_id})"), status=500)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bot.handlers.http import (
     ApiError,
@@ -16,6 +16,7 @@ from bot.handlers.http import (
     runtime_of,
     validation_errors,
 )
+from bot.handlers.openapi import documented
 from core.auth import Principal
 from core.config import ApiScope
 from core.ingest import build_event, describe_plan, fingerprint, plan_actions
@@ -23,6 +24,35 @@ from core.models import EventIn, Rule
 from core.store import noise as noise_store
 from core.store import rules as rule_store
 from core.store.alerts import Transition
+
+
+class RuleView(Rule):
+    origin: Literal["config", "api"]
+
+
+class RulePage(BaseModel):
+    items: list[RuleView]
+
+
+class Verdict(BaseModel):
+    rule: str
+    matched: bool
+    check: str | None
+    detail: str | None
+
+
+class DryRun(BaseModel):
+    """What an event would do: matches, the first failed check of every other rule, each action's outcome."""
+
+    event: dict[str, Any]
+    matched: list[str]
+    rules: list[Verdict]
+    actions: list[dict[str, Any]]
+    sent: bool
+
+
+class DryRunBody(BaseModel):
+    event: EventIn
 
 
 def _check_rule_tenant(principal: Principal, rule: Rule) -> None:
@@ -46,6 +76,7 @@ def _check_channels(request: web.Request, rule: Rule) -> None:
         raise ApiError(422, "invalid rule", errors=errors)
 
 
+@documented(summary="Every rule in force", scope=ApiScope.notify_read, responses={200: RulePage}, tags=("rules",))
 async def list_rules(request: web.Request) -> web.Response:
     """Every rule in force that the key may see, config rules first."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -59,6 +90,7 @@ async def list_rules(request: web.Request) -> web.Response:
     return json_response({"items": items})
 
 
+@documented(summary="One rule", scope=ApiScope.notify_read, responses={200: RuleView}, tags=("rules",))
 async def get_rule(request: web.Request) -> web.Response:
     """One rule by name."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -83,6 +115,13 @@ async def _save(request: web.Request, rule: Rule, principal: Principal, *, statu
     return json_response(_rule_json(rule, "api"), status=status)
 
 
+@documented(
+    summary="Create a rule",
+    scope=ApiScope.notify_admin,
+    body=Rule,
+    responses={201: RuleView, 409: "a rule of that name exists"},
+    tags=("rules",),
+)
 async def create_rule(request: web.Request) -> web.Response:
     """POST /api/v1/rules: a new rule; 409 if the name is taken."""
     principal = authenticate(request, ApiScope.notify_admin)
@@ -94,6 +133,13 @@ async def create_rule(request: web.Request) -> web.Response:
     return await _save(request, rule, principal, status=201)
 
 
+@documented(
+    summary="Change top-level fields of an API rule",
+    scope=ApiScope.notify_admin,
+    body=dict[str, Any],
+    responses={200: RuleView, 409: "the rule comes from the config file"},
+    tags=("rules",),
+)
 async def patch_rule(request: web.Request) -> web.Response:
     """PATCH /api/v1/rules/{name}: merge the given top-level fields into an API rule."""
     principal = authenticate(request, ApiScope.notify_admin)
@@ -118,6 +164,12 @@ async def patch_rule(request: web.Request) -> web.Response:
     return await _save(request, rule, principal, status=200)
 
 
+@documented(
+    summary="Delete an API rule",
+    scope=ApiScope.notify_admin,
+    responses={204: None, 409: "the rule comes from the config file"},
+    tags=("rules",),
+)
 async def delete_rule(request: web.Request) -> web.Response:
     """DELETE /api/v1/rules/{name}."""
     principal = authenticate(request, ApiScope.notify_admin)
@@ -135,6 +187,13 @@ async def delete_rule(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@documented(
+    summary="Dry-run an event: matches, non-matches explained, what each action would do; nothing is sent",
+    scope=ApiScope.notify_read,
+    body=DryRunBody | EventIn,
+    responses={200: DryRun},
+    tags=("rules",),
+)
 async def test_rules(request: web.Request) -> web.Response:
     """POST /api/v1/rules/test: which rules an event matches, why the others do not, what each action would do."""
     principal = authenticate(request, ApiScope.notify_read)

@@ -35,10 +35,14 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Connection) -> None:
-    # Take the write lock up front: a deferred transaction that reads, then writes, fails with
-    # SQLITE_BUSY when another writer committed in between; waiting for the lock instead is correct.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+WRITE = "ackbot_write"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A write transaction takes the write lock up front: a deferred one that reads, then writes, fails with
+    # SQLITE_BUSY when another writer committed in between, where waiting for the lock is what we want.
+    # Reads stay deferred, so in WAL mode they never queue behind a writer.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
 
 class Database:
@@ -53,7 +57,7 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             self._ensure_sqlite_dir(url)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @staticmethod
@@ -79,9 +83,16 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessions() as session, session.begin():
-            yield session
+        """A session inside one write transaction: committed on success, rolled back on error."""
+        async with self.sessions() as session:
+            # Marks the connection as a writer before its BEGIN is sent (see _sqlite_begin).
+            await session.connection(execution_options={WRITE: True})
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
 
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
