@@ -11,7 +11,11 @@ from bot import slack as slack_app
 from bot import teams as teams_app
 from bot.cards import slack as slack_cards
 from bot.cards import teams as teams_cards
+from bot.handlers import ack_page as ack_page_routes
+from bot.handlers import ack_tokens as ack_tokens_api
 from bot.handlers import alerts, channels, deliveries, events, health, openapi, rules
+from bot.handlers import approvals as approvals_api
+from bot.handlers import audit as audit_api
 from bot.handlers.http import RUNTIME, error_middleware
 from core.channels.registry import ChannelRegistry, default_registry
 from core.clock import Clock, SystemClock
@@ -54,6 +58,9 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
     app[RUNTIME] = runtime
     app[openapi.OPENAPI] = {}
     for module in (health, events, alerts, rules, deliveries, channels, openapi):
+        app.add_routes(module.routes())
+    # Approvals, ack tokens, the audit log and the web ack page.
+    for module in (approvals_api, ack_tokens_api, audit_api, ack_page_routes):
         app.add_routes(module.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

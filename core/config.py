@@ -91,6 +91,21 @@ class TokensConfig(Strict):
     keys: list[TokenKeyConfig] = Field(default_factory=list, description="newest last; the newest signs")
 
 
+class ApprovalsConfig(Strict):
+    """Approvals: the callback signature, the scheduler's pace."""
+
+    callback_secret: SecretRef | None = Field(
+        default=None, description="signs approval callbacks (X-Ackbot-Signature); generated and stored if unset"
+    )
+    callback_allow_private: bool = Field(
+        default=False, description="allow callback URLs on loopback and private networks (internal services)"
+    )
+    callback_timeout: float = Field(default=10.0, gt=0, le=120, description="seconds for one callback request")
+    scheduler_interval: Duration = Field(
+        default=timedelta(seconds=1), description="how often each replica looks for due escalations and expiries"
+    )
+
+
 class SlackConfig(Strict):
     """The Slack app: its credentials (secret references) and how Slack reaches ackbot."""
 
@@ -182,6 +197,7 @@ class AckbotConfig(Strict):
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     tokens: TokensConfig = Field(default_factory=TokensConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     people: list[Person] = Field(default_factory=list)
     groups: list[Group] = Field(default_factory=list)

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from core.approvals import CALLBACK_CHANNEL, ApprovalService
 from core.auth import ApiKeyring
 from core.channels.base import Channel, ChannelContext, Renderer
 from core.channels.registry import ChannelRegistry
@@ -57,6 +58,18 @@ class Runtime:
         self.config_channel_names = {c.name for c in self.config.channels}
         self._channels_version: tuple[int, str] | None = None
         self._background: list[asyncio.Task[None]] = []
+        # Approvals: decisions, escalation and expiry, and the enricher that puts buttons on messages.
+        self.approvals = ApprovalService(
+            db=self.db,
+            clock=self.clock,
+            config=self.config,
+            rules=self.rulebook.all_rules,
+            channel_types=lambda: {name: c.type for name, c in self.channel_configs.items()},
+            public_url=lambda: self.public_url,
+            on_commit=self._wake_dispatcher,
+        )
+        # Whether this process runs the approvals scheduler; None: whenever it runs the dispatcher.
+        self.run_scheduler: bool | None = None
 
     @property
     def public_url(self) -> str:
@@ -117,7 +130,12 @@ class Runtime:
             metrics=self.metrics,
             default_window=self.config.noise.dedup_window,
             channel_names=lambda: set(self.channels),
+            open_approval=self.approvals.open_for_action,
         )
+
+    def _wake_dispatcher(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     async def start(self, *, migrate_db: bool = True) -> None:
         """Migrate, load rules and channels, and start the workers."""
@@ -129,6 +147,13 @@ class Runtime:
                 self.add_channel(channel_config)
         await self.refresh_channels(force=True)
         await self.rulebook.refresh(force=True)
+        if CALLBACK_CHANNEL in self.channel_configs:
+            raise ValueError(f"the channel name {CALLBACK_CHANNEL!r} is reserved for approval callbacks")
+        scheduler = self.run_dispatcher if self.run_scheduler is None else self.run_scheduler
+        await self.approvals.start(run_scheduler=scheduler)
+        self.channels[CALLBACK_CHANNEL] = self.approvals.callback_channel(self.channel_context())
+        if self.approvals.enrich not in self.enrichers:
+            self.enrichers.append(self.approvals.enrich)
         dispatch = self.config.dispatch
         self.dispatcher = Dispatcher(
             db=self.db,
@@ -172,6 +197,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._background.clear()
+        await self.approvals.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         for channel in self.channels.values():

@@ -1,0 +1,169 @@
+"""Approvals over HTTP: open, read (with a long poll), list, cancel, and decide on behalf of an integration."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import Field, model_validator
+
+from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from core.approvals import ApprovalInputError, ApprovalRequest, DecisionResult
+from core.approvals.service import MAX_WAIT_SECONDS
+from core.auth import Principal
+from core.config import ApiScope
+from core.models import Actor, ApprovalState, Choice, Strict
+from core.store.pagination import encode_cursor
+
+
+class ApprovalQuery(Strict):
+    state: ApprovalState | None = None
+    tenant: str | None = None
+    alert_id: str | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = None
+
+
+class WaitQuery(Strict):
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for a decision")
+
+
+class ActorIn(Strict):
+    platform: Literal["slack", "teams", "web", "api"]
+    id: str = Field(min_length=1, max_length=200)
+    display_name: str = Field(default="", max_length=200)
+
+
+class DecisionIn(Strict):
+    """A click relayed by an integration: the actor the platform vouched for, and a token or a choice."""
+
+    actor: ActorIn
+    token: str | None = Field(default=None, min_length=1, max_length=2000)
+    choice: Choice | None = None
+
+    @model_validator(mode="after")
+    def _token_or_choice(self) -> DecisionIn:
+        if self.token is None and self.choice is None:
+            raise ValueError("send a token, or a choice to decide by approval id")
+        return self
+
+
+def input_error(exc: ApprovalInputError) -> ApiError:
+    """A refused request as a 422 naming the field."""
+    return ApiError(422, "invalid request", errors=[{"field": exc.field, "message": exc.message}])
+
+
+def result_response(result: DecisionResult) -> web.Response:
+    """A decision's answer: the result document with the status that fits its reason."""
+    return json_response(result.model_dump(mode="json"), status=result.http_status)
+
+
+def _tenant_for(principal: Principal, requested: str | None) -> str:
+    tenant = requested or (principal.tenant if principal.tenant != "*" else "default")
+    principal.check_tenant(tenant)
+    return tenant
+
+
+async def _visible(request: web.Request, principal: Principal, approval_id: str) -> Any:
+    view = await runtime_of(request).approvals.view(approval_id=approval_id)
+    if view is None:
+        raise ApiError(404, "no such approval")
+    principal.check_tenant(view.approval.tenant)
+    return view
+
+
+async def create_approval(request: web.Request) -> web.Response:
+    """POST /api/v1/approvals: 201 with the approval, once it and its messages are committed."""
+    principal = authenticate(request, ApiScope.events_write)
+    body = parse_model(ApprovalRequest, await read_json(request))
+    tenant = _tenant_for(principal, body.tenant)
+    try:
+        approval = await runtime_of(request).approvals.create(request=body, tenant=tenant, created_by=principal.name)
+    except ApprovalInputError as exc:
+        raise input_error(exc) from None
+    view = await runtime_of(request).approvals.view(approval_id=approval.id)
+    response = json_response(view.document() if view else approval.model_dump(mode="json"), status=201)
+    response.headers["Location"] = f"/api/v1/approvals/{approval.id}"
+    return response
+
+
+async def get_approval(request: web.Request) -> web.Response:
+    """GET /api/v1/approvals/{id}[?wait=SECONDS]: with wait, answers as soon as it is decided (at most 60 s)."""
+    principal = authenticate(request, ApiScope.notify_read)
+    query = query_model(WaitQuery, request)
+    approval_id = request.match_info["approval_id"]
+    view = await _visible(request, principal, approval_id)
+    if query.wait > 0 and not view.approval.state.final:
+        view = await runtime_of(request).approvals.wait(approval_id=approval_id, seconds=query.wait) or view
+    return json_response(view.document())
+
+
+async def list_approvals(request: web.Request) -> web.Response:
+    """GET /api/v1/approvals: newest first, filtered by state, tenant and alert, paginated with a cursor."""
+    principal = authenticate(request, ApiScope.notify_read)
+    query = query_model(ApprovalQuery, request)
+    tenants = principal.tenants
+    if query.tenant is not None:
+        principal.check_tenant(query.tenant)
+        tenants = [query.tenant]
+    try:
+        page, last = await runtime_of(request).approvals.list_approvals(
+            tenants=tenants,
+            states=[query.state] if query.state else None,
+            alert_id=query.alert_id,
+            limit=query.limit,
+            cursor=query.cursor,
+        )
+    except ValueError:
+        raise ApiError(400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]) from None
+    return json_response(
+        {"items": [a.model_dump(mode="json") for a in page], "next_cursor": encode_cursor(last) if last else None}
+    )
+
+
+async def cancel_approval(request: web.Request) -> web.Response:
+    """POST /api/v1/approvals/{id}/cancel: withdraw an open approval (409 once it is decided)."""
+    principal = authenticate(request, ApiScope.events_write)
+    approval_id = request.match_info["approval_id"]
+    view = await _visible(request, principal, approval_id)
+    result = await runtime_of(request).approvals.cancel(
+        approval_id=approval_id, by=principal.name, tenant=view.approval.tenant
+    )
+    return result_response(result)
+
+
+async def post_decision(request: web.Request) -> web.Response:
+    """POST /api/v1/approvals/{id}/decisions: an integration relays a click (token) or a command (choice)."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    approval_id = request.match_info["approval_id"]
+    view = await _visible(request, principal, approval_id)
+    body = parse_model(DecisionIn, await read_json(request))
+    actor = Actor.model_validate(body.actor.model_dump())
+    approvals = runtime_of(request).approvals
+    if body.token is not None:
+        claims = approvals.keys.authenticated_claims(body.token)
+        if claims is not None and claims.approval_id != approval_id:
+            raise ApiError(422, "invalid request", errors=[{"field": "token", "message": "for another approval"}])
+        result = await approvals.decide(
+            token=body.token,
+            actor=actor,
+            choice=body.choice.value if body.choice else None,
+            tenant=view.approval.tenant,
+        )
+    else:
+        assert body.choice is not None  # the model validator guarantees a token or a choice
+        result = await approvals.decide_by_id(
+            approval_id=approval_id, choice=body.choice, actor=actor, tenant=view.approval.tenant
+        )
+    return result_response(result)
+
+
+def routes() -> list[web.RouteDef]:
+    """The approval routes."""
+    return [
+        web.post("/api/v1/approvals", create_approval),
+        web.get("/api/v1/approvals", list_approvals),
+        web.get("/api/v1/approvals/{approval_id}", get_approval),
+        web.post("/api/v1/approvals/{approval_id}/cancel", cancel_approval),
+        web.post("/api/v1/approvals/{approval_id}/decisions", post_decision),
+    ]

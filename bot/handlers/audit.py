@@ -1,0 +1,63 @@
+"""Reading the audit log: GET /api/v1/audit."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import Field
+
+from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from core.audit import entry_from_row
+from core.config import ApiScope
+from core.models import Strict
+from core.store import audit as audit_store
+from core.store.pagination import decode_cursor, encode_cursor
+
+
+class AuditQuery(Strict):
+    approval: str | None = Field(default=None, max_length=40)
+    alert: str | None = Field(default=None, max_length=40)
+    actor: str | None = Field(default=None, max_length=200)
+    type: str | None = Field(default=None, max_length=64)
+    tenant: str | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = None
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """Audit rows newest first, filtered; rows about no tenant (key operations) only for all-tenant keys."""
+    principal = authenticate(request, ApiScope.notify_read)
+    query = query_model(AuditQuery, request)
+    tenants = principal.tenants
+    if query.tenant is not None:
+        principal.check_tenant(query.tenant)
+        tenants = [query.tenant]
+    before = None
+    if query.cursor is not None:
+        try:
+            before = int(decode_cursor(query.cursor))
+        except ValueError:
+            raise ApiError(
+                400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]
+            ) from None
+    async with runtime_of(request).db.sessions() as session:
+        rows, last = await audit_store.list_rows(
+            session=session,
+            tenants=tenants,
+            approval_id=query.approval,
+            alert_id=query.alert,
+            actor=query.actor,
+            type=query.type,
+            before_seq=before,
+            limit=query.limit,
+        )
+    return json_response(
+        {
+            "items": [entry_from_row(r).model_dump(mode="json") for r in rows],
+            "next_cursor": encode_cursor(str(last)) if last is not None else None,
+        }
+    )
+
+
+def routes() -> list[web.RouteDef]:
+    """The audit routes."""
+    return [web.get("/api/v1/audit", list_audit)]

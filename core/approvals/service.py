@@ -1,0 +1,1341 @@
+"""The approval workflow: open, decide (the one entry point of every surface), escalate, expire, resume.
+
+Every change is one transaction that also holds what it causes (durable before acknowledged): the message
+updates, the signed callback and the rule's follow-up actions are outbox deliveries committed with the
+decision, and the audit row is appended last in the same transaction. Decisions are conditional updates
+(`UPDATE ... WHERE state IN (pending, escalated)`) taken under the approval's row lock, so concurrent clicks
+on any number of replicas give exactly one decision. Escalations and expiries are due times in the database
+(`next_due_at`); each replica's scheduler claims due approvals atomically, so each step fires exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import audit
+from core.approvals.callback import CALLBACK_CHANNEL, CallbackChannel
+from core.approvals.directory import IDENTITY_OF_CHANNEL_TYPE, PERSON_PREFIX, Directory
+from core.approvals.keys import KeyManager
+from core.approvals.models import (
+    ApprovalInputError,
+    ApprovalRequest,
+    ApprovalView,
+    DecisionReason,
+    DecisionResult,
+)
+from core.channels.base import Button, ChannelContext
+from core.clock import Clock
+from core.config import AckbotConfig
+from core.models import (
+    Action,
+    Actor,
+    Alert,
+    Approval,
+    ApprovalState,
+    Choice,
+    DeliveryPurpose,
+    EscalationStep,
+    Event,
+    Person,
+    Rule,
+)
+from core.store import alerts as alert_store
+from core.store import approvals as approval_store
+from core.store import nonces as nonce_store
+from core.store.approvals import approval_from_row
+from core.store.db import Database, new_id
+from core.store.deliveries import new_delivery
+from core.store.tables import ApprovalRow, DeliveryRow
+from core.tokens import CLOCK_SKEW_SECONDS, TokenClaims, TokenError
+
+log = logging.getLogger("ackbot.approvals")
+
+CHOICE_LABELS = {Choice.acknowledge: "Acknowledge", Choice.deny: "Deny", Choice.escalate: "Escalate"}
+FOLLOW_UP_HOOKS = {
+    ApprovalState.acknowledged: "on_acknowledge",
+    ApprovalState.denied: "on_deny",
+    ApprovalState.escalated: "on_escalate",
+    ApprovalState.expired: "on_expire",
+}
+MAX_WAIT_SECONDS = 60.0
+# How often a long-poll re-reads the database: a decision taken on another replica is seen within this.
+WAIT_POLL_SECONDS = 0.5
+SCHEDULER_BATCH = 100
+KEY_REFRESH_SECONDS = 30.0
+# How many open approvals `list_pending_for` looks through before filtering by approver.
+PENDING_SCAN = 500
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """Where one message of an approval goes: a channel, and within it a person's address (or the default)."""
+
+    channel: str
+    target: str | None = None
+    person: str | None = None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The confirm page's view of a link: the refusal it would meet, or what it would record and as whom."""
+
+    refusal: DecisionResult | None = None
+    approval: Approval | None = None
+    claims: TokenClaims | None = None
+    person: Person | None = None
+    choice: Choice | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None
+
+
+class _Refused(Exception):
+    """Raised inside a decision's transaction to roll it back whole; the refusal is audited afterwards."""
+
+    def __init__(self, result: DecisionResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "an unknown time"
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode("utf-8")).hexdigest()[:48]
+
+
+def next_due(*, created_at: datetime, expires_at: datetime, steps: Sequence[EscalationStep], level: int) -> datetime:
+    """When the scheduler must act next: the next escalation step's time, else the expiry."""
+    if level < len(steps):
+        return min(created_at + steps[level].after, expires_at)
+    return expires_at
+
+
+class ApprovalService:
+    """Approvals for every surface: the HTTP API, the web ack page, Slack, Teams. Keyword-only methods."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        config: AckbotConfig,
+        rules: Callable[[], Sequence[Rule]],
+        channel_types: Callable[[], Mapping[str, str]],
+        public_url: Callable[[], str],
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.config = config
+        self.keys = KeyManager(db=db, config=config)
+        self.directory = Directory(config.people, config.groups)
+        self._rules = rules
+        self._channel_types = channel_types
+        self._public_url = public_url
+        self._on_commit = on_commit
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self, *, run_scheduler: bool = True) -> None:
+        """Load (or generate) the keys and start the scheduler loop; due work from before a restart fires then."""
+        await self.keys.load(now=self.clock.now())
+        if run_scheduler:
+            self._tasks.append(asyncio.create_task(self._scheduler_loop(), name="ackbot-approvals-scheduler"))
+            self._tasks.append(asyncio.create_task(self._key_loop(), name="ackbot-approvals-keys"))
+
+    async def stop(self) -> None:
+        """Stop the loops; nothing is lost, the due times are in the database."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def callback_channel(self, context: ChannelContext) -> CallbackChannel:
+        """The internal webhook channel that delivers signed callbacks (the runtime registers it)."""
+        settings = self.config.approvals
+        return CallbackChannel(
+            context=context,
+            secret=self.keys.callback_secret,
+            secret_ref=settings.callback_secret,
+            allow_private=settings.callback_allow_private,
+            timeout=settings.callback_timeout,
+        )
+
+    async def _scheduler_loop(self) -> None:
+        interval = self.config.approvals.scheduler_interval.total_seconds()
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the approvals scheduler failed; retrying")
+            await asyncio.sleep(interval)
+
+    async def _key_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_REFRESH_SECONDS)
+            try:
+                await self.keys.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reloading the token keys failed")
+
+    def _committed(self, approval_id: str) -> None:
+        event = self._waiters.pop(approval_id, None)
+        if event is not None:
+            event.set()
+        if self._on_commit is not None:
+            self._on_commit()
+
+    # ------------------------------------------------------------ targets
+
+    def _check_names(self, names: Sequence[str], field: str) -> None:
+        for index, name in enumerate(names):
+            if not self.directory.knows(name):
+                raise ApprovalInputError(f"{field}[{index}]", f"no person or group named {name!r}")
+
+    def plan_targets(self, targets: Sequence[str], *, field: str = "targets") -> list[TargetPlan]:
+        """Resolve targets to messages: a channel name, or person:NAME (one message per platform they are on).
+
+        "person:NAME/CHANNEL" restricts a person target to one channel. On a chat channel the target is the
+        person's platform identity (Slack user id, AAD object id); on an e-mail channel their address.
+        """
+        types = {name: kind for name, kind in self._channel_types().items() if name != CALLBACK_CHANNEL}
+        plans: list[TargetPlan] = []
+        for index, raw in enumerate(targets):
+            where = f"{field}[{index}]"
+            text = raw.strip()
+            if not text.startswith(PERSON_PREFIX):
+                if text not in types:
+                    raise ApprovalInputError(where, f"no channel named {text!r}")
+                plans.append(TargetPlan(text))
+                continue
+            name, _, only = text.removeprefix(PERSON_PREFIX).partition("/")
+            person = self.directory.person(name)
+            if person is None:
+                raise ApprovalInputError(where, f"no person named {name!r}")
+            if only and only not in types:
+                raise ApprovalInputError(where, f"no channel named {only!r}")
+            platforms: set[str] = set()
+            found = False
+            for channel, kind in types.items():
+                if only and channel != only:
+                    continue
+                identity = self.directory.identity_for(person, kind)
+                platform = IDENTITY_OF_CHANNEL_TYPE.get(kind)
+                if identity is None or platform is None or platform in platforms:
+                    continue
+                platforms.add(platform)
+                plans.append(TargetPlan(channel, identity, person.name))
+                found = True
+            if not found:
+                where_to = f"the channel {only!r}" if only else "any configured channel"
+                raise ApprovalInputError(
+                    where, f"{name!r} has no identity (slack, teams or email) that {where_to} can reach"
+                )
+        unique: dict[tuple[str, str | None], TargetPlan] = {}
+        for plan in plans:
+            unique.setdefault((plan.channel, plan.target), plan)
+        return list(unique.values())
+
+    def _plan_quietly(self, targets: Sequence[str], approval_id: str) -> list[TargetPlan]:
+        plans: list[TargetPlan] = []
+        for target in targets:
+            try:
+                plans += self.plan_targets([target])
+            except ApprovalInputError as exc:
+                log.warning("approval %s: target %r skipped: %s", approval_id, target, exc.message)
+        return plans
+
+    def _notify_delivery(self, row: ApprovalRow, plan: TargetPlan, *, stage: str, now: datetime) -> DeliveryRow:
+        return new_delivery(
+            tenant=row.tenant,
+            channel=plan.channel,
+            idempotency_key=_key("approval", row.id, "notify", stage, plan.channel, plan.target or ""),
+            now=now,
+            purpose=DeliveryPurpose.notify,
+            event_id=row.event_id,
+            alert_id=row.alert_id,
+            approval_id=row.id,
+            rule=row.rule,
+            target=plan.target,
+            extra={"person": plan.person} if plan.person else None,
+        )
+
+    # ------------------------------------------------------------ opening
+
+    async def create(self, *, request: ApprovalRequest, tenant: str, created_by: str | None = None) -> Approval:
+        """Open an approval and queue one message per target, in one transaction; ApprovalInputError names a field."""
+        self._check_names(request.approvers, "approvers")
+        plans = self.plan_targets(request.targets)
+        everyone = list(request.approvers)
+        for index, step in enumerate(request.escalation):
+            self._check_names(step.approvers, f"escalation[{index}].approvers")
+            self.plan_targets(step.targets, field=f"escalation[{index}].targets")
+            everyone += step.approvers
+        eligible = self.directory.eligible_count(everyone) if everyone else len(self.directory.people)
+        if request.quorum > eligible:
+            raise ApprovalInputError(
+                "quorum", f"{request.quorum} acknowledgements are needed but the approvers name {eligible} people"
+            )
+        now = self.clock.now()
+        expires_at = now + request.timeout
+        row = ApprovalRow(
+            id=new_id("apr"),
+            tenant=tenant,
+            title=request.title,
+            summary=request.summary,
+            requester=request.requester,
+            approvers=list(request.approvers),
+            targets=list(request.targets),
+            choices=[c.value for c in request.choices],
+            state=ApprovalState.pending.value,
+            quorum=request.quorum,
+            allow_self_approval=request.allow_self_approval,
+            escalation=[s.model_dump(mode="json") for s in request.escalation],
+            escalation_level=0,
+            callback_url=request.callback_url,
+            context=request.context,
+            created_by=created_by,
+            created_at=now,
+            updated_at=now,
+            expires_at=expires_at,
+            next_due_at=next_due(created_at=now, expires_at=expires_at, steps=request.escalation, level=0),
+        )
+        async with self.db.transaction() as session:
+            session.add(row)
+            await session.flush()
+            for plan in plans:
+                session.add(self._notify_delivery(row, plan, stage="0", now=now))
+            await audit.record(
+                session=session,
+                db=self.db,
+                type="approval.created",
+                at=now,
+                tenant=tenant,
+                approval_id=row.id,
+                actor=created_by,
+                actor_platform="api",
+                data={
+                    "targets": list(request.targets),
+                    "approvers": list(request.approvers),
+                    "quorum": request.quorum,
+                    "expires_at": expires_at.isoformat(),
+                },
+            )
+        self._committed(row.id)
+        return approval_from_row(row)
+
+    async def open_for_action(
+        self, session: AsyncSession, event: Event, alert: Alert | None, rule: Rule, action: Action
+    ) -> str:
+        """The ingest hook: open the approval a rule action asks for, inside the ingest transaction.
+
+        Ingest itself queues the action's message with the returned approval id, so the alert carries buttons.
+        """
+        spec = action.approval
+        if spec is None:
+            raise ValueError("open_for_action needs an action with approval:")
+        now = self.clock.now()
+        approvers = [name for name in spec.approvers if self.directory.knows(name)]
+        for name in set(spec.approvers) - set(approvers):
+            log.warning("rule %s: approver %r is neither a person nor a group; ignored", rule.name, name)
+        steps = sorted((s for s in spec.escalation if s.after < spec.timeout), key=lambda s: s.after)
+        choices = [c for c in Choice if c.value in spec.choices] or list(Choice)
+        expires_at = now + spec.timeout
+        subject = alert or event
+        row = ApprovalRow(
+            id=new_id("apr"),
+            tenant=event.tenant,
+            title=subject.title,
+            summary=subject.summary,
+            requester=None,
+            approvers=approvers,
+            targets=[action.channel],
+            choices=[c.value for c in choices],
+            state=ApprovalState.pending.value,
+            quorum=min(spec.quorum, max(1, self.directory.eligible_count(approvers))),
+            allow_self_approval=spec.allow_self_approval,
+            escalation=[s.model_dump(mode="json") for s in steps],
+            escalation_level=0,
+            callback_url=None,
+            context={
+                "event_id": event.id,
+                "alert_id": alert.id if alert else None,
+                "kind": event.kind,
+                "severity": event.severity.value,
+                "rule": rule.name,
+            },
+            alert_id=alert.id if alert else None,
+            event_id=event.id,
+            rule=rule.name,
+            created_by=f"rule:{rule.name}",
+            created_at=now,
+            updated_at=now,
+            expires_at=expires_at,
+            next_due_at=next_due(created_at=now, expires_at=expires_at, steps=steps, level=0),
+        )
+        session.add(row)
+        await session.flush()
+        await audit.record(
+            session=session,
+            db=self.db,
+            type="approval.created",
+            at=now,
+            tenant=row.tenant,
+            approval_id=row.id,
+            alert_id=row.alert_id,
+            actor=f"rule:{rule.name}",
+            actor_platform="rule",
+            data={"targets": row.targets, "approvers": approvers, "quorum": row.quorum},
+        )
+        return row.id
+
+    # ------------------------------------------------------------ reading
+
+    async def get(self, *, approval_id: str) -> Approval | None:
+        """One approval."""
+        async with self.db.sessions() as session:
+            return await approval_store.get(session=session, approval_id=approval_id)
+
+    async def view(self, *, approval_id: str) -> ApprovalView | None:
+        """One approval with its votes and next due time, as the API shows it."""
+        async with self.db.sessions() as session:
+            row = await session.get(ApprovalRow, approval_id)
+            if row is None:
+                return None
+            votes = await approval_store.votes(session=session, approval_id=approval_id)
+            return ApprovalView(approval=approval_from_row(row), votes=votes, next_due_at=row.next_due_at)
+
+    async def wait(self, *, approval_id: str, seconds: float) -> ApprovalView | None:
+        """The approval once it is final, or as it is after `seconds` (at most 60): a long poll.
+
+        A decision in this process wakes the waiter at once; one on another replica is seen by the short poll.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, min(seconds, MAX_WAIT_SECONDS))
+        while True:
+            # Registered before reading, so a decision committed between the read and the wait still wakes us.
+            event = self._waiters.setdefault(approval_id, asyncio.Event())
+            current = await self.view(approval_id=approval_id)
+            remaining = deadline - loop.time()
+            if current is None or current.approval.state.final or remaining <= 0:
+                return current
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, WAIT_POLL_SECONDS))
+
+    async def list_approvals(
+        self,
+        *,
+        tenants: list[str] | None,
+        states: Sequence[ApprovalState] | None = None,
+        alert_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Approval], str | None]:
+        """Approvals newest first, filtered and paginated (ValueError for a cursor we did not make)."""
+        async with self.db.sessions() as session:
+            return await approval_store.list_approvals(
+                session=session,
+                tenants=tenants,
+                states=[s.value for s in states] if states else None,
+                alert_id=alert_id,
+                limit=limit,
+                cursor=cursor,
+            )
+
+    async def list_pending_for(self, *, actor: Actor, tenant: str | None = None, limit: int = 50) -> list[Approval]:
+        """Open approvals this actor may decide, newest first (for a chat `pending` command)."""
+        person = self.directory.resolve(actor)
+        if person is None:
+            return []
+        now = self.clock.now()
+        page, _ = await self.list_approvals(
+            tenants=[tenant] if tenant else None,
+            states=[ApprovalState.pending, ApprovalState.escalated],
+            limit=PENDING_SCAN,
+        )
+        mine = [a for a in page if a.expires_at > now and self.directory.may_decide(person, a.approvers)]
+        return mine[:limit]
+
+    # ------------------------------------------------------------ buttons (the dispatcher's enricher)
+
+    def buttons(
+        self,
+        *,
+        approval: Approval,
+        delivery_id: str,
+        channel: str,
+        subject: str | None = None,
+        level: int | None = None,
+        now: datetime | None = None,
+    ) -> list[Button]:
+        """Fresh tokens, one per choice, bound to this delivery and channel (and person, when it is for one)."""
+        now = now or self.clock.now()
+        seconds = int((approval.expires_at - now).total_seconds())
+        if approval.state.final or seconds < 1:
+            return []
+        level = approval.escalation_level if level is None else level
+        codec = self.keys.codec
+        ttl = min(codec.ttl, seconds)
+        public_url = self._public_url()
+        out = []
+        for choice in approval.choices:
+            if choice is Choice.escalate and level >= len(approval.escalation):
+                continue  # nobody left to escalate to: no button that can only be refused
+            token = codec.issue(
+                tenant=approval.tenant,
+                approval_id=approval.id,
+                channel=channel,
+                choice=choice.value,
+                delivery_id=delivery_id,
+                subject=subject,
+                ttl=ttl,
+                now=int(now.timestamp()),
+            )
+            out.append(
+                Button(choice=choice.value, label=CHOICE_LABELS[choice], token=token, url=f"{public_url}/ack/{token}")
+            )
+        return out
+
+    async def enrich(self, session: AsyncSession, row: DeliveryRow, fields: dict[str, Any]) -> None:
+        """Dispatcher enricher: attach the approval, and buttons with fresh tokens while it is open."""
+        if not row.approval_id:
+            return
+        approval_row = await session.get(ApprovalRow, row.approval_id)
+        if approval_row is None:
+            return
+        approval = approval_from_row(approval_row)
+        fields["approval"] = approval
+        extra = row.extra or {}
+        if row.purpose not in (DeliveryPurpose.notify, DeliveryPurpose.update) or extra.get("follow_up"):
+            return
+        fields["buttons"] = self.buttons(
+            approval=approval,
+            delivery_id=row.id,
+            channel=row.channel,
+            subject=extra.get("person"),
+            level=approval_row.escalation_level,
+        )
+
+    # ------------------------------------------------------------ tokens for the API and the web page
+
+    async def issue_token(
+        self,
+        *,
+        approval_id: str,
+        channel: str,
+        choice: Choice,
+        by: str,
+        delivery_id: str | None = None,
+        subject: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> tuple[str, TokenClaims]:
+        """Issue one token for an open approval (POST /api/v1/ack-tokens/issue); audited, by kid and nonce hash.
+
+        ApprovalInputError names the field for an unknown approval, a closed one, a choice it does not offer or
+        a subject who is not a person.
+        """
+        now = self.clock.now()
+        approval = await self.get(approval_id=approval_id)
+        if approval is None:
+            raise ApprovalInputError("approval_id", "no such approval")
+        if approval.state.final:
+            raise ApprovalInputError("approval_id", f"the approval is {approval.state.value} already")
+        if choice not in approval.choices:
+            raise ApprovalInputError("choice", f"the approval does not offer {choice.value!r}")
+        if subject is not None and self.directory.person(subject) is None:
+            raise ApprovalInputError("subject", f"no person named {subject!r}")
+        codec = self.keys.codec
+        seconds = int((approval.expires_at - now).total_seconds())
+        if seconds < 1:
+            raise ApprovalInputError("approval_id", "the approval has run out of time")
+        wanted = codec.ttl if ttl is None else max(1, int(ttl.total_seconds()))
+        token = codec.issue(
+            tenant=approval.tenant,
+            approval_id=approval.id,
+            channel=channel,
+            choice=choice.value,
+            delivery_id=delivery_id,
+            subject=subject,
+            ttl=min(wanted, seconds),
+            now=int(now.timestamp()),
+        )
+        claims = codec.verify(token, now=int(now.timestamp()))
+        await audit.record_now(
+            db=self.db,
+            type="token.issued",
+            at=now,
+            tenant=approval.tenant,
+            approval_id=approval.id,
+            alert_id=approval.alert_id,
+            actor=by,
+            actor_platform="api",
+            data={**_token_details(claims), "subject": subject},
+        )
+        return token, claims
+
+    async def verify_token(
+        self, *, token: str, tenant: str | None = None, choice: str | None = None
+    ) -> tuple[TokenClaims | None, DecisionReason | None, bool]:
+        """Check a token without spending it: (claims, refusal reason or None, whether its nonce is spent)."""
+        now = int(self.clock.now().timestamp())
+        try:
+            claims = await self.keys.verify(token, now=now, expected_tenant=tenant, expected_choice=choice)
+        except TokenError as exc:
+            return None, DecisionReason(exc.reason.value), False
+        async with self.db.sessions() as session:
+            spent = await nonce_store.is_spent(session=session, nonce=claims.nonce)
+        return claims, (DecisionReason.replayed if spent else None), spent
+
+    async def preview(self, *, token: str) -> Preview:
+        """What following this web link would do, changing nothing (the confirm page: mail scanners prefetch)."""
+        now = self.clock.now()
+        try:
+            claims = await self.keys.verify(token, now=int(now.timestamp()))
+        except TokenError as exc:
+            known = self.keys.authenticated_claims(token)
+            refusal = await self._token_refusal(exc, known)
+            return Preview(refusal=refusal, approval=refusal.approval)
+        try:
+            choice = Choice(claims.choice)
+        except ValueError:
+            refusal = DecisionResult(ok=False, reason=DecisionReason.wrong_choice, message="Not a choice ackbot knows.")
+            return Preview(refusal=refusal, claims=claims)
+        async with self.db.sessions() as session:
+            row = await session.get(ApprovalRow, claims.approval_id)
+            spent = await nonce_store.is_spent(session=session, nonce=claims.nonce)
+        if row is None:
+            refusal = DecisionResult(ok=False, reason=DecisionReason.not_found, message="No such approval.")
+            return Preview(refusal=refusal, claims=claims)
+        approval = approval_from_row(row)
+        actor = Actor(platform="web", id=claims.subject or "")
+        person = self.directory.resolve(actor) if claims.subject else None
+        try:
+            self._authorize(
+                approval=approval, choice=choice, actor=actor, person=person, claims=claims, tenant=None, now=now
+            )
+        except _Refused as refusal:
+            return Preview(refusal=refusal.result, approval=approval, claims=claims, person=person)
+        if spent:
+            refusal_result = self._result(
+                DecisionReason.replayed, "This link was used already.", approval, choice, person
+            )
+            return Preview(refusal=refusal_result, approval=approval, claims=claims, person=person)
+        return Preview(approval=approval, claims=claims, person=person, choice=choice)
+
+    # ------------------------------------------------------------ deciding
+
+    async def decide(
+        self, *, token: str, actor: Actor, choice: str | None = None, tenant: str | None = None
+    ) -> DecisionResult:
+        """THE decision entry point for a click: verify the token, authorize the person, decide once, resume.
+
+        `choice` and `tenant`, when the surface knows them, must match the token's. A refusal changes nothing,
+        is audited, and says why in `reason` (machine) and `message` (people).
+        """
+        now = self.clock.now()
+        try:
+            claims = await self.keys.verify(
+                token, now=int(now.timestamp()), expected_tenant=tenant, expected_choice=choice
+            )
+        except TokenError as exc:
+            known = self.keys.authenticated_claims(token)
+            result = await self._token_refusal(exc, known)
+            await self._audit_refusal(result=result, actor=actor, claims=known, approval=result.approval, now=now)
+            return result
+        try:
+            chosen = Choice(claims.choice)
+        except ValueError:
+            result = DecisionResult(ok=False, reason=DecisionReason.wrong_choice, message="Not a choice ackbot knows.")
+            await self._audit_refusal(result=result, actor=actor, claims=claims, approval=None, now=now)
+            return result
+        return await self._apply(approval_id=claims.approval_id, choice=chosen, actor=actor, claims=claims, now=now)
+
+    async def _token_refusal(self, exc: TokenError, claims: TokenClaims | None) -> DecisionResult:
+        """The refusal for a bad token; for a genuine but stale one, say what became of its approval."""
+        result = DecisionResult(ok=False, reason=DecisionReason(exc.reason.value), message=_token_message(exc))
+        if claims is None or exc.reason.value not in ("expired", "retired_key"):
+            return result
+        approval = await self.get(approval_id=claims.approval_id)
+        if approval is None or approval.tenant != claims.tenant:
+            return result
+        if approval.state.final:
+            return _final_refusal(approval, self.directory)
+        return result.model_copy(update={"approval": approval, "quorum": approval.quorum})
+
+    async def decide_by_id(
+        self, *, approval_id: str, choice: Choice | str, actor: Actor, tenant: str | None = None
+    ) -> DecisionResult:
+        """Decide without a token (`/ackbot ack <id>`): the same checks, the platform vouching for the person."""
+        now = self.clock.now()
+        try:
+            chosen = Choice(choice)
+        except ValueError:
+            result = DecisionResult(
+                ok=False,
+                reason=DecisionReason.wrong_choice,
+                message=f"{choice!r} is not a choice: acknowledge, deny or escalate.",
+            )
+            await self._audit_refusal(result=result, actor=actor, claims=None, approval=None, now=now)
+            return result
+        return await self._apply(
+            approval_id=approval_id, choice=chosen, actor=actor, claims=None, now=now, tenant=tenant
+        )
+
+    async def cancel(self, *, approval_id: str, by: str, tenant: str | None = None) -> DecisionResult:
+        """Withdraw an open approval: its messages are updated and the callback says cancelled."""
+        now = self.clock.now()
+        actor = Actor(platform="api", id=by)
+        try:
+            async with self.db.transaction() as session:
+                row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id, lock=True)
+                if row is None or (tenant is not None and row.tenant != tenant):
+                    raise _Refused(
+                        DecisionResult(ok=False, reason=DecisionReason.not_found, message="No such approval.")
+                    )
+                approval = approval_from_row(row)
+                if approval.state.final:
+                    raise _Refused(_final_refusal(approval, self.directory))
+                updated = await self._finish(
+                    session, row, state=ApprovalState.cancelled, choice=None, person=by, channel="api", now=now
+                )
+                await audit.record(
+                    session=session,
+                    db=self.db,
+                    type="approval.cancelled",
+                    at=now,
+                    tenant=updated.tenant,
+                    approval_id=updated.id,
+                    alert_id=updated.alert_id,
+                    actor=by,
+                    actor_platform="api",
+                )
+                result = DecisionResult(
+                    ok=True,
+                    reason=DecisionReason.cancelled,
+                    message=f"Cancelled by {by}.",
+                    approval=approval_from_row(updated),
+                    quorum=updated.quorum,
+                )
+        except _Refused as refusal:
+            await self._audit_refusal(result=refusal.result, actor=actor, claims=None, approval=None, now=now)
+            return refusal.result
+        self._committed(approval_id)
+        return result
+
+    async def _apply(
+        self,
+        *,
+        approval_id: str,
+        choice: Choice,
+        actor: Actor,
+        claims: TokenClaims | None,
+        now: datetime,
+        tenant: str | None = None,
+    ) -> DecisionResult:
+        person = self.directory.resolve(actor)
+        approval: Approval | None = None
+        try:
+            async with self.db.transaction() as session:
+                # The row lock queues concurrent decisions on one approval; the conditional update stays the guard.
+                row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id, lock=True)
+                if row is None:
+                    raise _Refused(
+                        DecisionResult(ok=False, reason=DecisionReason.not_found, message="No such approval.")
+                    )
+                approval = approval_from_row(row)
+                person = self._authorize(
+                    approval=approval, choice=choice, actor=actor, person=person, claims=claims, tenant=tenant, now=now
+                )
+                if claims is not None:
+                    spent = await nonce_store.spend(
+                        session=session,
+                        db=self.db,
+                        nonce=claims.nonce,
+                        approval_id=approval.id,
+                        now=now,
+                        expires_at=claims.expires_at,
+                    )
+                    if not spent:
+                        raise _Refused(
+                            self._result(
+                                DecisionReason.replayed,
+                                "This button or link was used already.",
+                                approval,
+                                choice,
+                                person,
+                            )
+                        )
+                channel = claims.channel if claims is not None else actor.platform
+                details = _token_details(claims)
+                if choice is Choice.escalate:
+                    result = await self._escalate_by(
+                        session, row, person=person, channel=channel, now=now, details=details
+                    )
+                elif choice is Choice.acknowledge:
+                    result = await self._acknowledge(
+                        session, row, person=person, actor=actor, channel=channel, now=now, details=details
+                    )
+                else:
+                    updated = await self._finish(
+                        session,
+                        row,
+                        state=ApprovalState.denied,
+                        choice=choice,
+                        person=person.name,
+                        channel=channel,
+                        now=now,
+                    )
+                    await self._audit_decision(session, updated, "approval.denied", person, actor, now, details)
+                    result = self._result(
+                        DecisionReason.decided,
+                        f"Denied by {self.directory.display(person.name)}.",
+                        approval_from_row(updated),
+                        choice,
+                        person,
+                    )
+        except _Refused as refusal:
+            await self._audit_refusal(
+                result=refusal.result, actor=actor, claims=claims, approval=approval, now=now, person=person
+            )
+            return refusal.result
+        self._committed(approval_id)
+        return result
+
+    def _result(
+        self,
+        reason: DecisionReason,
+        message: str,
+        approval: Approval | None,
+        choice: Choice | None,
+        person: Person | None,
+        votes: int = 0,
+    ) -> DecisionResult:
+        return DecisionResult(
+            ok=reason in (DecisionReason.decided, DecisionReason.vote_recorded, DecisionReason.escalated),
+            reason=reason,
+            message=message,
+            approval=approval,
+            choice=choice,
+            person=person.name if person else None,
+            votes=votes,
+            quorum=approval.quorum if approval else 1,
+        )
+
+    def _authorize(
+        self,
+        *,
+        approval: Approval,
+        choice: Choice,
+        actor: Actor,
+        person: Person | None,
+        claims: TokenClaims | None,
+        tenant: str | None,
+        now: datetime,
+    ) -> Person:
+        def refuse(reason: DecisionReason, message: str) -> _Refused:
+            return _Refused(self._result(reason, message, approval, choice, person))
+
+        wrong_tenant = (claims is not None and claims.tenant != approval.tenant) or (
+            tenant is not None and tenant != approval.tenant
+        )
+        if wrong_tenant:
+            raise refuse(DecisionReason.wrong_tenant, "This token belongs to another tenant.")
+        if choice not in approval.choices:
+            raise refuse(DecisionReason.wrong_choice, f"{choice.value!r} is not one of this approval's choices.")
+        if approval.state.final:
+            refusal = _final_refusal(approval, self.directory)
+            raise refuse(refusal.reason, refusal.message)
+        if now >= approval.expires_at:
+            raise refuse(DecisionReason.expired, f"This approval expired at {_when(approval.expires_at)}.")
+        if actor.platform == "web" and (claims is None or claims.subject is None):
+            raise refuse(
+                DecisionReason.no_subject,
+                "This link was not sent to a particular person, so it cannot record who decided. "
+                "Use the buttons in chat, or have the request sent to you (person:NAME).",
+            )
+        if person is None:
+            raise refuse(
+                DecisionReason.unknown_actor,
+                f"ackbot does not know who you are ({actor.platform} id {actor.id}); "
+                "an administrator can add your identity to people in the configuration.",
+            )
+        if claims is not None and claims.subject is not None and claims.subject != person.name:
+            raise refuse(DecisionReason.wrong_subject, "This link was sent to someone else.")
+        if not self.directory.may_decide(person, approval.approvers):
+            raise refuse(
+                DecisionReason.not_approver,
+                f"{self.directory.display(person.name)} is not an approver of this request.",
+            )
+        if choice is Choice.acknowledge and not approval.allow_self_approval:
+            if self.directory.is_requester(person, approval.requester):
+                raise refuse(DecisionReason.self_approval, "You asked for this; someone else has to approve it.")
+        if choice is Choice.escalate and approval.escalation_level >= len(approval.escalation):
+            raise refuse(DecisionReason.cannot_escalate, "There is nobody left to escalate to.")
+        return person
+
+    async def _acknowledge(
+        self,
+        session: AsyncSession,
+        row: ApprovalRow,
+        *,
+        person: Person,
+        actor: Actor,
+        channel: str,
+        now: datetime,
+        details: dict[str, Any],
+    ) -> DecisionResult:
+        approval = approval_from_row(row)
+        added = await approval_store.add_vote(
+            session=session,
+            db=self.db,
+            approval_id=row.id,
+            person=person.name,
+            choice=Choice.acknowledge.value,
+            actor_platform=actor.platform,
+            actor_id=actor.id,
+            channel=channel,
+            now=now,
+        )
+        votes = await approval_store.count_votes(session=session, approval_id=row.id, choice=Choice.acknowledge.value)
+        if not added:
+            raise _Refused(
+                self._result(
+                    DecisionReason.already_voted,
+                    f"You acknowledged already; {row.quorum - votes} more acknowledgement(s) needed.",
+                    approval,
+                    Choice.acknowledge,
+                    person,
+                    votes,
+                )
+            )
+        if votes < row.quorum:
+            # Every message shows the count and gets fresh buttons (the clicked one's nonce is spent).
+            await self._enqueue_updates(session, row, now=now, stage=f"vote{votes}")
+            await self._audit_decision(session, row, "approval.vote", person, actor, now, {**details, "votes": votes})
+            return self._result(
+                DecisionReason.vote_recorded,
+                f"Acknowledgement recorded: {votes} of {row.quorum}.",
+                approval,
+                Choice.acknowledge,
+                person,
+                votes,
+            )
+        updated = await self._finish(
+            session,
+            row,
+            state=ApprovalState.acknowledged,
+            choice=Choice.acknowledge,
+            person=person.name,
+            channel=channel,
+            now=now,
+        )
+        await self._audit_decision(
+            session, updated, "approval.acknowledged", person, actor, now, {**details, "votes": votes}
+        )
+        return self._result(
+            DecisionReason.decided,
+            f"Acknowledged by {self.directory.display(person.name)}.",
+            approval_from_row(updated),
+            Choice.acknowledge,
+            person,
+            votes,
+        )
+
+    async def _escalate_by(
+        self,
+        session: AsyncSession,
+        row: ApprovalRow,
+        *,
+        person: Person,
+        channel: str,
+        now: datetime,
+        details: dict[str, Any],
+    ) -> DecisionResult:
+        updated = await self._fire_step(session, row, now=now, by=person.name)
+        if updated is None:
+            raise _Refused(
+                self._result(
+                    DecisionReason.already_decided,
+                    "Someone else changed this approval at the same moment.",
+                    approval_from_row(row),
+                    Choice.escalate,
+                    person,
+                )
+            )
+        await audit.record(
+            session=session,
+            db=self.db,
+            type="approval.escalated",
+            at=now,
+            tenant=updated.tenant,
+            approval_id=updated.id,
+            alert_id=updated.alert_id,
+            actor=person.name,
+            actor_platform=channel,
+            data={**details, "level": updated.escalation_level},
+        )
+        return self._result(
+            DecisionReason.escalated,
+            f"Escalated by {self.directory.display(person.name)}.",
+            approval_from_row(updated),
+            Choice.escalate,
+            person,
+        )
+
+    # ------------------------------------------------------------ transitions and what they cause
+
+    async def _finish(
+        self,
+        session: AsyncSession,
+        row: ApprovalRow,
+        *,
+        state: ApprovalState,
+        choice: Choice | None,
+        person: str | None,
+        channel: str | None,
+        now: datetime,
+    ) -> ApprovalRow:
+        updated = await approval_store.transition(
+            session=session,
+            approval_id=row.id,
+            values={
+                "state": state.value,
+                "decided_at": now,
+                "decided_by": person,
+                "decided_choice": choice.value if choice else None,
+                "decision_channel": channel,
+                "next_due_at": None,
+                "updated_at": now,
+            },
+        )
+        if updated is None:
+            current = await approval_store.get_row(session=session, db=self.db, approval_id=row.id)
+            refusal = _final_refusal(approval_from_row(current or row), self.directory)
+            raise _Refused(refusal)
+        await self._resume(session, updated, now=now)
+        return updated
+
+    async def _resume(self, session: AsyncSession, row: ApprovalRow, *, now: datetime) -> None:
+        """A final state: update every message, queue the signed callback and the rule's follow-ups."""
+        state = ApprovalState(row.state)
+        await self._enqueue_updates(session, row, now=now, stage=state.value)
+        if row.callback_url:
+            body = {
+                "approval_id": row.id,
+                "tenant": row.tenant,
+                "state": state.value,
+                "decided_by": row.decided_by,
+                "decided_at": row.decided_at.isoformat() if row.decided_at else None,
+                "channel": row.decision_channel,
+                "choice": row.decided_choice,
+                "context": row.context,
+            }
+            session.add(
+                new_delivery(
+                    tenant=row.tenant,
+                    channel=CALLBACK_CHANNEL,
+                    idempotency_key=_key("approval", row.id, "callback", state.value),
+                    now=now,
+                    purpose=DeliveryPurpose.callback,
+                    approval_id=row.id,
+                    alert_id=row.alert_id,
+                    event_id=row.event_id,
+                    extra={"url": row.callback_url, "body": body},
+                )
+            )
+        hook = FOLLOW_UP_HOOKS.get(state)
+        if hook is not None:
+            self._follow_ups(session, row, hook=hook, now=now, stage=state.value)
+        if state is ApprovalState.acknowledged and row.alert_id:
+            await alert_store.mark_acknowledged(session=session, alert_id=row.alert_id, by=row.decided_by or "", at=now)
+
+    async def _enqueue_updates(self, session: AsyncSession, row: ApprovalRow, *, now: datetime, stage: str) -> int:
+        shown = await approval_store.shown_on(session=session, approval_id=row.id)
+        for channel, target, extra in shown:
+            person = extra.get("person")
+            session.add(
+                new_delivery(
+                    tenant=row.tenant,
+                    channel=channel,
+                    idempotency_key=_key("approval", row.id, "update", stage, channel, target or ""),
+                    now=now,
+                    purpose=DeliveryPurpose.update,
+                    event_id=row.event_id,
+                    alert_id=row.alert_id,
+                    approval_id=row.id,
+                    rule=row.rule,
+                    target=target,
+                    extra={"person": person} if person else None,
+                )
+            )
+        return len(shown)
+
+    def _follow_ups(self, session: AsyncSession, row: ApprovalRow, *, hook: str, now: datetime, stage: str) -> None:
+        if not row.rule:
+            return
+        rule = next((r for r in self._rules() if r.name == row.rule), None)
+        if rule is None:
+            log.warning("approval %s: rule %s is gone; its %s actions are skipped", row.id, row.rule, hook)
+            return
+        known = self._channel_types()
+        for index, action in enumerate(getattr(rule, hook)):
+            if action.channel not in known:
+                log.warning("rule %s %s: channel %s is not configured; skipped", rule.name, hook, action.channel)
+                continue
+            session.add(
+                new_delivery(
+                    tenant=row.tenant,
+                    channel=action.channel,
+                    idempotency_key=_key("approval", row.id, hook, stage, index),
+                    now=now,
+                    purpose=DeliveryPurpose.notify,
+                    event_id=row.event_id,
+                    alert_id=row.alert_id,
+                    approval_id=row.id,
+                    rule=rule.name,
+                    action_index=index,
+                    extra={"follow_up": hook},
+                )
+            )
+
+    async def _fire_step(
+        self, session: AsyncSession, row: ApprovalRow, *, now: datetime, by: str
+    ) -> ApprovalRow | None:
+        """Run the next escalation step: widen the approvers, message the step's targets, update the others."""
+        steps = [EscalationStep.model_validate(s) for s in row.escalation]
+        level = row.escalation_level
+        step = steps[level]
+        approvers = [*row.approvers, *(a for a in step.approvers if a not in row.approvers)]
+        targets = [*row.targets, *(t for t in step.targets if t not in row.targets)]
+        updated = await approval_store.transition(
+            session=session,
+            approval_id=row.id,
+            from_level=level,
+            values={
+                "state": ApprovalState.escalated.value,
+                "escalation_level": level + 1,
+                "approvers": approvers,
+                "targets": targets,
+                "next_due_at": next_due(
+                    created_at=row.created_at, expires_at=row.expires_at, steps=steps, level=level + 1
+                ),
+                "updated_at": now,
+            },
+        )
+        if updated is None:
+            return None
+        stage = f"level{level + 1}"
+        existing = await self._notified(session, row.id)
+        await self._enqueue_updates(session, updated, now=now, stage=stage)
+        for plan in self._plan_quietly(step.targets, row.id):
+            # A conversation that shows the approval already gets the update above, not a second message.
+            if (plan.channel, plan.target) not in existing:
+                session.add(self._notify_delivery(updated, plan, stage=stage, now=now))
+        self._follow_ups(session, updated, hook="on_escalate", now=now, stage=stage)
+        log.info("approval %s escalated to level %d by %s", row.id, level + 1, by)
+        return updated
+
+    @staticmethod
+    async def _notified(session: AsyncSession, approval_id: str) -> set[tuple[str, str | None]]:
+        rows = await session.execute(
+            select(DeliveryRow.channel, DeliveryRow.target, DeliveryRow.extra).where(
+                DeliveryRow.approval_id == approval_id, DeliveryRow.purpose == DeliveryPurpose.notify
+            )
+        )
+        return {(c, t) for c, t, extra in rows.all() if not (extra or {}).get("follow_up")}
+
+    # ------------------------------------------------------------ the scheduler
+
+    async def run_once(self, *, limit: int = SCHEDULER_BATCH) -> int:
+        """Fire every due escalation step and expiry once; returns how many approvals this call advanced.
+
+        Safe on any number of replicas at once: each approval is taken with a row lock (SKIP LOCKED on
+        PostgreSQL) and moved with a conditional update on its escalation level and due time.
+        """
+        now = self.clock.now()
+        async with self.db.transaction() as session:
+            candidates = await approval_store.due_ids(session=session, db=self.db, now=now, limit=limit)
+        advanced = 0
+        for approval_id in candidates:
+            try:
+                if await self._advance(approval_id, now):
+                    advanced += 1
+                    self._committed(approval_id)
+            except Exception:
+                log.exception("approval %s: the scheduled step failed; it stays due", approval_id)
+        await nonce_store.prune(db=self.db, before=now - timedelta(seconds=CLOCK_SKEW_SECONDS))
+        return advanced
+
+    async def _advance(self, approval_id: str, now: datetime) -> bool:
+        async with self.db.transaction() as session:
+            row = await approval_store.lock_if_due(session=session, db=self.db, approval_id=approval_id, now=now)
+            if row is None:
+                return False  # another replica has it, or got there first
+            steps = [EscalationStep.model_validate(s) for s in row.escalation]
+            level = row.escalation_level
+            if now >= row.expires_at:
+                updated = await approval_store.transition(
+                    session=session,
+                    approval_id=row.id,
+                    from_level=level,
+                    from_due=row.next_due_at,
+                    check_due=True,
+                    values={
+                        "state": ApprovalState.expired.value,
+                        "decided_at": now,
+                        "next_due_at": None,
+                        "updated_at": now,
+                    },
+                )
+                if updated is None:
+                    return False
+                await self._resume(session, updated, now=now)
+                kind, data = "approval.expired", {"level": level}
+            elif level < len(steps) and row.created_at + steps[level].after <= now:
+                fired = await self._fire_step(session, row, now=now, by="the scheduler")
+                if fired is None:
+                    return False
+                updated = fired
+                kind, data = "approval.escalated", {"level": updated.escalation_level, "timeout": True}
+            else:
+                # The due time was early (the row was edited by hand, say): set it right and move on.
+                await approval_store.transition(
+                    session=session,
+                    approval_id=row.id,
+                    values={
+                        "next_due_at": next_due(
+                            created_at=row.created_at, expires_at=row.expires_at, steps=steps, level=level
+                        )
+                    },
+                )
+                return False
+            await audit.record(
+                session=session,
+                db=self.db,
+                type=kind,
+                at=now,
+                tenant=updated.tenant,
+                approval_id=updated.id,
+                alert_id=updated.alert_id,
+                actor="scheduler",
+                actor_platform="ackbot",
+                data=data,
+            )
+        return True
+
+    # ------------------------------------------------------------ audit
+
+    async def _audit_decision(
+        self,
+        session: AsyncSession,
+        row: ApprovalRow,
+        kind: str,
+        person: Person,
+        actor: Actor,
+        now: datetime,
+        details: dict[str, Any],
+    ) -> None:
+        await audit.record(
+            session=session,
+            db=self.db,
+            type=kind,
+            at=now,
+            tenant=row.tenant,
+            approval_id=row.id,
+            alert_id=row.alert_id,
+            actor=person.name,
+            actor_platform=actor.platform,
+            data={**details, "actor_id": actor.id, "state": row.state},
+        )
+
+    async def _audit_refusal(
+        self,
+        *,
+        result: DecisionResult,
+        actor: Actor,
+        claims: TokenClaims | None,
+        approval: Approval | None,
+        now: datetime,
+        person: Person | None = None,
+    ) -> None:
+        approval_id = approval.id if approval else (claims.approval_id if claims else None)
+        tenant = approval.tenant if approval else (claims.tenant if claims else None)
+        try:
+            await audit.record_now(
+                db=self.db,
+                type="decision.refused",
+                at=now,
+                tenant=tenant,
+                approval_id=approval_id,
+                alert_id=approval.alert_id if approval else None,
+                actor=person.name if person else f"{actor.platform}:{actor.id}"[:200],
+                actor_platform=actor.platform,
+                data={**_token_details(claims), "reason": result.reason.value, "actor_id": actor.id[:200]},
+            )
+        except Exception:
+            # The refusal stands even if it cannot be written down; say so loudly.
+            log.exception("could not audit a refused decision (%s)", result.reason.value)
+
+
+def _token_details(claims: TokenClaims | None) -> dict[str, Any]:
+    if claims is None:
+        return {}
+    return {
+        "choice": claims.choice,
+        "channel": claims.channel,
+        "delivery_id": claims.delivery_id,
+        "kid": claims.kid,
+        "nonce_hash": audit.nonce_digest(claims.nonce),
+    }
+
+
+def _token_message(exc: TokenError) -> str:
+    reason = exc.reason.value
+    if reason == "expired":
+        return "This button or link has expired."
+    if reason == "retired_key":
+        return "This button or link was revoked (its signing key has been retired)."
+    if reason in ("wrong_tenant", "wrong_choice"):
+        return "This button or link does not belong here."
+    return "This button or link is not valid."
+
+
+def _final_refusal(approval: Approval, directory: Directory) -> DecisionResult:
+    state = approval.state
+    if state is ApprovalState.expired:
+        return DecisionResult(
+            ok=False,
+            reason=DecisionReason.expired,
+            message=f"This approval expired at {_when(approval.decided_at or approval.expires_at)} without a decision.",
+            approval=approval,
+            quorum=approval.quorum,
+        )
+    who = directory.display(approval.decided_by) or "someone"
+    return DecisionResult(
+        ok=False,
+        reason=DecisionReason.already_decided,
+        message=f"Already {state.value} by {who} at {_when(approval.decided_at)}.",
+        approval=approval,
+        quorum=approval.quorum,
+    )

@@ -1,0 +1,150 @@
+"""The audit log: who did what to which approval, append-only and hash-chained so edits and deletions show.
+
+Each row stores the hash of the row before it: hash = sha256(prev_hash + canonical JSON of the row). Appends
+are serialized (one lock row), so the chain never forks across replicas. `verify_chain` walks the log and
+reports the first row that was edited or deleted. Secrets never enter the log: tokens are recorded by their
+key id and a hash of their nonce, never by value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.models import UtcDatetime
+from core.store import audit as audit_store
+from core.store.db import Database
+from core.store.tables import AuditRow
+
+# Keys whose values never belong in an audit row, whatever a caller passes.
+_SECRET_KEYS = frozenset({"token", "secret", "password", "csrf", "material", "authorization", "nonce"})
+
+
+class AuditEntry(BaseModel):
+    """One audit row as the API shows it."""
+
+    seq: int
+    at: UtcDatetime
+    tenant: str | None = None
+    type: str
+    approval_id: str | None = None
+    alert_id: str | None = None
+    actor: str | None = None
+    actor_platform: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    prev_hash: str
+    hash: str
+
+
+def entry_from_row(row: AuditRow) -> AuditEntry:
+    """A stored row as a model."""
+    return AuditEntry(
+        seq=row.seq,
+        at=row.at,
+        tenant=row.tenant,
+        type=row.type,
+        approval_id=row.approval_id,
+        alert_id=row.alert_id,
+        actor=row.actor,
+        actor_platform=row.actor_platform,
+        data=dict(row.data or {}),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+def nonce_digest(nonce: str) -> str:
+    """What the log keeps of a nonce: enough to correlate two rows, useless to replay a token."""
+    return hashlib.sha256(nonce.encode("utf-8")).hexdigest()[:16]
+
+
+def _scrub(data: dict[str, Any]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if key.lower() in _SECRET_KEYS:
+            continue
+        clean[key] = _scrub(value) if isinstance(value, dict) else value
+    return clean
+
+
+async def record(
+    *,
+    session: AsyncSession,
+    db: Database,
+    type: str,
+    at: datetime,
+    tenant: str | None = None,
+    approval_id: str | None = None,
+    alert_id: str | None = None,
+    actor: str | None = None,
+    actor_platform: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append an audit row in the caller's transaction (call it last: it holds the append lock until commit)."""
+    row = await audit_store.append(
+        session=session,
+        db=db,
+        type=type,
+        at=at,
+        tenant=tenant,
+        approval_id=approval_id,
+        alert_id=alert_id,
+        actor=actor,
+        actor_platform=actor_platform,
+        data=_scrub(data or {}),
+    )
+    return entry_from_row(row)
+
+
+async def record_now(*, db: Database, type: str, at: datetime, **fields: Any) -> AuditEntry:
+    """Append an audit row in a transaction of its own."""
+    async with db.transaction() as session:
+        return await record(session=session, db=db, type=type, at=at, **fields)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The outcome of walking the chain: ok, how many rows were checked, and the first problem found."""
+
+    ok: bool
+    rows: int
+    head_seq: int
+    head_hash: str
+    problem: str | None = None
+    seq: int | None = None
+
+
+async def verify_chain(*, db: Database) -> ChainReport:
+    """Walk the whole log; report the first edited, deleted or reordered row, or a truncated tail."""
+    async with db.sessions() as session:
+        head_seq, head_hash = await audit_store.head(session=session)
+    previous_hash = audit_store.GENESIS_HASH
+    expected = 1
+    count = 0
+    async for row in audit_store.walk(db=db):
+        count += 1
+        if row.seq != expected:
+            gap = f"{expected}" if row.seq == expected + 1 else f"{expected} to {row.seq - 1}"
+            return ChainReport(False, count, head_seq, head_hash, f"row(s) {gap} deleted", expected)
+        if row.prev_hash != previous_hash:
+            return ChainReport(
+                False, count, head_seq, head_hash, f"row {row.seq} does not follow row {row.seq - 1}", row.seq
+            )
+        if audit_store.row_hash(previous_hash, row) != row.hash:
+            return ChainReport(False, count, head_seq, head_hash, f"row {row.seq} was edited", row.seq)
+        previous_hash = row.hash
+        expected += 1
+    last = expected - 1
+    if head_seq != last:
+        if head_seq > last:
+            problem = f"row(s) {last + 1} to {head_seq} deleted from the end"
+            return ChainReport(False, count, head_seq, head_hash, problem, last + 1)
+        return ChainReport(False, count, head_seq, head_hash, f"the head row says {head_seq}, the log has {last}", last)
+    if head_hash != previous_hash:
+        return ChainReport(False, count, head_seq, head_hash, f"row {last} was edited (the head disagrees)", last)
+    return ChainReport(True, count, head_seq, head_hash)

@@ -1,0 +1,201 @@
+"""Approvals, their votes and the deliveries that showed them: rows in, domain models out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
+from core.store.db import Database
+from core.store.pagination import decode_cursor
+from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow
+
+OPEN_STATES = (ApprovalState.pending.value, ApprovalState.escalated.value)
+_INTERNAL = ("event_id", "created_by", "updated_at", "next_due_at")
+
+
+def approval_from_row(row: ApprovalRow) -> Approval:
+    """The stored approval as a domain model (bookkeeping columns left out)."""
+    data = {column.key: getattr(row, column.key) for column in ApprovalRow.__table__.columns}
+    for key in _INTERNAL:
+        data.pop(key)
+    return Approval.model_validate(data)
+
+
+async def get_row(*, session: AsyncSession, db: Database, approval_id: str, lock: bool = False) -> ApprovalRow | None:
+    """One approval row; lock=True holds its row lock to the end of the transaction (PostgreSQL).
+
+    On SQLite every write transaction already holds the database lock (BEGIN IMMEDIATE), so no more is needed.
+    """
+    query = select(ApprovalRow).where(ApprovalRow.id == approval_id)
+    if lock and db.is_postgres:
+        query = query.with_for_update()
+    # populate_existing: a row read earlier in this session must not hide a newer committed state.
+    return (await session.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+
+
+async def get(*, session: AsyncSession, approval_id: str) -> Approval | None:
+    """One approval by id."""
+    row = await session.get(ApprovalRow, approval_id)
+    return approval_from_row(row) if row is not None else None
+
+
+async def list_approvals(
+    *,
+    session: AsyncSession,
+    tenants: list[str] | None,
+    states: Iterable[str] | None = None,
+    alert_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Approval], str | None]:
+    """Approvals newest first; returns the page and the last id when there is more (ValueError for a bad cursor)."""
+    query = select(ApprovalRow)
+    if tenants is not None:
+        query = query.where(ApprovalRow.tenant.in_(tenants))
+    if states is not None:
+        query = query.where(ApprovalRow.state.in_(list(states)))
+    if alert_id is not None:
+        query = query.where(ApprovalRow.alert_id == alert_id)
+    if cursor is not None:
+        query = query.where(ApprovalRow.id < decode_cursor(cursor))
+    rows = (await session.execute(query.order_by(ApprovalRow.id.desc()).limit(limit + 1))).scalars().all()
+    page = [approval_from_row(r) for r in rows[:limit]]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
+async def transition(
+    *,
+    session: AsyncSession,
+    approval_id: str,
+    from_level: int | None = None,
+    from_due: datetime | None = None,
+    check_due: bool = False,
+    values: dict[str, Any],
+) -> ApprovalRow | None:
+    """Conditionally move an open approval: UPDATE ... WHERE state IN (pending, escalated) [AND the same step].
+
+    Returns the updated row, or None when another transaction got there first: that is how two clicks, two
+    replicas or two scheduler runs produce exactly one decision or one escalation step.
+    """
+    conditions = [ApprovalRow.id == approval_id, ApprovalRow.state.in_(OPEN_STATES)]
+    if from_level is not None:
+        conditions.append(ApprovalRow.escalation_level == from_level)
+    if check_due:
+        conditions.append(
+            ApprovalRow.next_due_at == from_due if from_due is not None else ApprovalRow.next_due_at.is_(None)
+        )
+    statement = (
+        update(ApprovalRow)
+        .where(*conditions)
+        .values(**values)
+        .returning(ApprovalRow)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def due_ids(*, session: AsyncSession, db: Database, now: datetime, limit: int) -> list[str]:
+    """Open approvals whose next step (escalation or expiry) is due; PostgreSQL skips rows another replica holds."""
+    query = (
+        select(ApprovalRow.id)
+        .where(ApprovalRow.state.in_(OPEN_STATES), ApprovalRow.next_due_at <= now)
+        .order_by(ApprovalRow.next_due_at)
+        .limit(limit)
+    )
+    if db.is_postgres:
+        query = query.with_for_update(skip_locked=True)
+    return list((await session.execute(query)).scalars())
+
+
+async def lock_if_due(*, session: AsyncSession, db: Database, approval_id: str, now: datetime) -> ApprovalRow | None:
+    """Take one due approval for this transaction, or None if it is not due or another replica holds it."""
+    query = select(ApprovalRow).where(
+        ApprovalRow.id == approval_id, ApprovalRow.state.in_(OPEN_STATES), ApprovalRow.next_due_at <= now
+    )
+    if db.is_postgres:
+        query = query.with_for_update(skip_locked=True)
+    return (await session.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+
+
+async def add_vote(
+    *,
+    session: AsyncSession,
+    db: Database,
+    approval_id: str,
+    person: str,
+    choice: str,
+    actor_platform: str,
+    actor_id: str,
+    channel: str | None,
+    now: datetime,
+) -> bool:
+    """Record one person's vote; False if this person has voted on this approval already."""
+    table = ApprovalVoteRow.__table__
+    statement = (
+        db.insert(table)
+        .values(
+            approval_id=approval_id,
+            person=person,
+            choice=choice,
+            actor_platform=actor_platform,
+            actor_id=actor_id,
+            channel=channel,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.approval_id, table.c.person])  # type: ignore[attr-defined]
+    )
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def count_votes(*, session: AsyncSession, approval_id: str, choice: str) -> int:
+    """Distinct people who voted choice on an approval."""
+    query = select(func.count()).where(ApprovalVoteRow.approval_id == approval_id, ApprovalVoteRow.choice == choice)
+    return int((await session.execute(query)).scalar_one())
+
+
+async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, Any]]:
+    """Every vote on an approval, oldest first, as JSON-ready dicts."""
+    rows = await session.execute(
+        select(ApprovalVoteRow).where(ApprovalVoteRow.approval_id == approval_id).order_by(ApprovalVoteRow.id)
+    )
+    return [
+        {
+            "person": r.person,
+            "choice": r.choice,
+            "platform": r.actor_platform,
+            "channel": r.channel,
+            "at": r.created_at.isoformat(),
+        }
+        for r in rows.scalars()
+    ]
+
+
+async def shown_on(*, session: AsyncSession, approval_id: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(channel, target, extra) of every message that showed the approval and may need an update.
+
+    Notify deliveries already sent, or being sent right now; ones still queued will render the new state
+    when they go out, and follow-up messages (a rule's on_deny ...) are not the approval's own messages.
+    """
+    rows = await session.execute(
+        select(DeliveryRow.channel, DeliveryRow.target, DeliveryRow.extra)
+        .where(
+            DeliveryRow.approval_id == approval_id,
+            DeliveryRow.purpose == DeliveryPurpose.notify,
+            DeliveryRow.status.in_((DeliveryStatus.sent, DeliveryStatus.sending)),
+        )
+        .order_by(DeliveryRow.created_at)
+    )
+    seen: set[tuple[str, str | None]] = set()
+    out = []
+    for channel, target, extra in rows.all():
+        if (extra or {}).get("follow_up") or (channel, target) in seen:
+            continue
+        seen.add((channel, target))
+        out.append((channel, target, dict(extra or {})))
+    return out
