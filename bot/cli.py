@@ -248,6 +248,94 @@ def cmd_teams_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_database(args: argparse.Namespace) -> tuple[AckbotConfig, Database] | None:
+    """The config and its database, at the schema this code needs; None (after saying why) otherwise."""
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    return config, Database(config.database.url)
+
+
+async def _schema_current(db: Database) -> bool:
+    revision = await migrate.current_revision(db)
+    if revision != migrate.head_revision():
+        print(f"the database is at revision {revision}: run `ackbot db upgrade` first", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Ack-token keys kept in the database: list, rotate (a new key signs), retire (its tokens are refused)."""
+    from core.approvals import keys as key_ops
+    from core.clock import SystemClock
+
+    opened = _open_database(args)
+    if opened is None:
+        return 1
+    config, db = opened
+
+    async def run() -> int:
+        try:
+            if not await _schema_current(db):
+                return 1
+            now = SystemClock().now()
+            if args.keys_command == "rotate":
+                key = await key_ops.rotate(db=db, config=config, now=now)
+                print(f"{key.kid}: a new {key.purpose} key; it signs new tokens, older keys still verify")
+            elif args.keys_command == "retire":
+                key = await key_ops.retire(db=db, config=config, kid=args.kid, now=now)
+                print(f"{key.kid}: retired; the tokens it signed are refused from now on")
+            else:
+                if config.tokens.keys:
+                    print(f"token keys come from the config file (tokens.keys, mode {config.tokens.mode}):")
+                    for entry in config.tokens.keys:
+                        print(f"  {entry.id}  {'retired' if entry.retired else 'active'}  {entry.secret}")
+                stored = await key_ops.list_stored(db=db)
+                active = [k for k in stored if k.purpose == config.tokens.mode and not k.retired]
+                signing = active[-1].kid if active and not config.tokens.keys else None
+                print(f"{'KID':<32} {'PURPOSE':<9} {'CREATED':<26} STATUS")
+                for key in stored:
+                    status = f"retired {key.retired_at:%Y-%m-%d %H:%M}" if key.retired_at else "active"
+                    if key.kid == signing:
+                        status += ", signs"
+                    print(f"{key.kid:<32} {key.purpose:<9} {key.created_at:%Y-%m-%d %H:%M:%S %Z}  {status}")
+            return 0
+        except key_ops.KeyOperationError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Walk the audit log's hash chain; exit 1 naming the first edited or deleted row."""
+    from core.audit import verify_chain
+
+    opened = _open_database(args)
+    if opened is None:
+        return 1
+    _, db = opened
+
+    async def run() -> int:
+        try:
+            if not await _schema_current(db):
+                return 1
+            report = await verify_chain(db=db)
+        finally:
+            await db.close()
+        if not report.ok:
+            print(f"audit log BROKEN at row {report.seq}: {report.problem} ({report.rows} rows read)", file=sys.stderr)
+            return 1
+        print(f"audit log OK: {report.rows} rows, head {report.head_seq} {report.head_hash}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ackbot", description="ChatOps bot with interactive approvals")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
     package.add_argument("--privacy-url", help="privacy statement (default: --url)")
     package.add_argument("--terms-url", help="terms of use (default: --url)")
     package.set_defaults(func=cmd_teams_package)
+    keys = sub.add_parser("keys", help="ack-token signing keys kept in the database")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_list = keys_sub.add_parser("list", help="list the stored keys (never their material)")
+    keys_list.add_argument("--config")
+    keys_list.set_defaults(func=cmd_keys)
+    keys_rotate = keys_sub.add_parser("rotate", help="add a new key: it signs from now on, older keys still verify")
+    keys_rotate.add_argument("--config")
+    keys_rotate.set_defaults(func=cmd_keys)
+    keys_retire = keys_sub.add_parser("retire", help="retire a key: the tokens it signed are refused")
+    keys_retire.add_argument("kid")
+    keys_retire.add_argument("--config")
+    keys_retire.set_defaults(func=cmd_keys)
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first broken row")
+    audit_verify.add_argument("--config")
+    audit_verify.set_defaults(func=cmd_audit_verify)
     return parser
 
 

@@ -559,12 +559,12 @@ class ApprovalService:
         approval = await self.get(approval_id=approval_id)
         if approval is None:
             raise ApprovalInputError("approval_id", "no such approval")
-        if approval.state.final:
-            raise ApprovalInputError("approval_id", f"the approval is {approval.state.value} already")
-        if choice not in approval.choices:
-            raise ApprovalInputError("choice", f"the approval does not offer {choice.value!r}")
         if subject is not None and self.directory.person(subject) is None:
             raise ApprovalInputError("subject", f"no person named {subject!r}")
+        if choice not in approval.choices:
+            raise ApprovalInputError("choice", f"the approval does not offer {choice.value!r}")
+        if approval.state.final:
+            raise ApprovalInputError("approval_id", f"the approval is {approval.state.value} already")
         codec = self.keys.codec
         seconds = int((approval.expires_at - now).total_seconds())
         if seconds < 1:

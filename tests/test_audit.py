@@ -1,0 +1,170 @@
+"""The audit log: concurrent appends keep one chain, edits and deletions are found, the API filters by tenant."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from bot import cli
+from core import audit
+from core.clock import ManualClock
+from core.store import migrate
+from core.store.db import Database
+from core.store.tables import AuditHeadRow, AuditRow
+from tests import test_approvals
+from tests.conftest import READ_KEY, TENANT_KEY, auth
+from tests.test_approvals import ALICE, BOB, HarnessFactory
+
+harness = test_approvals.harness
+NOW = ManualClock().now()
+
+
+async def _append(db: Database, n: int, *, tenant: str = "acme") -> None:
+    await audit.record_now(
+        db=db, type="test.event", at=NOW, tenant=tenant, actor=f"p{n % 3}", data={"n": n, "token": "secret-value"}
+    )
+
+
+async def test_concurrent_appends_form_one_unbroken_chain(migrated_db: Database) -> None:
+    await asyncio.gather(*(_append(migrated_db, n) for n in range(40)))
+    report = await audit.verify_chain(db=migrated_db)
+    assert report.ok and report.rows == 40 and report.head_seq == 40, report
+    async with migrated_db.sessions() as session:
+        rows = list((await session.execute(select(AuditRow).order_by(AuditRow.seq))).scalars())
+    assert [r.seq for r in rows] == list(range(1, 41))
+    assert sorted(r.data["n"] for r in rows) == list(range(40))
+    assert all(rows[i].prev_hash == rows[i - 1].hash for i in range(1, 40))
+    # Whatever a caller passes, values under secret-sounding keys are not kept.
+    assert all("token" not in r.data for r in rows)
+
+
+async def _tamper(db: Database, statement: Any) -> None:
+    async with db.transaction() as session:
+        await session.execute(statement)
+
+
+async def test_edits_and_deletions_are_found(migrated_db: Database) -> None:
+    db = migrated_db
+    for n in range(6):
+        await _append(db, n)
+    assert (await audit.verify_chain(db=db)).ok
+
+    await _tamper(db, update(AuditRow).where(AuditRow.seq == 3).values(actor="mallory"))
+    report = await audit.verify_chain(db=db)
+    assert not report.ok and report.seq == 3 and "edited" in (report.problem or "")
+    await _tamper(db, update(AuditRow).where(AuditRow.seq == 3).values(actor="p2"))  # as it was
+    assert (await audit.verify_chain(db=db)).ok
+
+    await _tamper(db, delete(AuditRow).where(AuditRow.seq == 4))
+    report = await audit.verify_chain(db=db)
+    assert not report.ok and report.seq == 4 and "deleted" in (report.problem or "")
+
+
+async def test_a_truncated_tail_is_found(migrated_db: Database) -> None:
+    db = migrated_db
+    for n in range(5):
+        await _append(db, n)
+    await _tamper(db, delete(AuditRow).where(AuditRow.seq >= 4))
+    report = await audit.verify_chain(db=db)
+    assert not report.ok and report.seq == 4 and "from the end" in (report.problem or "")
+    # Rewriting the head to hide it shows up as an edit of the last row instead.
+    await _tamper(db, update(AuditHeadRow).values(seq=3))
+    report = await audit.verify_chain(db=db)
+    assert not report.ok and report.seq == 3
+
+
+def test_audit_verify_command(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "ackbot.yml"
+    config.write_text(f"database:\n  url: {database_url}\n", encoding="utf-8")
+
+    async def prepare() -> None:
+        db = Database(database_url)
+        try:
+            await migrate.upgrade(db)
+            for n in range(3):
+                await _append(db, n)
+        finally:
+            await db.close()
+
+    async def edit() -> None:
+        db = Database(database_url)
+        try:
+            await _tamper(db, update(AuditRow).where(AuditRow.seq == 2).values(data={"n": 99}))
+        finally:
+            await db.close()
+
+    asyncio.run(prepare())
+    assert cli.main(["audit", "verify", "--config", str(config)]) == 0
+    assert "audit log OK: 3 rows" in capsys.readouterr().out
+    asyncio.run(edit())
+    assert cli.main(["audit", "verify", "--config", str(config)]) == 1
+    assert "BROKEN at row 2: row 2 was edited" in capsys.readouterr().err
+
+
+def test_keys_commands(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "ackbot.yml"
+    config.write_text(f"database:\n  url: {database_url}\n", encoding="utf-8")
+
+    async def prepare() -> None:
+        db = Database(database_url)
+        try:
+            await migrate.upgrade(db)
+        finally:
+            await db.close()
+
+    asyncio.run(prepare())
+    assert cli.main(["keys", "rotate", "--config", str(config)]) == 0
+    first = capsys.readouterr().out.split(":")[0]
+    assert cli.main(["keys", "retire", first, "--config", str(config)]) == 1
+    assert "only active" in capsys.readouterr().err
+    assert cli.main(["keys", "rotate", "--config", str(config)]) == 0
+    second = capsys.readouterr().out.split(":")[0]
+    assert cli.main(["keys", "retire", first, "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert cli.main(["keys", "list", "--config", str(config)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{second}" in listing and "signs" in listing and "retired" in listing
+    assert "BEGIN" not in listing and len(listing.splitlines()) == 3
+    assert cli.main(["keys", "retire", "nope", "--config", str(config)]) == 1
+
+
+async def test_the_api_filters_and_scopes_by_tenant(harness: HarnessFactory) -> None:
+    h = await harness()
+    mine = await h.create(targets=["chat"])
+    theirs = await h.create(tenant="globex", targets=["chat"])
+    await h.runtime.approvals.decide_by_id(approval_id=mine["id"], choice="acknowledge", actor=ALICE)
+    await h.runtime.approvals.decide_by_id(approval_id=theirs["id"], choice="deny", actor=BOB)
+    await h.runtime.approvals.decide_by_id(approval_id=mine["id"], choice="deny", actor=BOB)  # refused: decided
+
+    items = (await (await h.client.get(f"/api/v1/audit?approval={mine['id']}", headers=auth())).json())["items"]
+    assert [i["type"] for i in items] == ["decision.refused", "approval.acknowledged", "approval.created"]
+    assert items[1]["actor"] == "alice" and items[1]["actor_platform"] == "slack"
+    assert items[0]["data"]["reason"] == "already_decided" and items[0]["hash"] and items[0]["prev_hash"]
+
+    by_actor = (await (await h.client.get("/api/v1/audit?actor=bob", headers=auth())).json())["items"]
+    assert {i["approval_id"] for i in by_actor} == {mine["id"], theirs["id"]}
+    of_type = (await (await h.client.get("/api/v1/audit?type=approval.denied", headers=auth())).json())["items"]
+    assert [i["approval_id"] for i in of_type] == [theirs["id"]]
+
+    # A tenant's keys see only that tenant's rows; reading needs notify.read.
+    scoped = (await (await h.client.get("/api/v1/audit?limit=500", headers=auth(READ_KEY))).json())["items"]
+    assert scoped and all(i["tenant"] == "acme" for i in scoped)
+    assert (await h.client.get("/api/v1/audit?tenant=globex", headers=auth(TENANT_KEY))).status == 403
+    assert (await h.client.get("/api/v1/audit")).status == 401
+
+    # Pages of two cover everything once, newest first.
+    seen: list[int] = []
+    url = "/api/v1/audit?limit=2"
+    while url:
+        page = await (await h.client.get(url, headers=auth())).json()
+        seen += [i["seq"] for i in page["items"]]
+        url = f"/api/v1/audit?limit=2&cursor={page['next_cursor']}" if page["next_cursor"] else ""
+    assert seen == [5, 4, 3, 2, 1]  # two created, two decided, one refused
+    assert (await h.client.get("/api/v1/audit?cursor=!!", headers=auth())).status == 400
+    resp = await h.client.get("/api/v1/audit?limit=0&colour=red", headers=auth())
+    assert resp.status == 422 and {f["field"] for f in (await resp.json())["error"]["fields"]} == {"limit", "colour"}
+    assert (await audit.verify_chain(db=h.runtime.db)).ok
