@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import time
@@ -59,6 +61,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @staticmethod
     def _ensure_sqlite_dir(url: str) -> None:
@@ -84,7 +87,7 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one write transaction: committed on success, rolled back on error."""
-        async with self.sessions() as session:
+        async with self._writer(), self.sessions() as session:
             # Marks the connection as a writer before its BEGIN is sent (see _sqlite_begin).
             await session.connection(execution_options={WRITE: True})
             try:
@@ -93,6 +96,12 @@ class Database:
                 await session.rollback()
                 raise
             await session.commit()
+
+    def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
+        # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in growing
+        # steps while the lock sits free; queueing this process's writers on an asyncio lock hands it over
+        # at once. (Other processes, such as a CLI command, still meet busy_timeout.)
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
 
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
