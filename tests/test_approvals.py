@@ -204,6 +204,10 @@ async def test_bad_requests_name_the_field(harness: HarnessFactory) -> None:
         ({"timeout": "1m", "escalation": [{"after": "5m", "targets": ["mail"]}]}, "(body)"),
         ({"escalation": [{"after": "5m", "targets": ["nowhere"]}]}, "escalation[0].targets[0]"),
         ({"targets": []}, "targets"),
+        ({"timeout": 10**20}, "timeout"),
+        ({"escalation": [{"after": 1e300, "targets": ["chat"]}]}, "escalation"),
+        ({"title": "a\x00b"}, "title"),
+        ({"context": {"k": "a\x00b"}}, "context"),
         ({"colour": "red"}, "colour"),
     ]
     for change, field_name in cases:
@@ -211,6 +215,7 @@ async def test_bad_requests_name_the_field(harness: HarnessFactory) -> None:
         assert resp.status == 422, (change, await resp.text())
         fields = [f["field"] for f in (await resp.json())["error"]["fields"]]
         assert field_name in fields, (change, fields)
+    assert (await h.client.get("/api/v1/approvals/apr%00x", headers=auth())).status == 404
     # Approvers as people and groups is the same as a list of names.
     ok = await h.create(approvers={"people": ["dave"], "groups": ["oncall"]})
     assert ok["approvers"] == ["dave", "oncall"]
@@ -371,6 +376,7 @@ async def test_every_bad_token_is_refused_and_changes_nothing(harness: HarnessFa
         ("wrong_choice_expected", good, ALICE, {"choice": "deny"}),
         ("wrong_tenant_expected", good, ALICE, {"tenant": "globex"}),
         ("wrong_choice_offered", issue(choice="maybe"), ALICE, {}),
+        ("wrong_channel", good, Actor(platform="teams", id="8f0c1a2b-0000-4000-8000-00000000b0b0"), {}),
     ]
     expected = {
         "forged": DecisionReason.unknown_key,
@@ -380,6 +386,7 @@ async def test_every_bad_token_is_refused_and_changes_nothing(harness: HarnessFa
         "wrong_choice_expected": DecisionReason.wrong_choice,
         "wrong_tenant_expected": DecisionReason.wrong_tenant,
         "wrong_choice_offered": DecisionReason.wrong_choice,
+        "wrong_channel": DecisionReason.wrong_channel,  # a Slack button clicked in Teams
     }
     for name, token, actor, extra in refusals:
         result = await approvals.decide(token=token, actor=actor, **extra)

@@ -5,51 +5,103 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator
 
 from bot.handlers.approvals import input_error
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
+from bot.handlers.openapi import ErrorBody, documented
 from core.approvals import ApprovalInputError
+from core.approvals.models import bounded_duration
 from core.config import ApiScope
-from core.models import Choice, Duration, Strict
+from core.models import Choice, Duration, Strict, UtcDatetime
 from core.tokens import TokenClaims
 
 
-class IssueIn(Strict):
-    approval_id: str = Field(min_length=1, max_length=128)
+class TokenIssueIn(Strict):
+    approval_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
     channel: str = Field(default="api", min_length=1, max_length=100)
     choice: Choice
     delivery_id: str | None = Field(default=None, min_length=1, max_length=128)
     subject: str | None = Field(default=None, min_length=1, max_length=100, description="the person it is for")
     ttl: Duration | None = None
 
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        return bounded_duration(value)
 
-class VerifyIn(Strict):
+
+class TokenVerifyIn(Strict):
     token: str = Field(min_length=1, max_length=4000)
     tenant: str | None = Field(default=None, min_length=1, max_length=100)
     choice: Choice | None = None
 
 
-def claims_document(claims: TokenClaims) -> dict[str, Any]:
-    """The claims with readable names, and iat/exp also as ISO times."""
-    data = claims.model_dump(by_alias=False)
-    data["issued_at"] = claims.issued_at.isoformat()
-    data["expires_at"] = claims.expires_at.isoformat()
-    return data
+class TokenClaimsOut(BaseModel):
+    """What a token says, with readable names; iat and exp also as times."""
+
+    tenant: str
+    approval_id: str
+    delivery_id: str | None = None
+    channel: str
+    choice: str
+    subject: str | None = None
+    nonce: str
+    iat: int
+    exp: int
+    kid: str
+    issued_at: UtcDatetime
+    expires_at: UtcDatetime
 
 
+class IssuedToken(BaseModel):
+    token: str
+    url: str = Field(description="the web ack page for the token")
+    claims: TokenClaimsOut
+
+
+class TokenVerdict(BaseModel):
+    valid: bool
+    reason: str | None = Field(description="why the token is refused (the decision reasons); null when valid")
+    spent: bool = Field(description="whether its nonce was used already")
+    claims: TokenClaimsOut | None = None
+
+
+class TokenPublicKeys(BaseModel):
+    mode: str
+    keys: list[dict[str, str]] = Field(description="kid, alg, name, public_key_pem, public_key (DSSE); none for HMAC")
+
+
+def claims_document(claims: TokenClaims) -> TokenClaimsOut:
+    """The claims with readable names, and iat/exp also as times."""
+    return TokenClaimsOut(**claims.model_dump(by_alias=False), issued_at=claims.issued_at, expires_at=claims.expires_at)
+
+
+@documented(
+    summary="The public keys that verify DSSE ack tokens (none in HMAC mode); no secrets",
+    scope=None,
+    responses={200: TokenPublicKeys},
+    tags=("ack tokens",),
+)
 async def public_keys(request: web.Request) -> web.Response:
     """GET /api/v1/ack-tokens/keys: the public keys that verify DSSE tokens (none in HMAC mode). No secrets."""
     codec = runtime_of(request).approvals.keys.codec
-    response = json_response({"mode": codec.mode, "keys": codec.public_keys()})
+    response = json_response(TokenPublicKeys(mode=codec.mode, keys=codec.public_keys()))
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 
 
+@documented(
+    summary="Issue one ack token for an open approval",
+    scope=ApiScope.notify_admin,
+    body=TokenIssueIn,
+    responses={201: IssuedToken, 404: ErrorBody},
+    tags=("ack tokens",),
+)
 async def issue(request: web.Request) -> web.Response:
     """POST /api/v1/ack-tokens/issue: one token for an open approval (notify.admin)."""
     principal = authenticate(request, ApiScope.notify_admin)
-    body = parse_model(IssueIn, await read_json(request))
+    body = parse_model(TokenIssueIn, await read_json(request))
     approvals = runtime_of(request).approvals
     approval = await approvals.get(approval_id=body.approval_id)
     if approval is None:
@@ -68,13 +120,20 @@ async def issue(request: web.Request) -> web.Response:
     except ApprovalInputError as exc:
         raise input_error(exc) from None
     url = f"{runtime_of(request).public_url}/ack/{token}"
-    return json_response({"token": token, "url": url, "claims": claims_document(claims)}, status=201)
+    return json_response(IssuedToken(token=token, url=url, claims=claims_document(claims)), status=201)
 
 
+@documented(
+    summary="Check an ack token without spending it",
+    scope=ApiScope.notify_admin,
+    body=TokenVerifyIn,
+    responses={200: TokenVerdict},
+    tags=("ack tokens",),
+)
 async def verify(request: web.Request) -> web.Response:
     """POST /api/v1/ack-tokens/verify: is this token good (and unspent)? Never spends it (notify.admin)."""
     principal = authenticate(request, ApiScope.notify_admin)
-    body = parse_model(VerifyIn, await read_json(request))
+    body = parse_model(TokenVerifyIn, await read_json(request))
     tenant = body.tenant
     if tenant is not None:
         principal.check_tenant(tenant)
@@ -84,12 +143,12 @@ async def verify(request: web.Request) -> web.Response:
         token=body.token, tenant=tenant, choice=body.choice.value if body.choice else None
     )
     return json_response(
-        {
-            "valid": reason is None,
-            "reason": reason.value if reason else None,
-            "spent": spent,
-            "claims": claims_document(claims) if claims is not None else None,
-        }
+        TokenVerdict(
+            valid=reason is None,
+            reason=reason.value if reason else None,
+            spent=spent,
+            claims=claims_document(claims) if claims is not None else None,
+        )
     )
 
 

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from bot.handlers.openapi import ErrorBody, documented
 from core.approvals import ApprovalInputError, ApprovalRequest, DecisionResult
+from core.approvals.models import ApprovalDocument, ApprovalView
 from core.approvals.service import MAX_WAIT_SECONDS
 from core.auth import Principal
 from core.config import ApiScope
-from core.models import Actor, ApprovalState, Choice, Strict
+from core.models import Actor, Approval, ApprovalState, Choice, Strict
 from core.store.pagination import encode_cursor
+
+APPROVAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ApprovalQuery(Strict):
     state: ApprovalState | None = None
-    tenant: str | None = None
-    alert_id: str | None = None
+    tenant: str | None = Field(default=None, max_length=100, pattern=r"^[^\x00]+$")
+    alert_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = None
 
@@ -48,14 +53,33 @@ class DecisionIn(Strict):
         return self
 
 
+class ApprovalPage(BaseModel):
+    items: list[Approval]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+class Refusal(DecisionResult):
+    """A refused decision: the result, and the API's usual error object beside it."""
+
+    error: dict[str, Any] = Field(description="{status, message}, as in every error answer")
+
+
+# A refused decision answers with the status that fits its reason; its body is a Refusal (an error body too).
+REFUSALS: dict[int, Any] = {status: Refusal | ErrorBody for status in (400, 403, 404, 409, 410)}
+
+
 def input_error(exc: ApprovalInputError) -> ApiError:
     """A refused request as a 422 naming the field."""
     return ApiError(422, "invalid request", errors=[{"field": exc.field, "message": exc.message}])
 
 
 def result_response(result: DecisionResult) -> web.Response:
-    """A decision's answer: the result document with the status that fits its reason."""
-    return json_response(result.model_dump(mode="json"), status=result.http_status)
+    """A decision's answer: the result, with the status that fits its reason (and an error object if refused)."""
+    body = result.model_dump(mode="json")
+    status = result.http_status
+    if status >= 400:
+        body["error"] = {"status": status, "message": result.message}
+    return json_response(body, status=status)
 
 
 def _tenant_for(principal: Principal, requested: str | None) -> str:
@@ -64,14 +88,22 @@ def _tenant_for(principal: Principal, requested: str | None) -> str:
     return tenant
 
 
-async def _visible(request: web.Request, principal: Principal, approval_id: str) -> Any:
-    view = await runtime_of(request).approvals.view(approval_id=approval_id)
+async def _visible(request: web.Request, principal: Principal, approval_id: str) -> ApprovalView:
+    # Ids are ours: anything else is unknown, and never reaches the database (PostgreSQL refuses NUL bytes).
+    view = await runtime_of(request).approvals.view(approval_id=approval_id) if APPROVAL_ID.match(approval_id) else None
     if view is None:
         raise ApiError(404, "no such approval")
     principal.check_tenant(view.approval.tenant)
     return view
 
 
+@documented(
+    summary="Open an approval: one message per target, committed before the answer",
+    scope=ApiScope.events_write,
+    body=ApprovalRequest,
+    responses={201: ApprovalDocument},
+    tags=("approvals",),
+)
 async def create_approval(request: web.Request) -> web.Response:
     """POST /api/v1/approvals: 201 with the approval, once it and its messages are committed."""
     principal = authenticate(request, ApiScope.events_write)
@@ -82,11 +114,18 @@ async def create_approval(request: web.Request) -> web.Response:
     except ApprovalInputError as exc:
         raise input_error(exc) from None
     view = await runtime_of(request).approvals.view(approval_id=approval.id)
-    response = json_response(view.document() if view else approval.model_dump(mode="json"), status=201)
+    response = json_response(view.document() if view else approval, status=201)
     response.headers["Location"] = f"/api/v1/approvals/{approval.id}"
     return response
 
 
+@documented(
+    summary="One approval; with wait, answers as soon as it is decided (at most 60 s)",
+    scope=ApiScope.notify_read,
+    query=WaitQuery,
+    responses={200: ApprovalDocument},
+    tags=("approvals",),
+)
 async def get_approval(request: web.Request) -> web.Response:
     """GET /api/v1/approvals/{id}[?wait=SECONDS]: with wait, answers as soon as it is decided (at most 60 s)."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -98,6 +137,13 @@ async def get_approval(request: web.Request) -> web.Response:
     return json_response(view.document())
 
 
+@documented(
+    summary="Approvals newest first, filtered and paginated",
+    scope=ApiScope.notify_read,
+    query=ApprovalQuery,
+    responses={200: ApprovalPage},
+    tags=("approvals",),
+)
 async def list_approvals(request: web.Request) -> web.Response:
     """GET /api/v1/approvals: newest first, filtered by state, tenant and alert, paginated with a cursor."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -116,11 +162,15 @@ async def list_approvals(request: web.Request) -> web.Response:
         )
     except ValueError:
         raise ApiError(400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]) from None
-    return json_response(
-        {"items": [a.model_dump(mode="json") for a in page], "next_cursor": encode_cursor(last) if last else None}
-    )
+    return json_response(ApprovalPage(items=page, next_cursor=encode_cursor(last) if last else None))
 
 
+@documented(
+    summary="Withdraw an open approval",
+    scope=ApiScope.events_write,
+    responses={200: DecisionResult, **REFUSALS},
+    tags=("approvals",),
+)
 async def cancel_approval(request: web.Request) -> web.Response:
     """POST /api/v1/approvals/{id}/cancel: withdraw an open approval (409 once it is decided)."""
     principal = authenticate(request, ApiScope.events_write)
@@ -132,6 +182,13 @@ async def cancel_approval(request: web.Request) -> web.Response:
     return result_response(result)
 
 
+@documented(
+    summary="Relay a click (actor and token) or a command (actor and choice) from an integration",
+    scope=ApiScope.notify_admin,
+    body=DecisionIn,
+    responses={200: DecisionResult, **REFUSALS},
+    tags=("approvals",),
+)
 async def post_decision(request: web.Request) -> web.Response:
     """POST /api/v1/approvals/{id}/decisions: an integration relays a click (token) or a command (choice)."""
     principal = authenticate(request, ApiScope.notify_admin)

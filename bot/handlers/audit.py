@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
-from core.audit import entry_from_row
+from bot.handlers.openapi import documented
+from core.audit import AuditEntry, entry_from_row
 from core.config import ApiScope
 from core.models import Strict
 from core.store import audit as audit_store
@@ -14,15 +15,27 @@ from core.store.pagination import decode_cursor, encode_cursor
 
 
 class AuditQuery(Strict):
-    approval: str | None = Field(default=None, max_length=40)
-    alert: str | None = Field(default=None, max_length=40)
-    actor: str | None = Field(default=None, max_length=200)
-    type: str | None = Field(default=None, max_length=64)
-    tenant: str | None = None
+    approval: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    alert: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    actor: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00]+$")
+    type: str | None = Field(default=None, max_length=64, pattern=r"^[a-z._]+$")
+    tenant: str | None = Field(default=None, max_length=100, pattern=r"^[^\x00]+$")
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = None
 
 
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+@documented(
+    summary="The audit log newest first, filtered by approval, alert, actor and type",
+    scope=ApiScope.notify_read,
+    query=AuditQuery,
+    responses={200: AuditPage},
+    tags=("audit",),
+)
 async def list_audit(request: web.Request) -> web.Response:
     """Audit rows newest first, filtered; rows about no tenant (key operations) only for all-tenant keys."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -51,10 +64,9 @@ async def list_audit(request: web.Request) -> web.Response:
             limit=query.limit,
         )
     return json_response(
-        {
-            "items": [entry_from_row(r).model_dump(mode="json") for r in rows],
-            "next_cursor": encode_cursor(str(last)) if last is not None else None,
-        }
+        AuditPage(
+            items=[entry_from_row(r) for r in rows], next_cursor=encode_cursor(str(last)) if last is not None else None
+        )
     )
 
 

@@ -9,9 +9,27 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from core.models import Approval, Choice, Duration, EscalationStep, Strict, UtcDatetime
+from core.models import Approval, Choice, Duration, EscalationStep, Strict, UtcDatetime, parse_duration
 
 MAX_CONTEXT_BYTES = 16 * 1024
+
+
+def bounded_duration(value: Any) -> Any:
+    """Refuse, as a validation error, a duration too large for a timedelta (the parser would raise OverflowError)."""
+    try:
+        parse_duration(value)
+    except OverflowError:
+        raise ValueError("a duration that large cannot be right") from None
+    except ValueError:
+        pass  # the field's own validator reports it
+    return value
+
+
+def no_nul(value: str) -> str:
+    """PostgreSQL text cannot hold NUL characters; refuse them at the edge instead of failing the insert."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
 class ApprovalRequest(Strict):
@@ -48,6 +66,32 @@ class ApprovalRequest(Strict):
             return [*people, *groups]
         return value
 
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _bounded_timeout(cls, value: Any) -> Any:
+        return bounded_duration(value)
+
+    @field_validator("escalation", mode="before")
+    @classmethod
+    def _bounded_steps(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for step in value:
+                if isinstance(step, dict) and "after" in step:
+                    bounded_duration(step["after"])
+        return value
+
+    @field_validator("title", "summary", "requester", "tenant", "callback_url")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return no_nul(value) if value is not None else None
+
+    @field_validator("approvers", "targets")
+    @classmethod
+    def _names(cls, values: list[str]) -> list[str]:
+        for value in values:
+            no_nul(value)
+        return values
+
     @field_validator("choices")
     @classmethod
     def _distinct(cls, choices: list[Choice]) -> list[Choice]:
@@ -72,8 +116,11 @@ class ApprovalRequest(Strict):
     @field_validator("context")
     @classmethod
     def _small_context(cls, context: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(context, default=str)) > MAX_CONTEXT_BYTES:
+        text = json.dumps(context, default=str)
+        if len(text) > MAX_CONTEXT_BYTES:
             raise ValueError(f"context is larger than {MAX_CONTEXT_BYTES} bytes of JSON")
+        if "\\u0000" in text:
+            raise ValueError("context must not contain NUL characters")
         return context
 
     @model_validator(mode="after")
@@ -105,6 +152,7 @@ class DecisionReason(StrEnum):
     not_yet_valid = "not_yet_valid"
     wrong_tenant = "wrong_tenant"
     wrong_choice = "wrong_choice"
+    wrong_channel = "wrong_channel"  # a chat button clicked on another platform
     replayed = "replayed"  # the token's nonce was spent already
     # refused: the approval
     not_found = "not_found"
@@ -127,6 +175,7 @@ _STATUS = {
     DecisionReason.not_yet_valid: 400,
     DecisionReason.wrong_tenant: 400,
     DecisionReason.wrong_choice: 400,
+    DecisionReason.wrong_channel: 400,
     DecisionReason.retired_key: 410,
     DecisionReason.expired: 410,
     DecisionReason.replayed: 409,
@@ -160,17 +209,33 @@ class DecisionResult(BaseModel):
         return 200 if self.reason in _TAKEN else _STATUS.get(self.reason, 400)
 
 
+class Vote(BaseModel):
+    """One acknowledgement toward a quorum."""
+
+    person: str
+    choice: Choice
+    platform: str
+    channel: str | None = None
+    at: UtcDatetime
+
+
+class ApprovalDocument(Approval):
+    """An approval as the API answers it: its fields, its votes, and when the scheduler looks at it next."""
+
+    votes: list[Vote] = Field(default_factory=list)
+    next_due_at: UtcDatetime | None = Field(default=None, description="the next escalation step or the expiry")
+
+
 class ApprovalView(BaseModel):
-    """An approval as the API shows it: the model, its votes, and when the scheduler looks at it next."""
+    """An approval with its votes and next due time."""
 
     approval: Approval
-    votes: list[dict[str, Any]] = Field(default_factory=list)
+    votes: list[Vote] = Field(default_factory=list)
     next_due_at: UtcDatetime | None = None
 
-    def document(self) -> dict[str, Any]:
-        """The JSON answer: the approval's fields at top level, plus votes and next_due_at."""
-        dumped = self.model_dump(mode="json")
-        return {**dumped["approval"], "votes": dumped["votes"], "next_due_at": dumped["next_due_at"]}
+    def document(self) -> ApprovalDocument:
+        """The API's answer: the approval's fields at top level, plus votes and next_due_at."""
+        return ApprovalDocument(**self.approval.model_dump(), votes=self.votes, next_due_at=self.next_due_at)
 
 
 class ApprovalInputError(ValueError):

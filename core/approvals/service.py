@@ -74,6 +74,10 @@ SCHEDULER_BATCH = 100
 KEY_REFRESH_SECONDS = 30.0
 # How many open approvals `list_pending_for` looks through before filtering by approver.
 PENDING_SCAN = 500
+# Spent nonces are forgotten this often (each replica), once their tokens can no longer verify.
+PRUNE_EVERY = timedelta(minutes=1)
+# The platform whose clicks a chat channel's buttons come back from.
+CLICK_PLATFORM = {"slack": "slack", "teams": "teams"}
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class ApprovalService:
         self._on_commit = on_commit
         self._waiters: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._pruned_at: datetime | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -863,6 +868,11 @@ class ApprovalService:
             raise refuse(DecisionReason.wrong_tenant, "This token belongs to another tenant.")
         if choice not in approval.choices:
             raise refuse(DecisionReason.wrong_choice, f"{choice.value!r} is not one of this approval's choices.")
+        if claims is not None and actor.platform in CLICK_PLATFORM.values():
+            # A token is bound to the channel it was sent on: a Slack button comes back from Slack.
+            sent_on = CLICK_PLATFORM.get(self._channel_types().get(claims.channel, ""))
+            if sent_on is not None and sent_on != actor.platform:
+                raise refuse(DecisionReason.wrong_channel, "This button belongs to a message on another platform.")
         if approval.state.final:
             refusal = _final_refusal(approval, self.directory)
             raise refuse(refusal.reason, refusal.message)
@@ -1184,7 +1194,10 @@ class ApprovalService:
                     self._committed(approval_id)
             except Exception:
                 log.exception("approval %s: the scheduled step failed; it stays due", approval_id)
-        await nonce_store.prune(db=self.db, before=now - timedelta(seconds=CLOCK_SKEW_SECONDS))
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+            # Past exp plus the skew any replica allows, a token is refused as expired: its nonce can go.
+            await nonce_store.prune(db=self.db, before=now - timedelta(seconds=CLOCK_SKEW_SECONDS))
+            self._pruned_at = now
         return advanced
 
     async def _advance(self, approval_id: str, now: datetime) -> bool:
