@@ -266,8 +266,11 @@ async def test_a_rule_action_opens_an_approval_and_branches_on_the_answer(harnes
     assert note.alert is not None and note.approval is not None
     assert [b.choice for b in note.buttons] == ["acknowledge", "deny", "escalate"]
 
+    # The approval opened inside the ingest transaction is audited after it, by the first decision here.
+    assert await _audit_types(h, row.approval_id) == []
     result = await h.runtime.approvals.decide(token=note.buttons[0].token, actor=ALICE)
     assert result.ok
+    assert await _audit_types(h, row.approval_id) == ["approval.created", "approval.acknowledged"]
     follow_ups = [
         (r.channel, (r.extra or {}).get("follow_up"))
         for r in await _deliveries(h, row.approval_id)
@@ -286,9 +289,12 @@ async def test_a_rule_action_opens_an_approval_and_branches_on_the_answer(harnes
     resp = await h.client.post("/api/v1/events", json=other, headers=auth())
     second_alert = (await resp.json())["alert_id"]
     (second,) = await _deliveries_for_alert(h, second_alert)
+    assert await h.runtime.approvals.run_once() == 0  # nothing due; the deferred creation audit is written
+    assert await _audit_types(h, second.approval_id or "") == ["approval.created"]
     h.clock.advance(timedelta(hours=1))
     assert await h.runtime.approvals.run_once() == 1
     assert await h.runtime.approvals.run_once() == 0
+    assert await _audit_types(h, second.approval_id or "") == ["approval.created", "approval.expired"]
     hooks = [(r.extra or {}).get("follow_up") for r in await _deliveries(h, second.approval_id or "")]
     assert hooks.count("on_expire") == 2
 

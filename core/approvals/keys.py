@@ -73,6 +73,7 @@ class KeyManager:
 
     @property
     def mode(self) -> str:
+        """The token mode, hmac or dsse."""
         return self.config.tokens.mode
 
     async def load(self, *, now: datetime) -> None:
@@ -119,6 +120,7 @@ class KeyManager:
 
     @property
     def codec(self) -> TokenCodec:
+        """The codec that issues and verifies tokens with the current keys."""
         if self._codec is None:
             raise RuntimeError("keys are not loaded: call load() first (Runtime.start does)")
         return self._codec

@@ -101,6 +101,7 @@ class Preview:
 
     @property
     def ok(self) -> bool:
+        """Whether the link would be accepted now."""
         return self.refusal is None
 
 
@@ -394,6 +395,9 @@ class ApprovalService:
             event_id=event.id,
             rule=rule.name,
             created_by=f"rule:{rule.name}",
+            # Audited after the ingest commits (by the scheduler, or by the first decision, whichever is first):
+            # the audit lock taken here would be held across the whole batch and could deadlock two batches.
+            created_audited=False,
             created_at=now,
             updated_at=now,
             expires_at=expires_at,
@@ -401,19 +405,25 @@ class ApprovalService:
         )
         session.add(row)
         await session.flush()
-        await audit.record(
-            session=session,
-            db=self.db,
-            type="approval.created",
-            at=now,
-            tenant=row.tenant,
-            approval_id=row.id,
-            alert_id=row.alert_id,
-            actor=f"rule:{rule.name}",
-            actor_platform="rule",
-            data={"targets": row.targets, "approvers": approvers, "quorum": row.quorum},
-        )
         return row.id
+
+    async def _audit_creation(self, session: AsyncSession, *, approval_id: str | None = None) -> int:
+        """Write the deferred "approval.created" rows (of one approval, or of a batch); each exactly once."""
+        rows = await approval_store.take_unaudited(session=session, db=self.db, approval_id=approval_id)
+        for row in rows:
+            await audit.record(
+                session=session,
+                db=self.db,
+                type="approval.created",
+                at=row.created_at,
+                tenant=row.tenant,
+                approval_id=row.id,
+                alert_id=row.alert_id,
+                actor=row.created_by,
+                actor_platform="rule",
+                data={"targets": row.targets, "approvers": row.approvers, "quorum": row.quorum},
+            )
+        return len(rows)
 
     # ------------------------------------------------------------ reading
 
@@ -724,6 +734,7 @@ class ApprovalService:
                 updated = await self._finish(
                     session, row, state=ApprovalState.cancelled, choice=None, person=by, channel="api", now=now
                 )
+                await self._audit_creation(session, approval_id=updated.id)
                 await audit.record(
                     session=session,
                     db=self.db,
@@ -825,6 +836,17 @@ class ApprovalService:
             )
             return refusal.result
         self._committed(approval_id)
+        decided = result.approval
+        if decided is not None and decided.state is ApprovalState.acknowledged and decided.alert_id:
+            # Its own transaction: a decision that also locked the alert row could deadlock against an ingest
+            # batch (which locks alert rows and the audit head in event order). The approval is what counts.
+            try:
+                async with self.db.transaction() as session:
+                    await alert_store.mark_acknowledged(
+                        session=session, alert_id=decided.alert_id, by=decided.decided_by or "", at=now
+                    )
+            except Exception:
+                log.exception("approval %s: could not mark alert %s acknowledged", approval_id, decided.alert_id)
         return result
 
     def _result(
@@ -993,6 +1015,7 @@ class ApprovalService:
                     person,
                 )
             )
+        await self._audit_creation(session, approval_id=updated.id)
         await audit.record(
             session=session,
             db=self.db,
@@ -1077,8 +1100,6 @@ class ApprovalService:
         hook = FOLLOW_UP_HOOKS.get(state)
         if hook is not None:
             self._follow_ups(session, row, hook=hook, now=now, stage=state.value)
-        if state is ApprovalState.acknowledged and row.alert_id:
-            await alert_store.mark_acknowledged(session=session, alert_id=row.alert_id, by=row.decided_by or "", at=now)
 
     async def _enqueue_updates(self, session: AsyncSession, row: ApprovalRow, *, now: datetime, stage: str) -> int:
         shown = await approval_store.shown_on(session=session, approval_id=row.id)
@@ -1185,6 +1206,8 @@ class ApprovalService:
         """
         now = self.clock.now()
         async with self.db.transaction() as session:
+            await self._audit_creation(session)
+        async with self.db.transaction() as session:
             candidates = await approval_store.due_ids(session=session, db=self.db, now=now, limit=limit)
         advanced = 0
         for approval_id in candidates:
@@ -1243,6 +1266,7 @@ class ApprovalService:
                     },
                 )
                 return False
+            await self._audit_creation(session, approval_id=updated.id)
             await audit.record(
                 session=session,
                 db=self.db,
@@ -1269,6 +1293,7 @@ class ApprovalService:
         now: datetime,
         details: dict[str, Any],
     ) -> None:
+        await self._audit_creation(session, approval_id=row.id)
         await audit.record(
             session=session,
             db=self.db,
@@ -1295,17 +1320,21 @@ class ApprovalService:
         approval_id = approval.id if approval else (claims.approval_id if claims else None)
         tenant = approval.tenant if approval else (claims.tenant if claims else None)
         try:
-            await audit.record_now(
-                db=self.db,
-                type="decision.refused",
-                at=now,
-                tenant=tenant,
-                approval_id=approval_id,
-                alert_id=approval.alert_id if approval else None,
-                actor=person.name if person else f"{actor.platform}:{actor.id}"[:200],
-                actor_platform=actor.platform,
-                data={**_token_details(claims), "reason": result.reason.value, "actor_id": actor.id[:200]},
-            )
+            async with self.db.transaction() as session:
+                if approval_id is not None:
+                    await self._audit_creation(session, approval_id=approval_id)
+                await audit.record(
+                    session=session,
+                    db=self.db,
+                    type="decision.refused",
+                    at=now,
+                    tenant=tenant,
+                    approval_id=approval_id,
+                    alert_id=approval.alert_id if approval else None,
+                    actor=person.name if person else f"{actor.platform}:{actor.id}"[:200],
+                    actor_platform=actor.platform,
+                    data={**_token_details(claims), "reason": result.reason.value, "actor_id": actor.id[:200]},
+                )
         except Exception:
             # The refusal stands even if it cannot be written down; say so loudly.
             log.exception("could not audit a refused decision (%s)", result.reason.value)

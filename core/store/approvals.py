@@ -15,7 +15,7 @@ from core.store.pagination import decode_cursor
 from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow
 
 OPEN_STATES = (ApprovalState.pending.value, ApprovalState.escalated.value)
-_INTERNAL = ("event_id", "created_by", "updated_at", "next_due_at")
+_INTERNAL = ("event_id", "created_by", "created_audited", "updated_at", "next_due_at")
 
 
 def approval_from_row(row: ApprovalRow) -> Approval:
@@ -120,6 +120,33 @@ async def lock_if_due(*, session: AsyncSession, db: Database, approval_id: str, 
     if db.is_postgres:
         query = query.with_for_update(skip_locked=True)
     return (await session.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+
+
+async def take_unaudited(
+    *, session: AsyncSession, db: Database, approval_id: str | None = None, limit: int = 100
+) -> list[ApprovalRow]:
+    """Mark approvals whose creation is not audited yet as audited, and return them (exactly once each).
+
+    With approval_id, only that one (the caller holds its row lock); otherwise up to limit of them, skipping
+    rows another replica holds.
+    """
+    if approval_id is not None:
+        ids = [approval_id]
+    else:
+        query = select(ApprovalRow.id).where(ApprovalRow.created_audited.is_(False)).order_by(ApprovalRow.id)
+        if db.is_postgres:
+            query = query.with_for_update(skip_locked=True)
+        ids = list((await session.execute(query.limit(limit))).scalars())
+        if not ids:
+            return []
+    statement = (
+        update(ApprovalRow)
+        .where(ApprovalRow.id.in_(ids), ApprovalRow.created_audited.is_(False))
+        .values(created_audited=True)
+        .returning(ApprovalRow)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return list((await session.execute(statement)).scalars())
 
 
 async def add_vote(

@@ -33,6 +33,7 @@ class StoredKey:
 
     @property
     def retired(self) -> bool:
+        """Whether the key was retired (its tokens are refused)."""
         return self.retired_at is not None
 
 

@@ -238,6 +238,9 @@ class ApprovalRow(Base):
     event_id: Mapped[str | None] = mapped_column(String(40))
     rule: Mapped[str | None] = mapped_column(String(200))
     created_by: Mapped[str | None] = mapped_column(String(100))
+    # False while the "approval.created" audit row is still to be written (approvals opened inside an ingest
+    # transaction: appending there would hold the audit lock across the whole batch).
+    created_audited: Mapped[bool] = mapped_column(default=True, index=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     expires_at: Mapped[datetime]

@@ -89,6 +89,7 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(length=40), nullable=True),
         sa.Column("rule", sa.String(length=200), nullable=True),
         sa.Column("created_by", sa.String(length=100), nullable=True),
+        sa.Column("created_audited", sa.Boolean(), nullable=False),
         sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
@@ -101,6 +102,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("approvals", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_approvals_alert_id"), ["alert_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_approvals_created_audited"), ["created_audited"], unique=False)
         batch_op.create_index(batch_op.f("ix_approvals_next_due_at"), ["next_due_at"], unique=False)
         batch_op.create_index("ix_approvals_tenant_state_id", ["tenant", "state", "id"], unique=False)
 
@@ -376,6 +378,7 @@ def downgrade() -> None:
     with op.batch_alter_table("approvals", schema=None) as batch_op:
         batch_op.drop_index("ix_approvals_tenant_state_id")
         batch_op.drop_index(batch_op.f("ix_approvals_next_due_at"))
+        batch_op.drop_index(batch_op.f("ix_approvals_created_audited"))
         batch_op.drop_index(batch_op.f("ix_approvals_alert_id"))
 
     op.drop_table("approvals")
