@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import itertools
 import logging
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
@@ -369,7 +370,7 @@ class SlackSurface:
         log.info("Slack app ready (%s, command %s)", "Socket Mode" if self.socket else EVENTS_PATH, config.command)
 
     async def _connect(self, socket: AsyncSocketModeHandler) -> None:
-        for attempt in range(10**9):
+        for attempt in itertools.count():
             try:
                 await socket.connect_async()  # type: ignore[no-untyped-call]
                 log.info("Slack Socket Mode connected")
@@ -415,7 +416,7 @@ def mount(app: web.Application, runtime: Runtime) -> SlackSurface | None:
     if not config.socket_mode:
         app.router.add_post(EVENTS_PATH, slack_events)
 
-    async def lifecycle(_app: web.Application) -> Any:
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await surface.start()
         yield
         await surface.stop()
