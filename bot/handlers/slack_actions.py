@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -18,7 +17,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.cards import slack as slack_cards
 from core.channels.base import Notification
-from core.models import Actor, Approval, ApprovalState, Choice, DeliveryPurpose
+from core.models import Actor, Approval, ApprovalState, DeliveryPurpose
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 
@@ -30,38 +29,7 @@ CHOICE_ACTION = re.compile(r"^ackbot\.(acknowledge|deny|escalate)$")
 # block_actions for them, which must be acknowledged or the clicker sees a warning sign.
 LINK_ACTION = re.compile(r"^ackbot\.open[._]")
 
-NO_APPROVALS = "Approvals are not available on this ackbot."
 FAILED = "ackbot could not record your decision. Try again in a moment, or use the link in the message."
-
-
-class DecisionOutcome(Protocol):
-    """What the approvals service answers a decision with (core/approvals/models.py: DecisionResult)."""
-
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def message(self) -> str: ...
-    @property
-    def approval(self) -> Approval | None: ...
-
-
-class ApprovalsApi(Protocol):
-    """The approvals service's entry points the chat surfaces use (runtime.approvals)."""
-
-    async def decide(self, *, token: str, actor: Actor, choice: str | None = None) -> DecisionOutcome: ...
-
-    async def decide_by_id(self, *, approval_id: str, choice: Choice, actor: Actor) -> DecisionOutcome: ...
-
-    async def list_pending_for(self, *, actor: Actor) -> Sequence[Approval]: ...
-
-    async def list_approvals(
-        self, *, tenants: list[str] | None, states: Sequence[ApprovalState] | None = None, alert_id: str | None = None
-    ) -> tuple[list[Approval], str | None]: ...
-
-
-def approvals_of(runtime: Runtime) -> ApprovalsApi | None:
-    """The runtime's approvals service, if this build has one."""
-    return cast("ApprovalsApi | None", getattr(runtime, "approvals", None))
 
 
 def slack_actor(user: dict[str, Any] | None) -> Actor | None:
@@ -107,17 +75,13 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
     async def on_choice(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         actor = slack_actor(body.get("user"))
-        approvals = approvals_of(runtime)
         if actor is None:
             await tell(respond, "Slack did not say who clicked; nothing was recorded.")
-            return
-        if approvals is None:
-            await tell(respond, NO_APPROVALS)
             return
         # The button names the choice too; the service refuses a token minted for another choice.
         match = CHOICE_ACTION.match(str(action.get("action_id") or ""))
         try:
-            result = await approvals.decide(
+            result = await runtime.approvals.decide(
                 token=str(action.get("value") or ""), actor=actor, choice=match.group(1) if match else None
             )
         except Exception:

@@ -17,7 +17,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.cards import slack as slack_cards
-from bot.handlers.slack_actions import NO_APPROVALS, approvals_of, decided_message, slack_actor
+from bot.handlers.slack_actions import decided_message, slack_actor
 from core import commands
 from core.models import Actor, AlertStatus, ApprovalState, Choice, Severity
 from core.runtime import Runtime
@@ -93,19 +93,14 @@ async def list_alerts(runtime: Runtime, args: list[str], command: str) -> dict[s
 
 async def pending(runtime: Runtime, actor: Actor) -> dict[str, Any]:
     """`pending`: the approvals the caller may decide."""
-    approvals = approvals_of(runtime)
-    if approvals is None:
-        return _text(NO_APPROVALS)
-    return slack_cards.render_approval_list(list(await approvals.list_pending_for(actor=actor)))
+    return slack_cards.render_approval_list(await runtime.approvals.list_pending_for(actor=actor))
 
 
 async def acknowledge(runtime: Runtime, actor: Actor, args: list[str], command: str) -> dict[str, Any]:
     """`ack <alert-id|approval-id>`: acknowledge through the approvals service, which checks the approver."""
     if len(args) != 1:
         return _text(f"Usage: {command} ack <alert-id|approval-id>")
-    approvals = approvals_of(runtime)
-    if approvals is None:
-        return _text(NO_APPROVALS)
+    approvals = runtime.approvals
     target = args[0]
     approval_id = target
     if target.startswith(ALERT_ID_PREFIX):
