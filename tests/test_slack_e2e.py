@@ -203,3 +203,23 @@ async def test_a_vote_toward_a_quorum_keeps_the_buttons(
     assert vote.args["response_type"] == "ephemeral" and vote.args["replace_original"] is False
     [approval] = (await runtime.approvals.list_approvals(tenants=None))[0]
     assert await approval_state(runtime, approval.id) is ApprovalState.pending
+
+
+async def test_escalate_shows_who_escalated_and_the_next_level_is_asked(
+    app_factory: AppFactory, database_url: str, slack: FakeSlack
+) -> None:
+    step = {"after": "10m", "targets": ["person:bob"], "approvers": ["bob"]}
+    client, runtime = await app_factory(e2e_config(database_url, slack, escalation=[step]))
+    assert (await client.post("/api/v1/events", json=EVENT, headers=auth())).status == 202
+    [post] = await slack.wait_for("chat.postMessage")
+    token = button_values(post)["ackbot.escalate"]
+    await click(client, slack, token, action_id="ackbot.escalate", response="escalate")
+    [replaced] = await slack.wait_for("response_url")
+    assert replaced.args["replace_original"] is True and "Escalated" in replaced.args["text"]
+    [approval] = (await runtime.approvals.list_approvals(tenants=None))[0]
+    assert await approval_state(runtime, approval.id) is ApprovalState.escalated
+    # The next level is asked in bob's DM, with buttons of its own.
+    [opened] = await slack.wait_for("conversations.open")
+    assert opened.args["users"] == BOB
+    [_, to_bob] = await slack.wait_for("chat.postMessage", 2)
+    assert to_bob.args["channel"].startswith("D") and "ackbot.acknowledge" in button_values(to_bob)
