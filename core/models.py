@@ -75,6 +75,10 @@ _DURATION_RE = re.compile(
 )
 
 
+# Longer than any window, lease or timeout makes sense for; also keeps datetime arithmetic from overflowing.
+MAX_DURATION = timedelta(days=3660)
+
+
 def parse_duration(value: object) -> timedelta:
     """Parse "90s", "5m", "1h30m", "2d" or a number of seconds into a timedelta."""
     if isinstance(value, timedelta):
@@ -82,15 +86,25 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, bool):
         raise ValueError("a duration such as 30s, 5m, 1h or 1d")
     if isinstance(value, int | float):
-        if value < 0:
+        if not value >= 0:  # also refuses NaN
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
+        return _bounded(seconds=value)
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match and any(match.groups()):
             days, hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
-            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis)
+            return _bounded(days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis)
     raise ValueError("a duration such as 500ms, 30s, 5m, 1h or 1d")
+
+
+def _bounded(**parts: float) -> timedelta:
+    try:
+        duration = timedelta(**parts)
+    except OverflowError:
+        duration = MAX_DURATION + timedelta(days=1)
+    if duration > MAX_DURATION:
+        raise ValueError(f"a duration of at most {MAX_DURATION.days}d")
+    return duration
 
 
 def format_duration(value: timedelta) -> str:
