@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from core.clock import ManualClock
 from tests.conftest import TENANT_KEY, AppFactory, auth
 from tests.peers.fake_connector import (
     ALICE,
@@ -175,3 +177,19 @@ async def test_pending_and_ack_commands_use_the_approvals_service(
     assert "Acknowledged" in texts(reply) and not buttons(reply)
     assert_all_cards_valid(connector)
     del runtime
+
+
+async def test_a_click_after_expiry_is_refused_with_the_reason(
+    app_factory: AppFactory, database_url: str, connector: FakeConnector
+) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    client, _ = await app_factory(teams_config(database_url, people=PEOPLE), clock=clock)
+    await install_ops(client, connector)
+    body = {"title": "Rotate the signing key?", "approvers": ["alice"], "targets": ["ops"], "timeout": "5m"}
+    assert (await client.post("/api/v1/approvals", json=body, headers=auth(TENANT_KEY))).status == 201
+    (ops,) = await connector.wait_for("sent", 1)
+    clock.advance(timedelta(minutes=10))
+    answer, _ = await click(client, connector, ops, who=person(ALICE, "Alice"))
+    shown = texts(answer["value"])
+    assert "⚠️ This button or link has expired" in shown and "expired 5m ago" in shown
+    assert_valid_card(answer["value"])

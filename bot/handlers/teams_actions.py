@@ -13,12 +13,13 @@ import copy
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 
 from bot.cards import teams as teams_cards
 from bot.cards.common import json_size
+from core.approvals import DecisionResult
 from core.channels.base import Notification
 from core.models import Actor, Alert, Approval, Choice, DeliveryPurpose, DeliveryStatus
 from core.runtime import Runtime
@@ -34,15 +35,6 @@ TEAMS_TYPE = "teams"
 CHOICES = frozenset(choice.value for choice in Choice)
 
 
-class DecisionLike(Protocol):
-    """What approvals.decide answers (core/approvals.py DecisionResult)."""
-
-    ok: bool
-    reason: str | None
-    message: str
-    approval: Approval | None
-
-
 @dataclass(frozen=True)
 class CardAnswer:
     """The card to show after an action, and whether the action did what was asked."""
@@ -50,11 +42,6 @@ class CardAnswer:
     card: Card
     ok: bool
     message: str = ""
-
-
-def _approvals(runtime: Runtime) -> Any:
-    # The approvals service is attached to the runtime by core; absent in a build without approvals.
-    return getattr(runtime, "approvals", None)
 
 
 def teams_channel_names(runtime: Runtime) -> list[str]:
@@ -117,18 +104,6 @@ async def _latest_delivery(
     return candidates[0] if candidates else None
 
 
-async def _load_approval(runtime: Runtime, approval_id: str) -> Approval | None:
-    service = _approvals(runtime)
-    getter = getattr(service, "get", None)
-    if getter is None:
-        return None
-    try:
-        found = await getter(approval_id=approval_id)
-    except TypeError:
-        found = await getter(approval_id)
-    return found if isinstance(found, Approval) else None
-
-
 async def current_note(
     runtime: Runtime,
     *,
@@ -147,7 +122,7 @@ async def current_note(
         note = await runtime.dispatcher.build_notification(row)
     if note is None:
         if approval is None and approval_id:
-            approval = await _load_approval(runtime, approval_id)
+            approval = await runtime.approvals.get(approval_id=approval_id)
         alert: Alert | None = None
         if alert_id:
             async with runtime.db.sessions() as session:
@@ -168,8 +143,9 @@ async def current_note(
     elif approval is not None and (note.approval is None or note.approval.state != approval.state):
         # The decision just committed is the truth, whatever an enricher read a moment before.
         note = note.model_copy(update={"approval": approval})
-    # As an update: an acknowledged or resolved alert shows its outcome, as the update deliveries do.
-    return note.model_copy(update={"purpose": DeliveryPurpose.update})
+    # As an update: an acknowledged or resolved alert shows its outcome, as the update deliveries do; rendered
+    # as of now, so "expires in ..." is counted from the moment the card is shown, not from when it was sent.
+    return note.model_copy(update={"purpose": DeliveryPurpose.update, "created_at": runtime.clock.now()})
 
 
 async def refresh(runtime: Runtime, *, data: dict[str, Any], conversation_id: str | None) -> CardAnswer | None:
@@ -184,16 +160,9 @@ async def refresh(runtime: Runtime, *, data: dict[str, Any], conversation_id: st
     return CardAnswer(render(runtime, note), True)
 
 
-def refusal_text(result: DecisionLike) -> str:
-    """Why a click did nothing, in words for the person who clicked."""
-    if result.message:
-        return result.message
-    return {
-        "expired": "This request has expired.",
-        "already_decided": "This request was already decided.",
-        "not_approver": "You are not an approver of this request.",
-        "invalid_token": "This button is no longer valid.",
-    }.get(result.reason or "", f"Your choice was not recorded ({result.reason or 'refused'}).")
+def refusal_text(result: DecisionResult) -> str:
+    """Why a click did nothing, in words for the person who clicked (the service words it for every surface)."""
+    return result.message or f"Your choice was not recorded ({result.reason.value})."
 
 
 async def decide(
@@ -203,16 +172,7 @@ async def decide(
 
     choice is the button's own (the Action.Execute verb): the service checks that the token says the same.
     """
-    service = _approvals(runtime)
-    if service is None:
-        return CardAnswer(teams_cards.render_text("Approvals are not available on this ackbot."), False)
-    if choice is not None and choice not in CHOICES:
-        choice = None
-    result: DecisionLike = (
-        await service.decide(token=token, actor=actor, choice=choice)
-        if choice
-        else await service.decide(token=token, actor=actor)
-    )
+    result = await runtime.approvals.decide(token=token, actor=actor, choice=choice if choice in CHOICES else None)
     note = None
     if result.approval is not None:
         note = await current_note(runtime, approval=result.approval, conversation_id=conversation_id)

@@ -21,7 +21,6 @@ log = logging.getLogger("ackbot.teams")
 
 Card = dict[str, Any]
 
-NO_APPROVALS = "Approvals are not available on this ackbot."
 ALERT_ID_PREFIX = "alr_"
 # The states in which an approval still takes decisions.
 OPEN_STATES = (ApprovalState.pending, ApprovalState.escalated)
@@ -90,19 +89,14 @@ async def list_alerts(runtime: Runtime, args: list[str]) -> Card:
 
 async def pending(runtime: Runtime, actor: Actor) -> Card:
     """`pending`: the approvals the caller may decide."""
-    approvals = getattr(runtime, "approvals", None)
-    if approvals is None:
-        return _text(NO_APPROVALS)
-    return teams_cards.render_approval_list(list(await approvals.list_pending_for(actor=actor)))
+    return teams_cards.render_approval_list(list(await runtime.approvals.list_pending_for(actor=actor)))
 
 
 async def acknowledge(runtime: Runtime, actor: Actor, args: list[str]) -> Card:
     """`ack <alert-id|approval-id>`: acknowledge through the approvals service, which checks the approver."""
     if len(args) != 1:
         return _text("Usage: ack <alert-id|approval-id>")
-    approvals = getattr(runtime, "approvals", None)
-    if approvals is None:
-        return _text(NO_APPROVALS)
+    approvals = runtime.approvals
     target = args[0]
     approval_id = target
     if target.startswith(ALERT_ID_PREFIX):
