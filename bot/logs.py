@@ -1,10 +1,24 @@
-"""Process logging: readable lines by default, one JSON object per line with ACKBOT_LOG_JSON=1."""
+"""Process logging: readable lines by default, one JSON object per line with ACKBOT_LOG_JSON=1.
+
+Every line logged while a request is handled carries that request's id (the X-Request-Id it answered with).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from datetime import UTC, datetime
+
+REQUEST_ID: ContextVar[str] = ContextVar("ackbot_request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the id of the request being handled, or "-"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -14,6 +28,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -23,10 +38,11 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "INFO", as_json: bool = False) -> None:
     """Send ackbot's logs to stderr in the chosen format."""
     handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
     if as_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

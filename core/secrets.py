@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,20 @@ def _check_reference(value: str) -> str:
 SecretRef = Annotated[str, AfterValidator(_check_reference)]
 
 
+# Others may neither read nor write a secret file, and the group may not write it (a group-readable file
+# is common for service accounts and Kubernetes secret volumes with fsGroup).
+FORBIDDEN_MODE_BITS = stat.S_IRWXO | stat.S_IWGRP
+
+
+def _check_permissions(path: Path) -> None:
+    mode = path.stat().st_mode
+    if mode & FORBIDDEN_MODE_BITS:
+        raise SecretError(
+            f"secret file {path} is open to others (mode {stat.S_IMODE(mode):04o}); "
+            f"make it private, e.g. chmod 600 {path}"
+        )
+
+
 def resolve_secret(reference: str) -> str:
     """Read the secret a reference points to, stripped of surrounding white space."""
     scheme, _, rest = reference.partition(":")
@@ -34,6 +49,7 @@ def resolve_secret(reference: str) -> str:
     if scheme == "file":
         path = Path(rest).expanduser()
         try:
+            _check_permissions(path)
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None

@@ -617,6 +617,7 @@ def test_codec_from_config_resolves_secret_references(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ACKBOT_TEST_TOKEN_KEY_OLD", HMAC_A)
     new_file = tmp_path / "new.key"
     new_file.write_text(HMAC_B + "\n")
+    new_file.chmod(0o600)
     config = TokensConfig(
         mode="hmac",
         ttl=timedelta(minutes=10),

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
 
+from bot.logs import REQUEST_ID
 from core.auth import AuthError, ForbiddenError, Principal
 from core.config import ApiScope, format_loc
 from core.runtime import Runtime
@@ -64,7 +65,8 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON answer: bad input is a 4xx naming the field, never a traceback."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request_id = _request_id(request.headers.get("X-Request-Id"))
+    token = REQUEST_ID.set(request_id)
     started = time.perf_counter()
     status = 500
     try:
@@ -108,7 +110,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 time.perf_counter() - started
             )
     response.headers["X-Request-Id"] = request_id
+    REQUEST_ID.reset(token)
     return response
+
+
+def _request_id(given: str | None) -> str:
+    # A caller's id is kept so logs join across systems, but only if it is short and plain: it goes into logs.
+    if given and len(given) <= 64 and all(c.isalnum() or c in "-_.:" for c in given):
+        return given
+    return uuid.uuid4().hex[:16]
 
 
 def runtime_of(request: web.Request) -> Runtime:
