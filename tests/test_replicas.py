@@ -48,6 +48,8 @@ def write_config(path: Path, database_url: str, sink_url: str, destinations: int
         for i in range(destinations)
     ]
     config = {
+        "people": [{"name": "alice", "identities": {"slack": "UALICE"}}],
+        "approvals": {"scheduler_interval": "200ms"},
         "database": {"url": database_url},
         "dispatch": {"workers": 8, "poll_interval": "0.05s", "lease": "10s"},
         "api_keys": [{"name": "admin", "key": "env:ACKBOT_TEST_ADMIN_KEY", "tenant": "*", "scopes": ["notify.admin"]}],
@@ -196,3 +198,61 @@ async def test_sigkill_mid_dispatch_loses_nothing_on_postgres(pg_url: str, tmp_p
 
 async def test_sigkill_mid_dispatch_loses_nothing_on_sqlite(tmp_path: Path) -> None:
     await _kill_in_the_middle(f"sqlite+aiosqlite:///{tmp_path}/ackbot.db", tmp_path)
+
+
+async def _create_approvals(url: str, count: int) -> list[str]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as session:
+
+        async def create(n: int) -> str:
+            body = {"tenant": "acme", "title": f"may I {n}?", "targets": [f"d{n % 4}"], "approvers": ["alice"]}
+            async with session.post(f"{url}/api/v1/approvals", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                return str((await resp.json())["id"])
+
+        return list(await asyncio.gather(*(create(n) for n in range(count))))
+
+
+@pytest.mark.postgres
+async def test_concurrent_clicks_through_two_replicas_decide_once(pg_url: str, tmp_path: Path) -> None:
+    async with HttpSink(Reply(200)) as sink:
+        config = tmp_path / "ackbot.yml"
+        write_config(config, pg_url, sink.base_url)
+        replicas = [await Replica(config, "a").start(), await Replica(config, "b").start()]
+        try:
+            ids = await _create_approvals(replicas[0].url, 200)
+            received = await wait_for_keys(sink, 200, limit=120)
+            assert len(received) == 200
+            tokens: dict[str, str] = {}
+            for request in sink.requests:
+                body = request.json()
+                (button,) = [b for b in body["buttons"] if b["choice"] == "acknowledge"]
+                tokens[body["approval"]["id"]] = button["token"]
+            assert set(tokens) == set(ids)
+
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as session:
+
+                async def click(replica: Replica, approval_id: str) -> int:
+                    body = {"actor": {"platform": "slack", "id": "UALICE"}, "token": tokens[approval_id]}
+                    async with session.post(f"{replica.url}/api/v1/approvals/{approval_id}/decisions", json=body) as r:
+                        return r.status
+
+                # The same button clicked twice on each replica at once, for all 200 approvals.
+                outcomes = await asyncio.gather(
+                    *(click(replicas[n % 2], approval_id) for approval_id in ids for n in range(4))
+                )
+                per_approval = [outcomes[i * 4 : i * 4 + 4] for i in range(len(ids))]
+                assert all(statuses.count(200) == 1 for statuses in per_approval), per_approval[:3]
+                assert all(all(s in (200, 409, 410) for s in statuses) for statuses in per_approval), per_approval[:3]
+
+                async def state(approval_id: str) -> tuple[str, str | None]:
+                    async with session.get(f"{replicas[1].url}/api/v1/approvals/{approval_id}") as resp:
+                        body = await resp.json()
+                        approval = body.get("approval", body)
+                        return approval["state"], approval.get("decided_by")
+
+                states = await asyncio.gather(*(state(i) for i in ids))
+                assert {s for s, _ in states} == {"acknowledged"}
+                assert {by for _, by in states} == {"alice"}
+        finally:
+            for replica in replicas:
+                await replica.stop()
