@@ -36,13 +36,9 @@ import json
 import math
 import os
 import platform
-import re
 import secrets
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,19 +47,30 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from harness import (
+    API_KEY,
+    API_KEY_ENV,
+    ROOT,
+    SECRET_ENV,
+    CpuSample,
+    Sink,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    log_size,
+    logged_problems,
+    ms,
+    percentile,
+    ratio,
+    require_pg,
+    run_main,
+    spawn,
+    stop,
+    tail,
+    wait_ready,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_BASE = os.environ.get("ACKBOT_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
-API_KEY = "bench-key-" + secrets.token_hex(12)
-API_KEY_ENV = "ACKBOT_BENCH_API_KEY"
-SECRET_ENV = "ACKBOT_BENCH_WEBHOOK_SECRET"
 CLIENT_CONNECTIONS = 64
-READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
-
-# Every child process, so that whatever happens (an error, Ctrl-C) none outlives the benchmark.
-_CHILDREN: list[subprocess.Popen[bytes]] = []
 
 BASELINE_APP = """
 import asyncio, json, sys
@@ -240,173 +247,7 @@ runpy.run_module("bot.cli", run_name="__main__", alter_sys=True)
 """
 
 
-# ---------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of values (q in 0..100); NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def ms(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "-"
-    if math.isinf(seconds):
-        return "LOST"
-    return f"{seconds * 1000:.1f}" if seconds < 10 else f"{seconds * 1000:.0f}"
-
-
-def ratio(a: float, b: float) -> str:
-    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
-        return "-"
-    return f"{a / b:.2f}x" if a / b < 100 else f"{a / b:.0f}x"
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds per thread of a process (Linux /proc; empty elsewhere)."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    out: dict[int, float] = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-                fields = stat.rsplit(")", 1)[1].split()
-                out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
-
-
-@dataclass
-class CpuSample:
-    """CPU used so far by a server (per thread) and by this process."""
-
-    pid: int
-    wall: float = field(default_factory=time.perf_counter)
-    threads: dict[int, float] = field(default_factory=dict)
-    own: float = field(default_factory=time.process_time)
-
-    def __post_init__(self) -> None:
-        self.threads = thread_cpu(self.pid)
-
-    def since(self, start: CpuSample) -> tuple[float, float, float]:
-        """Percent of one core since start: the server's main (event loop) thread, its other threads, this process."""
-        wall = max(1e-9, self.wall - start.wall)
-        main = self.threads.get(self.pid, 0.0) - start.threads.get(self.pid, 0.0)
-        rest = sum(v - start.threads.get(t, 0.0) for t, v in self.threads.items() if t != self.pid)
-        return 100 * main / wall, 100 * rest / wall, 100 * (self.own - start.own) / wall
-
-
-def tail(log: Path) -> str:
-    """The end of a child's output."""
-    return log.read_text(errors="replace")[-3000:]
-
-
-def log_size(log: Path) -> int:
-    return log.stat().st_size if log.exists() else 0
-
-
-def logged_problems(log: Path, offset: int) -> list[str]:
-    """The distinct WARNING, ERROR and exception lines a child logged after offset (ids cut), most frequent first."""
-    with log.open("rb") as fh:
-        fh.seek(offset)
-        text = fh.read().decode(errors="replace")
-    counts: dict[str, int] = {}
-    for line in text.splitlines():
-        for level in (" WARNING ", " ERROR ", " CRITICAL "):
-            if level in line:
-                key = level.strip() + " " + line.split(level, 1)[1].strip()
-                break
-        else:
-            if not (line[:1].isalpha() and ("Error: " in line or "Exception: " in line)):
-                continue
-            key = line
-        key = re.sub(r"\b(?=\w*\d)\w{12,}\b", "<id>", key)[:160]
-        counts[key] = counts.get(key, 0) + 1
-    return [f"{n} x {key}" for key, n in sorted(counts.items(), key=lambda item: -item[1])[:6]]
-
-
-# ---------------------------------------------------------------- the sink
-
-
-class Sink:
-    """An aiohttp server on 127.0.0.1 answering 200 on any path; records when each event of the current run arrived."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.run = ""
-        self.arrivals: dict[int, float] = {}
-        self.received_at: dict[int, str] = {}
-        self.duplicates = 0
-        self.misrouted = 0
-        self.strays = 0
-        self._runner: web.AppRunner | None = None
-
-    def reset(self, run: str) -> None:
-        """Record a new run; events of any other run (late warm-up deliveries) count as strays."""
-        self.run = run
-        self.arrivals = {}
-        self.received_at = {}
-        self.duplicates = self.misrouted = self.strays = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=4 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        now = time.time()
-        try:
-            event = json.loads(body)["event"]
-            payload = event["payload"]
-            run, seq = payload["run"], int(payload["seq"])
-        except (ValueError, KeyError, TypeError):
-            self.strays += 1
-            return web.Response(status=200)
-        if run != self.run:
-            self.strays += 1
-        elif seq in self.arrivals:
-            self.duplicates += 1
-        else:
-            self.arrivals[seq] = now
-            if "received_at" in event:
-                self.received_at[seq] = event["received_at"]
-            if request.path != "/" + payload["dest"]:
-                self.misrouted += 1
-        return web.Response(status=200)
-
-
 # ---------------------------------------------------------------- the systems under test
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without ACKBOT_* overrides, plus the benchmark's secrets and a quiet log."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACKBOT_")}
-    env.update({API_KEY_ENV: API_KEY, SECRET_ENV: "whsec-" + secrets.token_hex(16), "ACKBOT_LOG_LEVEL": "WARNING"})
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def ackbot_config(*, port: int, database_url: str, sink_url: str, destinations: int, workers: int) -> str:
@@ -435,88 +276,6 @@ def ackbot_config(*, port: int, database_url: str, sink_url: str, destinations: 
         ],
     }
     return json.dumps(config, indent=1)
-
-
-def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a child with its output in log_path; it is registered for killing on exit."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
-    _CHILDREN.append(proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a graceful stop), then SIGKILL if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with contextlib.suppress(ValueError):
-        _CHILDREN.remove(proc)
-
-
-def kill_all_children() -> None:
-    for proc in list(_CHILDREN):
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _CHILDREN.remove(proc)
-
-
-async def wait_ready(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll /readyz until it answers 200; fail with the child's output if it exits or takes too long."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            async with http.get(base + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{proc.args!r} not ready after {READY_TIMEOUT:.0f}s:\n{tail(log)}")
-
-
-def pg_dsn(database: str) -> str:
-    return PG_BASE.replace("+asyncpg", "") + "/" + database
-
-
-async def pg_unreachable() -> str | None:
-    """None when PostgreSQL answers, else why not."""
-    try:
-        import asyncpg
-
-        conn = await asyncpg.connect(pg_dsn("postgres"), timeout=3)
-        await conn.close()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-async def create_pg_database() -> str:
-    """A fresh PostgreSQL database; returns its SQLAlchemy URL."""
-    import asyncpg
-
-    name = f"ackbot_bench_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(pg_dsn("postgres"), timeout=5)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{PG_BASE}/{name}"
-
-
-async def drop_pg_database(url: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(pg_dsn("postgres"), timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 # ---------------------------------------------------------------- the load
@@ -880,9 +639,7 @@ def report(results: list[Result], drain: float) -> None:
 
 async def bench(args: argparse.Namespace, workdir: Path) -> list[Result]:
     if args.pg:
-        why = await pg_unreachable()
-        if why is not None:
-            raise SystemExit(f"--pg: PostgreSQL is not reachable at {PG_BASE} ({why})")
+        await require_pg()
     sink = Sink()
     await sink.start()
     results: list[Result] = []
@@ -901,10 +658,6 @@ async def bench(args: argparse.Namespace, workdir: Path) -> list[Result]:
     finally:
         await sink.stop()
     return results
-
-
-def interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def parse_rates(text: str) -> list[int]:
@@ -940,19 +693,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{CLIENT_CONNECTIONS} client connections; drain {args.drain:g}s",
         flush=True,
     )
-    # Ctrl-C and SIGTERM both unwind through the finally blocks that stop the children and drop the database
-    # (SIGINT explicitly: a shell starting this in the background hands it down ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        with tempfile.TemporaryDirectory(prefix="ackbot-bench-") as tmp:
-            try:
-                results = asyncio.run(bench(args, Path(tmp)))
-            finally:
-                kill_all_children()
-    except KeyboardInterrupt:
-        print("interrupted: the servers are stopped and the temporary files removed", file=sys.stderr)
-        raise SystemExit(130) from None
+    # Ctrl-C and SIGTERM unwind through the finally blocks that stop the children and drop the database.
+    results = run_main(lambda workdir: bench(args, workdir))
     report(results, args.drain)
 
 
