@@ -316,6 +316,97 @@ async def wait_ready(
     raise RuntimeError(f"{proc.args!r} not ready after {READY_TIMEOUT:.0f}s:\n{tail(log)}")
 
 
+# ---------------------------------------------------------------- --profile: where the server's CPU goes
+
+# `python -c SAMPLER OUT serve --config ...` runs bot.cli with a statistical profiler: SIGUSR1 starts a SIGPROF timer
+# (every 2 ms of the process's CPU time) whose handler, which runs in the main (event loop) thread, records the
+# Python stack it interrupted; SIGUSR2 stops it and writes the summary to OUT. Samples that land in select() are CPU
+# spent by other threads (aiosqlite's connection threads, the resolver) while the loop waited. SQLAlchemy's sync
+# code runs in greenlets, whose stacks end at the greenlet, so "by package" (the frame that was running) is exact
+# while "inclusive" undercounts the ackbot callers of database work.
+SAMPLER = r"""
+import collections, runpy, signal, sys
+out, root = sys.argv[1], sys.argv[2] + "/"
+sys.argv = ["bot.cli", *sys.argv[3:]]
+by_package, by_function, inclusive, total = collections.Counter(), collections.Counter(), collections.Counter(), [0]
+
+
+def where(code):
+    name = code.co_filename
+    if "site-packages/" in name:
+        rel = name.split("site-packages/", 1)[1]
+        return rel.split("/", 1)[0].removesuffix(".py"), f"{rel}:{code.co_name}"
+    if name.startswith(root):
+        rel = name[len(root):]
+        return rel.split("/", 1)[0], f"{rel}:{code.co_name}"
+    rel = name.rsplit("/python3", 1)[-1].split("/", 1)[-1] if "/python3" in name else name
+    package = rel.split("/", 1)[0].removesuffix(".py")
+    if package == "selectors":
+        package = "(select: waiting; other threads' CPU)"
+    return "stdlib " + package, f"{rel}:{code.co_name}"
+
+
+def sample(signum, frame):
+    total[0] += 1
+    package, function = where(frame.f_code)
+    by_package[package] += 1
+    by_function[function] += 1
+    seen = set()
+    in_loop = False
+    while frame is not None:
+        package, function = where(frame.f_code)
+        if function.startswith("bot/cli.py"):
+            in_loop = True
+        elif package in ("core", "bot") and function not in seen:
+            seen.add(function)
+            inclusive[function] += 1
+        frame = frame.f_back
+    if not in_loop:
+        inclusive["(in a greenlet: SQLAlchemy's sync ORM and Core code)"] += 1
+
+
+def start(*_):
+    by_package.clear(), by_function.clear(), inclusive.clear()
+    total[0] = 0
+    signal.signal(signal.SIGPROF, sample)
+    signal.setitimer(signal.ITIMER_PROF, 0.002, 0.002)
+
+
+def dump(*_):
+    signal.setitimer(signal.ITIMER_PROF, 0, 0)
+    n = max(1, total[0])
+    lines = [f"{total[0]} samples of the server's CPU (every 2 ms of process CPU time)", "by package (running frame):"]
+    lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in by_package.most_common(12)]
+    lines += ["top functions (running frame):"]
+    lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in by_function.most_common(12)]
+    lines += ["ackbot functions on the stack (inclusive; work in greenlets is not attributed to its caller):"]
+    lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in inclusive.most_common(15)]
+    with open(out, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, dump)
+runpy.run_module("bot.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def profiled_command(config: Path, out: Path) -> list[str]:
+    """`ackbot serve --config FILE` under SAMPLER: SIGUSR1 starts sampling, SIGUSR2 writes the summary to out."""
+    return [sys.executable, "-c", SAMPLER, str(out), str(ROOT), "serve", "--config", str(config)]
+
+
+async def read_profile(out: Path, within: float = 5.0) -> str:
+    """The summary SAMPLER wrote after SIGUSR2 (it is written from a signal handler: wait for it)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if log_size(out):
+            await asyncio.sleep(0.1)
+            return await asyncio.to_thread(out.read_text)
+        await asyncio.sleep(0.05)
+    return "(the profiler wrote nothing)\n"
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 
