@@ -466,15 +466,23 @@ def interrupt(signum: int, frame: object) -> None:
 def run_main(main: Callable[[Path], Coroutine[Any, Any, T]], *, prefix: str = "ackbot-bench-") -> T:
     """asyncio.run(main(temporary directory)); every child is killed and the directory removed, whatever happens.
 
+    With ACKBOT_BENCH_WORKDIR=DIR in the environment, the directory is made inside DIR and kept (servers' logs).
+
     Ctrl-C and SIGTERM both unwind through the finally blocks that stop the children and drop databases (SIGINT
     explicitly: a shell starting this in the background hands it down ignored); they exit 130.
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
+    keep = os.environ.get("ACKBOT_BENCH_WORKDIR")
     try:
-        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        with contextlib.ExitStack() as stack:
+            if keep:
+                workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=keep))
+                print(f"logs, configs and SQLite files are kept in {workdir}", file=sys.stderr)
+            else:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
             try:
-                return asyncio.run(main(Path(tmp)))
+                return asyncio.run(main(workdir))
             finally:
                 kill_all_children()
     except KeyboardInterrupt:
