@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -27,7 +28,7 @@ from core.tokens import TokenCodec, build_codec, generate_ed25519_pem, generate_
 NOW = 1_750_000_000
 
 
-def claims() -> dict[str, str]:
+def claims() -> dict[str, Any]:
     """Realistic claim values: a tenant slug, UUIDs, a channel name and an email subject."""
     return {
         "tenant": "acme-payments-prod-eu-west-1",
