@@ -16,6 +16,8 @@ from bot.handlers import ack_tokens as ack_tokens_api
 from bot.handlers import alerts, channels, deliveries, events, health, openapi, rules
 from bot.handlers import approvals as approvals_api
 from bot.handlers import audit as audit_api
+from bot.handlers import reports as reports_api
+from bot.handlers import silences as silences_api
 from bot.handlers.http import RUNTIME, error_middleware
 from core.channels.registry import ChannelRegistry, default_registry
 from core.clock import Clock, SystemClock
@@ -61,6 +63,10 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
         app.add_routes(module.routes())
     # Approvals, ack tokens, the audit log and the web ack page.
     for module in (approvals_api, ack_tokens_api, audit_api, ack_page_routes):
+        app.add_routes(module.routes())
+
+    # Noise control: silences, the report and digest windows.
+    for module in (silences_api, reports_api):
         app.add_routes(module.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -191,6 +191,53 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Send the report now (through the outbox, then at once), or print it (preview)."""
+    from core import reports
+    from core.channels.base import SendResult
+
+    logs.configure(EnvSettings().log_level)
+    try:
+        config, _ = load_checked(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    async def run() -> int:
+        runtime = build_runtime(config, run_dispatcher=False)
+        await runtime.start()
+        try:
+            now = runtime.clock.now()
+            if args.report_command == "preview":
+                extra = await reports.preview(db=runtime.db, config=config, now=now, public_url=runtime.public_url)
+                print(json.dumps(extra["report"], indent=2) if args.json else extra["summary"])
+                return 0
+            channels = args.channel or list(config.reports.channels)
+            unknown = [name for name in channels if name not in runtime.channels]
+            if not channels or unknown:
+                names = ", ".join(sorted(runtime.channels)) or "none"
+                what = f"no channel named {unknown[0]!r}" if unknown else "no channels (reports.channels is empty)"
+                print(f"{what}; use --channel NAME (channels: {names})", file=sys.stderr)
+                return 2
+            ids = await reports.send_now(
+                db=runtime.db, config=config, now=now, worker="cli", public_url=runtime.public_url, channels=channels
+            )
+            assert runtime.dispatcher is not None
+            failed = 0
+            for channel, delivery_id in zip(channels, ids, strict=True):
+                outcome = await runtime.dispatcher.deliver_now(delivery_id=delivery_id)
+                if isinstance(outcome, SendResult):
+                    print(f"{channel}: report delivered (delivery {delivery_id})")
+                else:
+                    failed += 1
+                    print(f"{channel}: failed: {outcome}", file=sys.stderr)
+            return 1 if failed else 0
+        finally:
+            await runtime.stop()
+
+    return asyncio.run(run())
+
+
 def cmd_teams_conversations(args: argparse.Namespace) -> int:
     """List the Teams conversations the bot knows: the names and ids a "teams" channel's settings can use."""
     from core.store import conversations as conversation_store
@@ -374,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     rules_test.add_argument("event")
     rules_test.add_argument("--config")
     rules_test.set_defaults(func=cmd_rules_test)
+
+    report = sub.add_parser("report", help="the scheduled report (open alerts, approvals, what expires soon)")
+    report_sub = report.add_subparsers(dest="report_command", required=True)
+    report_send = report_sub.add_parser("send", help="send the report now to reports.channels (or --channel)")
+    report_send.add_argument("--channel", action="append", help="a channel to send to (repeatable)")
+    report_send.add_argument("--config")
+    report_send.set_defaults(func=cmd_report)
+    report_preview = report_sub.add_parser("preview", help="print the report without sending it")
+    report_preview.add_argument("--json", action="store_true", help="print the JSON a webhook receives")
+    report_preview.add_argument("--config")
+    report_preview.set_defaults(func=cmd_report)
 
     teams = sub.add_parser("teams", help="Microsoft Teams tools")
     teams_sub = teams.add_subparsers(dest="teams_command", required=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from core import silences
 from core.channels.base import ChannelError, SendResult
-from core.models import DeliveryPurpose
+from core.models import Actor, DeliveryPurpose, Person, parse_duration
 from core.runtime import Runtime
+from core.store import alerts as alert_store
 from core.store import channels as channel_store
 from core.store.db import new_id
 from core.store.deliveries import new_delivery
@@ -81,3 +84,81 @@ async def channel_health(*, runtime: Runtime, channel: str) -> channel_store.Cha
 async def all_channel_health(*, runtime: Runtime) -> list[channel_store.ChannelHealth]:
     """Health of every channel in service, by name."""
     return [await channel_health(runtime=runtime, channel=name) for name in sorted(runtime.channels)]
+
+
+class NotAllowed(Exception):
+    """The actor may not do this (not a known person, or not among those the config allows)."""
+
+
+class UnknownAlert(Exception):
+    """No alert with that id."""
+
+
+def person_of(runtime: Runtime, actor: Actor) -> Person | None:
+    """The configured person behind a platform identity, or None."""
+    # The approvals' directory knows every platform identity; without it, match the config's people directly.
+    directory: Any = getattr(getattr(runtime, "approvals", None), "directory", None)
+    if directory is not None:
+        person: Person | None = directory.resolve(actor)
+        return person
+    for candidate in runtime.config.people:
+        ids = candidate.identities
+        if actor.platform == "slack" and ids.slack == actor.id:
+            return candidate
+        if actor.platform == "teams" and ids.teams and ids.teams.lower() == actor.id.lower():
+            return candidate
+        if actor.platform in ("web", "api") and actor.id in (candidate.name, ids.email):
+            return candidate
+    return None
+
+
+def _may_silence(runtime: Runtime, person: Person) -> bool:
+    allowed = runtime.config.noise.silence_approvers
+    if not allowed:
+        return True
+    directory: Any = getattr(getattr(runtime, "approvals", None), "directory", None)
+    if directory is not None:
+        return bool(directory.may_decide(person, allowed))
+    groups = {g.name: g.members for g in runtime.config.groups}
+    seen: set[str] = set()
+    stack = list(allowed)
+    while stack:
+        name = stack.pop()
+        if name == person.name:
+            return True
+        if name in groups and name not in seen:
+            seen.add(name)
+            stack.extend(groups[name])
+    return False
+
+
+async def silence(
+    *, runtime: Runtime, alert_id: str, duration: str | timedelta, actor: Actor, comment: str = ""
+) -> silences.Silence:
+    """Silence an alert (its identity, so a re-fire stays quiet) for a duration; chat's `silence <alert> <for>`.
+
+    Raises SilenceError (bad duration), NotAllowed (the actor is no known person, or not in noise.silence_approvers)
+    and UnknownAlert.
+    """
+    try:
+        span = parse_duration(duration)
+    except ValueError:
+        raise silences.SilenceError("duration", "a duration such as 30m, 2h or 1d") from None
+    if span <= timedelta(0):
+        raise silences.SilenceError("duration", "the duration must be positive")
+    person = person_of(runtime, actor)
+    if person is None:
+        raise NotAllowed(f"{actor.platform} user {actor.id} is not a configured person")
+    if not _may_silence(runtime, person):
+        raise NotAllowed(f"{person.name} may not silence alerts (see noise.silence_approvers)")
+    async with runtime.db.transaction() as session:
+        alert = await alert_store.get(session=session, alert_id=alert_id)
+        if alert is None:
+            raise UnknownAlert(alert_id)
+        spec = silences.SilenceIn(
+            duration=span,
+            created_by=person.name,
+            comment=comment or f"silenced from {actor.platform} by {actor.display_name or person.name}",
+            alert_id=alert.id,
+        )
+        return await silences.create(session=session, spec=spec, tenant=alert.tenant, now=runtime.clock.now())

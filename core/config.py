@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.models import Duration, Group, Person, Rule, Strict
+from core.models import Duration, Group, Person, QuietHoursList, Rule, Strict, check_timezone, cron_expression
 from core.secrets import SecretRef
 
 DEFAULT_CONFIG_RESOURCE = "ackbot.yml"
@@ -77,6 +77,38 @@ class DispatchConfig(Strict):
 
 class NoiseConfig(Strict):
     dedup_window: Duration = timedelta(minutes=5)
+    scheduler_interval: Duration = Field(
+        default=timedelta(seconds=5), description="how often each replica flushes due digests and fires due reports"
+    )
+    silence_approvers: list[str] = Field(
+        default_factory=list,
+        description="people or groups who may silence from chat; empty: every configured person",
+    )
+
+
+class ReportsConfig(Strict):
+    """The scheduled report: open alerts, pending approvals and what expires soon, sent to the channels listed."""
+
+    schedule: str = Field(default="0 7 * * 1", description="cron (or hourly, daily, weekly); default Monday 07:00")
+    timezone: str = Field(default="UTC", description="the IANA timezone the schedule is read in")
+    expiring_within_days: int = Field(default=14, ge=0, le=365, description="list what expires within this many days")
+    channels: list[str] = Field(default_factory=list, description="the channels that receive the report")
+    tenant: str = Field(default="*", min_length=1, max_length=100, description='one tenant, or "*" for every tenant')
+    max_items: int = Field(default=50, ge=1, le=500, description="rows listed per section")
+    catch_up: Duration = Field(
+        default=timedelta(hours=12), description="a scheduled time missed (every replica down) still fires this late"
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        cron_expression(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_timezone(value)
 
 
 class TokenKeyConfig(Strict):
@@ -205,6 +237,26 @@ class AckbotConfig(Strict):
     rules: list[Rule] = Field(default_factory=list)
     slack: SlackConfig = Field(default_factory=SlackConfig, description="the Slack app's settings")
     teams: TeamsConfig = Field(default_factory=TeamsConfig, description="the Teams bot's settings")
+    quiet_hours: QuietHoursList = Field(default_factory=list, description="global quiet hours")
+    reports: ReportsConfig = Field(default_factory=ReportsConfig, description="the scheduled report")
+
+    @model_validator(mode="after")
+    def _noise_names_known(self) -> AckbotConfig:
+        channel_names = {c.name for c in self.channels}
+        principals = {p.name for p in self.people} | {g.name for g in self.groups}
+        problems = [
+            f"reports.channels: no channel named {name!r}"
+            for name in self.reports.channels
+            if name not in channel_names
+        ]
+        problems += [
+            f"noise.silence_approvers: no person or group named {name!r}"
+            for name in self.noise.silence_approvers
+            if name not in principals
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _names_unique_and_known(self) -> AckbotConfig:

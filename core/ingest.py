@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import noise
 from core.clock import Clock
 from core.metrics import Metrics
 from core.models import Action, Alert, DeliveryPurpose, Event, EventIn, Rule
@@ -37,6 +38,7 @@ class IngestResult(BaseModel):
     matched_rules: list[str]
     deliveries: int
     duplicate: bool
+    silenced: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class IngestDeps:
     default_window: timedelta
     channel_names: Callable[[], set[str]]
     open_approval: ApprovalOpener | None = None
+    noise: noise.NoiseSettings = field(default_factory=noise.NoiseSettings)
 
 
 def fingerprint(event: Event | EventIn, tenant: str) -> str:
@@ -200,36 +203,57 @@ async def _ingest_one(
     created = 0
     suppressed = 0
     now = deps.clock.now()
+    # Silences are looked up once per event; a silenced event is recorded (event, alert) and notifies nobody.
+    silences = await noise.silences_for(session=session, event=event, now=now, settings=deps.noise) if plans else []
     for plan in plans:
         if plan.channel not in known_channels:
             log.warning("rule %s names channel %s, which is not configured; skipped", plan.rule, plan.channel)
             continue
-        decision = await noise_store.admit(session=session, db=deps.db, key=plan.noise_key, window=plan.window, now=now)
-        if not decision.admitted:
+        rule = actions_by_rule[plan.rule]
+        action = rule.actions[plan.action_index]
+        decision = await noise.decide(
+            session=session,
+            db=deps.db,
+            event=event,
+            rule=rule,
+            action=action,
+            action_index=plan.action_index,
+            purpose=plan.purpose,
+            noise_key=plan.noise_key,
+            window=plan.window,
+            silences=silences,
+            settings=deps.noise,
+            now=now,
+        )
+        if decision.outcome == "suppress":
             suppressed += 1
             deps.metrics.suppressed.inc()
             continue
-        rule = actions_by_rule[plan.rule]
-        action = rule.actions[plan.action_index]
+        if not decision.creates_delivery:
+            continue
         approval_id = None
         if action.approval is not None and deps.open_approval is not None and plan.purpose is DeliveryPurpose.notify:
             approval_id = await deps.open_approval(session, event, change.alert, rule, action)
-        window_id = decision.window_until.isoformat()
-        session.add(
-            new_delivery(
-                tenant=event.tenant,
-                channel=plan.channel,
-                idempotency_key=hashlib.sha256(f"{plan.noise_key}:{window_id}".encode()).hexdigest()[:48],
-                now=now,
-                purpose=plan.purpose,
-                event_id=event.id,
-                alert_id=event.alert_id,
-                approval_id=approval_id,
-                rule=plan.rule,
-                action_index=plan.action_index,
-                suppressed_count=decision.suppressed_before,
-            )
+        window_id = (decision.window_until or now).isoformat()
+        row = new_delivery(
+            tenant=event.tenant,
+            channel=plan.channel,
+            idempotency_key=hashlib.sha256(f"{plan.noise_key}:{window_id}".encode()).hexdigest()[:48],
+            now=now,
+            purpose=plan.purpose,
+            event_id=event.id,
+            alert_id=event.alert_id,
+            approval_id=approval_id,
+            rule=plan.rule,
+            action_index=plan.action_index,
+            target=action.target,
+            suppressed_count=decision.suppressed_before,
+            not_before=decision.not_before,
+            extra=decision.extra or None,
         )
+        session.add(row)
+        if decision.wait_until is not None and event.alert_id is not None:
+            noise.register_wait(session=session, delivery=row, alert_id=event.alert_id, until=decision.wait_until)
         deps.metrics.deliveries.labels(channel=plan.channel, status="pending").inc()
         created += 1
     duplicate = created == 0 and suppressed > 0
@@ -239,6 +263,7 @@ async def _ingest_one(
         matched_rules=[r.name for r in rules],
         deliveries=created,
         duplicate=duplicate,
+        silenced=bool(silences) and bool(plans),
     )
 
 

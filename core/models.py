@@ -6,7 +6,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -308,6 +310,111 @@ class EscalationStep(Strict):
     approvers: list[str] = Field(default_factory=list)
 
 
+class Weekday(StrEnum):
+    mon = "mon"
+    tue = "tue"
+    wed = "wed"
+    thu = "thu"
+    fri = "fri"
+    sat = "sat"
+    sun = "sun"
+
+
+_WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
+
+
+def check_timezone(name: str) -> str:
+    """An IANA timezone name that zoneinfo knows (Europe/Berlin, UTC ...)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name!r}: use an IANA name such as Europe/Berlin or UTC") from None
+    return name
+
+
+class QuietHours(Strict):
+    """A recurring quiet window: what is below min_severity is held back and released when it ends."""
+
+    window: str = Field(description='local start-end, "22:00-06:00" (crosses midnight) or "00:00-24:00"')
+    timezone: str = Field(default="UTC", description="an IANA timezone, e.g. Europe/Berlin")
+    days: list[Weekday] = Field(default_factory=lambda: list(Weekday), description="the days the window starts on")
+    min_severity: Severity = Field(default=Severity.critical, description="this and above still get through")
+    release: Literal["end", "digest"] = Field(
+        default="end", description="end: delivered when the window ends; digest: one digest at the end (or the next)"
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        match = _WINDOW_RE.match(value.replace(" ", ""))
+        if match is None or (match.group(3) == "24" and match.group(4) != "00"):
+            raise ValueError('a window such as "22:00-06:00" (HH:MM-HH:MM, 24-hour clock)')
+        if match.group(1) + match.group(2) == match.group(3) + match.group(4):
+            raise ValueError("the window starts and ends at the same time")
+        return value.replace(" ", "")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @property
+    def start_minute(self) -> int:
+        """Minutes after local midnight the window starts."""
+        hours, minutes = self.window.split("-")[0].split(":")
+        return int(hours) * 60 + int(minutes)
+
+    @property
+    def end_minute(self) -> int:
+        """Minutes after local midnight the window ends (1440 for 24:00)."""
+        hours, minutes = self.window.split("-")[1].split(":")
+        return int(hours) * 60 + int(minutes)
+
+
+def _quiet_list(value: object) -> object:
+    # One window may be written without the list around it.
+    return [value] if isinstance(value, dict) else value
+
+
+QuietHoursList = Annotated[list[QuietHours], BeforeValidator(_quiet_list)]
+
+DIGEST_SCHEDULES = {"hourly": "0 * * * *", "daily": "0 9 * * *", "weekly": "0 9 * * 1"}
+DIGEST_GROUPS = ("severity", "namespace", "repo", "kind", "status", "tenant")
+
+
+def cron_expression(schedule: str) -> str:
+    """The cron expression of a digest or report schedule: hourly, daily (09:00), weekly (Monday 09:00) or cron."""
+    expression = DIGEST_SCHEDULES.get(schedule.strip().lower(), schedule.strip())
+    if len(expression.split()) != 5 or not croniter.is_valid(expression):
+        raise ValueError("hourly, daily, weekly or a five-field cron expression such as '0 7 * * 1'")
+    return expression
+
+
+class DigestOptions(Strict):
+    """How a digest action coalesces: when it flushes early, how it groups, what it lists and is titled."""
+
+    max_items: int = Field(default=100, ge=1, le=10000, description="flush early once the window holds this many")
+    top: int = Field(default=10, ge=0, le=100, description="how many items the message lists")
+    group_by: list[str] = Field(default_factory=lambda: ["severity"], max_length=5)
+    template: str | None = Field(
+        default=None, max_length=200, description="title: {rule} {channel} {tenant} {count} {events} {window_end}"
+    )
+    timezone: str = Field(default="UTC", description="the timezone the schedule is read in")
+
+    @field_validator("group_by")
+    @classmethod
+    def _groups(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value not in DIGEST_GROUPS and not (value.startswith("label:") and len(value) > 6):
+                raise ValueError(f"cannot group by {value!r}: use {', '.join(DIGEST_GROUPS)} or label:NAME")
+        return values
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_timezone(value)
+
+
 class Action(Strict):
     channel: str = Field(min_length=1, max_length=100)
     template: str | None = Field(default=None, max_length=100)
@@ -316,6 +423,27 @@ class Action(Strict):
     digest: str | None = Field(default=None, max_length=100)
     wait: Duration | None = Field(default=None, alias="for")
     approval: ApprovalSpec | None = None
+    digest_options: DigestOptions | None = None
+    target: str | None = Field(
+        default=None, max_length=200, description="a person (person:NAME) or conversation within the channel"
+    )
+
+    @field_validator("digest")
+    @classmethod
+    def _digest_schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            cron_expression(value)
+        return value
+
+    @model_validator(mode="after")
+    def _digest_consistent(self) -> Action:
+        if self.digest is None and self.digest_options is not None:
+            raise ValueError("digest_options needs digest (hourly, daily, weekly or a cron expression)")
+        if self.digest is not None and self.wait is not None:
+            raise ValueError("for cannot be combined with digest: a digest already waits for its window")
+        if self.digest is not None and self.approval is not None:
+            raise ValueError("approval cannot be combined with digest: an approval needs its own message")
+        return self
 
 
 class Rule(Strict):
@@ -329,6 +457,7 @@ class Rule(Strict):
     on_deny: list[Action] = Field(default_factory=list)
     on_escalate: list[Action] = Field(default_factory=list)
     on_expire: list[Action] = Field(default_factory=list)
+    quiet_hours: QuietHoursList = Field(default_factory=list, description="windows in which this rule holds back")
 
 
 ApprovalSpec.model_rebuild()
@@ -351,6 +480,8 @@ class DeliveryPurpose(StrEnum):
     update = "update"  # edit an earlier message (decision, resolve)
     callback = "callback"  # signed webhook to an approval's requester
     test = "test"
+    digest = "digest"  # a coalesced window of alerts (content in Delivery.extra["digest"])
+    report = "report"  # the scheduled report (content in Delivery.extra["report"])
 
 
 class Delivery(BaseModel):
@@ -398,6 +529,7 @@ class Person(Strict):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
     display_name: str = ""
     identities: Identities = Field(default_factory=Identities)
+    quiet_hours: QuietHoursList = Field(default_factory=list, description="when deliveries to this person wait")
 
 
 class Group(Strict):

@@ -21,6 +21,7 @@ from core.config import AckbotConfig, ChannelConfig
 from core.dispatch import Dispatcher, DispatcherConfig, Enricher
 from core.ingest import IngestDeps
 from core.metrics import Metrics
+from core.noise import NoiseScheduler, NoiseSettings
 from core.rulebook import RuleBook
 from core.store import channels as channel_store
 from core.store import migrate
@@ -58,6 +59,9 @@ class Runtime:
         self.config_channel_names = {c.name for c in self.config.channels}
         self._channels_version: tuple[int, str] | None = None
         self._background: list[asyncio.Task[None]] = []
+        # Noise control: global quiet hours and people for ingest; the digest and report scheduler once started.
+        self.noise_settings = NoiseSettings.from_config(self.config, public_url=self.public_url)
+        self.noise: NoiseScheduler | None = None
         # Approvals: decisions, escalation and expiry, and the enricher that puts buttons on messages.
         self.approvals = ApprovalService(
             db=self.db,
@@ -129,6 +133,7 @@ class Runtime:
             clock=self.clock,
             metrics=self.metrics,
             default_window=self.config.noise.dedup_window,
+            noise=self.noise_settings,
             channel_names=lambda: set(self.channels),
             open_approval=self.approvals.open_for_action,
         )
@@ -175,6 +180,17 @@ class Runtime:
         self._every(RULES_REFRESH_SECONDS, self.refresh_channels)
         if self.run_dispatcher:
             self._every(GAUGES_REFRESH_SECONDS, self.dispatcher.refresh_gauges)
+        # Digests and reports: every replica that runs workers runs the scheduler; the database makes each happen once.
+        self.noise = NoiseScheduler(
+            db=self.db,
+            clock=self.clock,
+            config=self.config,
+            public_url=self.public_url,
+            worker=self.dispatcher.worker_id,
+            on_enqueued=self.dispatcher.wake,
+        )
+        if self.run_dispatcher:
+            self._every(self.config.noise.scheduler_interval.total_seconds(), self.noise.tick)
         if not len(self.keyring):
             log.warning("no API key is usable: the HTTP API will refuse every request (see api_keys in the config)")
 

@@ -46,7 +46,7 @@ from bot.cards.common import (
     unique_buttons,
     view_of,
 )
-from core.models import Alert, AlertStatus, Approval, ApprovalState, Link, Scope
+from core.models import Alert, AlertStatus, Approval, ApprovalState, DeliveryPurpose, Link, Scope
 
 if TYPE_CHECKING:
     from core.channels.base import Button, Notification
@@ -340,7 +340,10 @@ def _subject_blocks(note: Notification, budget: Budget) -> list[Block]:
     links = _links_block(_links(note), budget)
     if links is not None:
         blocks.append(links)
-    if note.suppressed_count > 0:
+    if note.suppressed_count > 0 and note.extra.get("suppressed_text"):
+        # Worded by ingest with the throttle window: "14 similar suppressed in the last hour".
+        blocks.append(_context(f"🔕 {escape(note.suppressed_text)}"))
+    elif note.suppressed_count > 0:
         noun = "notification" if note.suppressed_count == 1 else "notifications"
         blocks.append(_context(f"🔕 {note.suppressed_count} similar {noun} suppressed"))
     return blocks
@@ -447,7 +450,11 @@ def render_decided(note: Notification) -> Message:
 
 
 def render(note: Notification) -> Message:
-    """The right view for a notification: decided, approval request or alert."""
+    """The right view for a notification: digest, report, decided, approval request or alert."""
+    if note.purpose is DeliveryPurpose.digest and "digest" in note.extra:
+        return render_digest_note(note)
+    if note.purpose is DeliveryPurpose.report and "report" in note.extra:
+        return render_report(note)
     view = view_of(note)
     if view == "decided":
         return render_decided(note)
@@ -534,6 +541,67 @@ def render_digest(title: str, groups: dict[str, int], items: list[Alert], total:
             }
             blocks.append({"type": "actions", "elements": [button]})
         return _message(f"📬 {escape(title)}: {count} {noun}", blocks)
+
+    return _fit(build)
+
+
+def render_digest_note(note: Notification) -> Message:
+    """A digest delivery (content in note.extra["digest"]) as render_digest shows it."""
+    digest = note.extra["digest"]
+    items = [Alert.model_validate({k: v for k, v in a.items() if k != "digest_events"}) for a in digest["items"]]
+    return render_digest(note.title, dict(digest["groups"]), items, int(digest["total"]), digest.get("link"))
+
+
+def _expiring_row(item: Mapping[str, Any]) -> str:
+    alert = item["alert"]
+    when = "⛔ expired" if item["expired"] else f"⏳ in {item['days_left']} days"
+    title = cut(escape(str(alert["title"])), ROW_TITLE_MAX)
+    return f"{when} · *{title}* · {escape(str(item['expires_at']))} · {cut(escape(str(alert['id'])), 60)}"
+
+
+def render_report(note: Notification) -> Message:
+    """The scheduled report (note.extra["report"]): open alerts, pending approvals, what expires soon."""
+    report = note.extra["report"]
+    open_alerts, approvals, expiring = report["open_alerts"], report["pending_approvals"], report["expiring"]
+    alerts = [Alert.model_validate(a) for a in open_alerts["items"]]
+
+    def build(budget: Budget) -> Message:
+        blocks: list[Block] = [_header(f"📋 {note.title}")]
+        blocks.append(_section(f"*Open alerts: {open_alerts['total']}*"))
+        counts = [_field(severity, str(count)) for severity, count in open_alerts["by_severity"].items()]
+        blocks.extend(_field_sections(counts))
+        shown, _ = take(alerts, budget.items // 3)
+        if shown:
+            blocks.extend(_rows_blocks([_alert_row(a) for a in shown], open_alerts["total"], "alerts"))
+        blocks.append({"type": "divider"})
+        if approvals["available"]:
+            blocks.append(_section(f"*Pending approvals: {approvals['total']}*"))
+            pending = [Approval.model_validate(a) for a in approvals["items"]]
+            shown_approvals, _ = take(pending, budget.items // 3)
+            if shown_approvals:
+                rows = [_approval_row(a) for a in shown_approvals]
+                blocks.extend(_rows_blocks(rows, approvals["total"], "approvals"))
+        else:
+            blocks.append(_context(f"Pending approvals not included: {escape(str(approvals['note']))}"))
+        blocks.append({"type": "divider"})
+        blocks.append(_section(f"*Expiring within {expiring['within_days']} days: {expiring['total']}*"))
+        shown_expiring, _ = take(expiring["items"], budget.items // 3)
+        if shown_expiring:
+            blocks.extend(_rows_blocks([_expiring_row(i) for i in shown_expiring], expiring["total"], "items"))
+        link = report.get("link")
+        if link and len(link) <= BUTTON_URL_MAX:
+            button = {
+                "type": "button",
+                "action_id": "ackbot.open_report",
+                "text": _plain("Open alerts in ackbot", BUTTON_TEXT_MAX),
+                "url": link,
+            }
+            blocks.append({"type": "actions", "elements": [button]})
+        fallback = (
+            f"📋 {escape(note.title)}: {open_alerts['total']} open alerts, "
+            f"{expiring['total']} expiring within {expiring['within_days']} days"
+        )
+        return _message(fallback, blocks[:MAX_BLOCKS])
 
     return _fit(build)
 

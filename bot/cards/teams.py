@@ -45,7 +45,7 @@ from bot.cards.common import (
     unique_buttons,
     view_of,
 )
-from core.models import Alert, AlertStatus, Approval, ApprovalState, Link, Scope
+from core.models import Alert, AlertStatus, Approval, ApprovalState, DeliveryPurpose, Link, Scope
 
 if TYPE_CHECKING:
     from core.channels.base import Button, Notification
@@ -305,7 +305,10 @@ def _subject(note: Notification, budget: Budget) -> list[Element]:
     if scope is not None:
         elements.extend(_facts(scope_facts(scope), budget, "labels"))
     elements.extend(_links_set(_links(note), budget))
-    if note.suppressed_count > 0:
+    if note.suppressed_count > 0 and note.extra.get("suppressed_text"):
+        # Worded by ingest with the throttle window: "14 similar suppressed in the last hour".
+        elements.append(_subtle(f"🔕 {escape(note.suppressed_text)}"))
+    elif note.suppressed_count > 0:
         noun = "notification" if note.suppressed_count == 1 else "notifications"
         elements.append(_subtle(f"🔕 {note.suppressed_count} similar {noun} suppressed"))
     return elements
@@ -401,7 +404,11 @@ def render_decided(note: Notification, *, max_bytes: int = DEFAULT_MAX_BYTES, li
 
 
 def render(note: Notification, *, max_bytes: int = DEFAULT_MAX_BYTES, link_buttons: bool = False) -> Card:
-    """The right view for a notification: decided, approval request or alert."""
+    """The right view for a notification: digest, report, decided, approval request or alert."""
+    if note.purpose is DeliveryPurpose.digest and "digest" in note.extra:
+        return render_digest_note(note, max_bytes=max_bytes)
+    if note.purpose is DeliveryPurpose.report and "report" in note.extra:
+        return render_report(note, max_bytes=max_bytes)
     view = view_of(note)
     if view == "decided":
         return render_decided(note, max_bytes=max_bytes, link_buttons=link_buttons)
@@ -487,6 +494,54 @@ def render_digest(
         return _card(f"📬 {title}: {count} {noun}", body, actions)
 
     return _fit(build, max_bytes, _list_minimal(title, count, noun))
+
+
+def render_digest_note(note: Notification, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Card:
+    """A digest delivery (content in note.extra["digest"]) as render_digest shows it."""
+    digest = note.extra["digest"]
+    items = [Alert.model_validate({k: v for k, v in a.items() if k != "digest_events"}) for a in digest["items"]]
+    groups = dict(digest["groups"])
+    return render_digest(note.title, groups, items, int(digest["total"]), digest.get("link"), max_bytes=max_bytes)
+
+
+def _expiring_row(item: dict[str, Any]) -> Element:
+    alert = item["alert"]
+    when = "⛔ expired" if item["expired"] else f"⏳ in {item['days_left']} days"
+    title = escape(truncate(str(alert["title"]), ROW_TITLE_MAX))
+    parts = [when, f"**{title}**", escape(str(item["expires_at"])), escape(truncate(str(alert["id"]), 60))]
+    return _text(" · ".join(parts), spacing="Small")
+
+
+def render_report(note: Notification, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Card:
+    """The scheduled report (note.extra["report"]): open alerts, pending approvals, what expires soon."""
+    report = note.extra["report"]
+    open_alerts, approvals, expiring = report["open_alerts"], report["pending_approvals"], report["expiring"]
+    alerts = [Alert.model_validate(a) for a in open_alerts["items"]]
+    title = f"📋 {note.title}"
+
+    def build(budget: Budget) -> Card:
+        body: list[Element] = [_heading(title)]
+        body.append(_text(f"**Open alerts: {open_alerts['total']}**", separator=True))
+        counts = [(severity, str(count)) for severity, count in open_alerts["by_severity"].items()]
+        body.extend(_facts(counts, budget, "severities"))
+        shown, _ = take(alerts, budget.items // 3)
+        body.extend(_rows([_alert_row(a) for a in shown], open_alerts["total"], "alerts"))
+        if approvals["available"]:
+            body.append(_text(f"**Pending approvals: {approvals['total']}**", separator=True))
+            pending = [Approval.model_validate(a) for a in approvals["items"]]
+            shown_approvals, _ = take(pending, budget.items // 3)
+            body.extend(_rows([_approval_row(a) for a in shown_approvals], approvals["total"], "approvals"))
+        else:
+            body.append(_subtle(f"Pending approvals not included: {escape(str(approvals['note']))}"))
+        body.append(_text(f"**Expiring within {expiring['within_days']} days: {expiring['total']}**", separator=True))
+        shown_expiring, _ = take(expiring["items"], budget.items // 3)
+        body.extend(_rows([_expiring_row(i) for i in shown_expiring], expiring["total"], "items"))
+        link = report.get("link")
+        actions = [{"type": "Action.OpenUrl", "title": "Open alerts in ackbot", "url": link}] if link else None
+        fallback = f"{title}: {open_alerts['total']} open alerts, {expiring['total']} expiring"
+        return _card(fallback, body, actions)
+
+    return _fit(build, max_bytes, _list_minimal(title, open_alerts["total"], "open alerts"))
 
 
 def render_alert_list(alerts: list[Alert], title: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Card:

@@ -17,6 +17,7 @@ from bot.handlers.http import (
     validation_errors,
 )
 from bot.handlers.openapi import documented
+from core import noise
 from core.auth import Principal
 from core.config import ApiScope
 from core.ingest import build_event, describe_plan, fingerprint, plan_actions
@@ -219,10 +220,29 @@ async def test_rules(request: web.Request) -> web.Response:
         default_window=runtime.config.noise.dedup_window,
     )
     actions = []
+    now = runtime.clock.now()
+    by_name = {rule.name: rule for rule in matched}
     async with runtime.db.sessions() as session:
+        # The noise decisions, explained without writing: silence, throttle, quiet hours, digest, wait, and until when.
+        silences = await noise.silences_for(session=session, event=event, now=now, settings=runtime.noise_settings)
         for plan in plans:
-            window = await noise_store.peek(session=session, key=plan.noise_key, now=runtime.clock.now())
+            window = await noise_store.peek(session=session, key=plan.noise_key, now=now)
             line = describe_plan(plan, window)
+            rule = by_name[plan.rule]
+            line.update(
+                await noise.explain(
+                    session=session,
+                    event=event,
+                    rule=rule,
+                    action=rule.actions[plan.action_index],
+                    purpose=plan.purpose,
+                    noise_key=plan.noise_key,
+                    window=plan.window,
+                    silences=silences,
+                    settings=runtime.noise_settings,
+                    now=now,
+                )
+            )
             if plan.channel not in runtime.channels:
                 line.update(outcome="skip", reason=f"channel {plan.channel!r} is not configured")
             actions.append(line)

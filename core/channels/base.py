@@ -144,8 +144,17 @@ class Notification(BaseModel):
                 choice = self.approval.decided_choice.value if self.approval.decided_choice else self.approval.state
                 out.append(("Decided", f"{choice} by {self.approval.decided_by}"))
         if self.suppressed_count:
-            out.append(("Suppressed", f"{self.suppressed_count} similar notifications were held back"))
+            out.append(("Suppressed", self.suppressed_text))
         return out
+
+    @property
+    def suppressed_text(self) -> str:
+        """What the message says about the similar notifications held back before it ("" when none were)."""
+        if not self.suppressed_count:
+            return ""
+        # Ingest words it with the throttle window ("14 similar suppressed in the last hour") when it knows it.
+        worded = self.extra.get("suppressed_text")
+        return str(worded) if worded else f"{self.suppressed_count} similar notifications were held back"
 
     @property
     def links(self) -> list[tuple[str, str]]:

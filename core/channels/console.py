@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from core.channels.base import BaseChannel, ChannelSettings, Notification, SendResult
-from core.models import Severity
+from core.models import DeliveryPurpose, Severity
 
 LOGGER_NAME = "ackbot.console"
 logger = logging.getLogger(LOGGER_NAME)
@@ -55,6 +55,10 @@ class ConsoleChannel(BaseChannel):
         parts.append(f"delivery={note.delivery_id}")
         if note.suppressed_count:
             parts.append(f"suppressed={note.suppressed_count}")
+            parts.append(json.dumps(note.suppressed_text, ensure_ascii=False))
+        if note.purpose in (DeliveryPurpose.digest, DeliveryPurpose.report) and note.summary:
+            # The first line of a digest or report: its totals ("14 alerts (37 events) until ...").
+            parts.append(json.dumps(note.summary.splitlines()[0], ensure_ascii=False))
         parts.extend(f"{button.choice}={button.url}" for button in note.buttons)
         return " ".join(parts)
 

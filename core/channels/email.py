@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import aiosmtplib
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from core import digests, reports
 from core.channels.base import (
     BaseChannel,
     ChannelContext,
@@ -34,7 +35,7 @@ from core.channels.base import (
     TransientChannelError,
 )
 from core.channels.signing import DELIVERY_ID_HEADER, ORIGIN_HEADER
-from core.models import utcnow
+from core.models import DeliveryPurpose, utcnow
 from core.secrets import SecretRef
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,11 @@ class EmailChannel(BaseChannel):
 
     def render_html(self, note: Notification, *, reply: bool = False) -> str:
         """The HTML part; every piece of event content is escaped."""
+        # Digests and reports are tables; their renderers escape every piece of content too.
+        if note.purpose is DeliveryPurpose.digest and "digest" in note.extra:
+            return digests.render_html(note.extra)
+        if note.purpose is DeliveryPurpose.report and "report" in note.extra:
+            return reports.render_html(note.extra)
         e = html.escape
         parts = [
             "<!DOCTYPE html>",

@@ -14,6 +14,9 @@ The body, version 1 (new keys may be added; none will change meaning)::
       "alert": null | {...}, "event": null | {...}, "approval": null | {...},   # the stored models, as JSON
       "buttons": [{"choice": "acknowledge", "label": "...", "url": "https://ackbot/ack/<token>", "token": "..."}],
       "suppressed_count": 0,
+      "suppressed_text": "14 similar suppressed in the last hour",   # only when a throttle window held some back
+      "digest": {...},                            # only in type "digest": groups, top alerts, "more", link
+      "report": {...},                            # only in type "report": open_alerts, pending_approvals, expiring
       "created_at": null | "2024-06-01T12:00:00+00:00",
       "in_reply_to": null | "<delivery id of the message an update refers to>"
     }
@@ -127,7 +130,7 @@ def build_payload(note: Notification, *, in_reply_to: str | None = None) -> Any:
     """The JSON document a webhook receives for a notification (see the module docstring for its shape)."""
     if note.purpose is DeliveryPurpose.callback and "body" in note.extra:
         return note.extra["body"]
-    return {
+    payload = {
         "version": PAYLOAD_VERSION,
         "type": note.purpose.value,
         "delivery_id": note.delivery_id,
@@ -147,6 +150,14 @@ def build_payload(note: Notification, *, in_reply_to: str | None = None) -> Any:
         "created_at": note.created_at.isoformat() if note.created_at else None,
         "in_reply_to": in_reply_to,
     }
+    # Keys that only some documents carry, added so that the everyday document keeps its exact shape.
+    if note.suppressed_count and note.extra.get("suppressed_text"):
+        payload["suppressed_text"] = note.suppressed_text
+    if note.purpose is DeliveryPurpose.digest:
+        payload["digest"] = note.extra.get("digest")
+    if note.purpose is DeliveryPurpose.report:
+        payload["report"] = note.extra.get("report")
+    return payload
 
 
 def encode(payload: Any) -> bytes:

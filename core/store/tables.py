@@ -321,3 +321,114 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# ---------------------------------------------------------------- noise control: digests, waits, silences, reports
+
+
+class DigestWindowRow(Base):
+    """One digest window of one rule action, channel and target; open until flushed, flushed exactly once."""
+
+    __tablename__ = "digest_windows"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # sha256 of (tenant, rule, action, channel, target, window_end): at most one open window per key.
+    key: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(100))
+    rule: Mapped[str] = mapped_column(String(200))
+    action_index: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # schedule | quiet
+    schedule: Mapped[str | None] = mapped_column(String(100))
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    options: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))  # open | flushed
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    event_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    flushed_at: Mapped[datetime | None]
+    flush_reason: Mapped[str | None] = mapped_column(String(16))
+    flushed_by: Mapped[str | None] = mapped_column(String(100))
+    delivery_id: Mapped[str | None] = mapped_column(String(40))
+
+    __table_args__ = (
+        Index(
+            "uq_digest_windows_open_key",
+            "key",
+            unique=True,
+            sqlite_where=(status == "open"),
+            postgresql_where=(status == "open"),
+        ),
+        Index("ix_digest_windows_status_window_end", "status", "window_end"),
+    )
+
+
+class DigestItemRow(Base):
+    """One alert in a digest window; repeated events of the alert count up on the same row."""
+
+    __tablename__ = "digest_items"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    window_id: Mapped[str] = mapped_column(String(40), ForeignKey("digest_windows.id", ondelete="CASCADE"))
+    alert_id: Mapped[str] = mapped_column(String(40))
+    event_id: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[str] = mapped_column(String(16))
+    severity_rank: Mapped[int] = mapped_column(Integer)
+    group_key: Mapped[str] = mapped_column(String(500))
+    title: Mapped[str] = mapped_column(String(500))
+    events: Mapped[int] = mapped_column(Integer, default=1)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+
+    __table_args__ = (Index("uq_digest_items_window_id_alert_id", "window_id", "alert_id", unique=True),)
+
+
+class NoiseWaitRow(Base):
+    """A delivery held by `for:` until `until`; a resolve before then cancels it."""
+
+    __tablename__ = "noise_waits"
+
+    delivery_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    alert_id: Mapped[str] = mapped_column(String(40), index=True)
+    rule: Mapped[str] = mapped_column(String(200))
+    action_index: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(100))
+    until: Mapped[datetime] = mapped_column(index=True)
+
+
+class SilenceRow(Base):
+    """A silence or maintenance window: events its matchers match are recorded but not notified."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    matchers: Mapped[dict[str, Any]]
+    alert_id: Mapped[str | None] = mapped_column(String(40))
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_silences_ends_at_tenant", "ends_at", "tenant"),)
+
+
+class ReportRunRow(Base):
+    """One run of a report; the unique (name, scheduled_for) makes each scheduled time fire once across replicas."""
+
+    __tablename__ = "report_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scheduled_for: Mapped[datetime]
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule | manual
+    started_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("uq_report_runs_name_scheduled_for", "name", "scheduled_for", unique=True),)

@@ -187,6 +187,42 @@ def upgrade() -> None:
         batch_op.create_index("ix_deliveries_status_next_attempt_at", ["status", "next_attempt_at"], unique=False)
 
     op.create_table(
+        "digest_windows",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("tenant", sa.String(length=100), nullable=False),
+        sa.Column("rule", sa.String(length=200), nullable=False),
+        sa.Column("action_index", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=100), nullable=False),
+        sa.Column("target", sa.String(length=200), nullable=True),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("schedule", sa.String(length=100), nullable=True),
+        sa.Column("window_start", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("window_end", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "options", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("item_count", sa.Integer(), nullable=False),
+        sa.Column("event_count", sa.Integer(), nullable=False),
+        sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("flushed_at", core.store.tables.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("flush_reason", sa.String(length=16), nullable=True),
+        sa.Column("flushed_by", sa.String(length=100), nullable=True),
+        sa.Column("delivery_id", sa.String(length=40), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_digest_windows")),
+    )
+    with op.batch_alter_table("digest_windows", schema=None) as batch_op:
+        batch_op.create_index("ix_digest_windows_status_window_end", ["status", "window_end"], unique=False)
+        batch_op.create_index(
+            "uq_digest_windows_open_key",
+            ["key"],
+            unique=True,
+            sqlite_where=sa.text("status = 'open'"),
+            postgresql_where=sa.text("status = 'open'"),
+        )
+
+    op.create_table(
         "events",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("tenant", sa.String(length=100), nullable=False),
@@ -229,6 +265,37 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_noise_keys_window_until"), ["window_until"], unique=False)
 
     op.create_table(
+        "noise_waits",
+        sa.Column("delivery_id", sa.String(length=40), nullable=False),
+        sa.Column("alert_id", sa.String(length=40), nullable=False),
+        sa.Column("rule", sa.String(length=200), nullable=False),
+        sa.Column("action_index", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=100), nullable=False),
+        sa.Column("until", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("delivery_id", name=op.f("pk_noise_waits")),
+    )
+    with op.batch_alter_table("noise_waits", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_noise_waits_alert_id"), ["alert_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_noise_waits_until"), ["until"], unique=False)
+
+    op.create_table(
+        "report_runs",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("scheduled_for", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("trigger", sa.String(length=16), nullable=False),
+        sa.Column("started_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("claimed_by", sa.String(length=100), nullable=True),
+        sa.Column("deliveries", sa.Integer(), nullable=False),
+        sa.Column(
+            "summary", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_report_runs")),
+    )
+    with op.batch_alter_table("report_runs", schema=None) as batch_op:
+        batch_op.create_index("uq_report_runs_name_scheduled_for", ["name", "scheduled_for"], unique=True)
+
+    op.create_table(
         "rules",
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("tenant", sa.String(length=100), nullable=False),
@@ -250,6 +317,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("signing_keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_signing_keys_purpose"), ["purpose"], unique=False)
+
+    op.create_table(
+        "silences",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("tenant", sa.String(length=100), nullable=False),
+        sa.Column(
+            "matchers", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column("alert_id", sa.String(length=40), nullable=True),
+        sa.Column("starts_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("ends_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=200), nullable=False),
+        sa.Column("comment", sa.Text(), nullable=False),
+        sa.Column("created_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_silences")),
+    )
+    with op.batch_alter_table("silences", schema=None) as batch_op:
+        batch_op.create_index("ix_silences_ends_at_tenant", ["ends_at", "tenant"], unique=False)
 
     op.create_table(
         "spent_nonces",
@@ -325,8 +411,36 @@ def upgrade() -> None:
     with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_delivery_attempts_delivery_id"), ["delivery_id"], unique=False)
 
+    op.create_table(
+        "digest_items",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("window_id", sa.String(length=40), nullable=False),
+        sa.Column("alert_id", sa.String(length=40), nullable=False),
+        sa.Column("event_id", sa.String(length=40), nullable=False),
+        sa.Column("severity", sa.String(length=16), nullable=False),
+        sa.Column("severity_rank", sa.Integer(), nullable=False),
+        sa.Column("group_key", sa.String(length=500), nullable=False),
+        sa.Column("title", sa.String(length=500), nullable=False),
+        sa.Column("events", sa.Integer(), nullable=False),
+        sa.Column("first_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("last_at", core.store.tables.UtcDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["window_id"],
+            ["digest_windows.id"],
+            name=op.f("fk_digest_items_window_id_digest_windows"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_digest_items")),
+    )
+    with op.batch_alter_table("digest_items", schema=None) as batch_op:
+        batch_op.create_index("uq_digest_items_window_id_alert_id", ["window_id", "alert_id"], unique=True)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("digest_items", schema=None) as batch_op:
+        batch_op.drop_index("uq_digest_items_window_id_alert_id")
+
+    op.drop_table("digest_items")
     with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_delivery_attempts_delivery_id"))
 
@@ -344,11 +458,24 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_spent_nonces_expires_at"))
 
     op.drop_table("spent_nonces")
+    with op.batch_alter_table("silences", schema=None) as batch_op:
+        batch_op.drop_index("ix_silences_ends_at_tenant")
+
+    op.drop_table("silences")
     with op.batch_alter_table("signing_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_signing_keys_purpose"))
 
     op.drop_table("signing_keys")
     op.drop_table("rules")
+    with op.batch_alter_table("report_runs", schema=None) as batch_op:
+        batch_op.drop_index("uq_report_runs_name_scheduled_for")
+
+    op.drop_table("report_runs")
+    with op.batch_alter_table("noise_waits", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_noise_waits_until"))
+        batch_op.drop_index(batch_op.f("ix_noise_waits_alert_id"))
+
+    op.drop_table("noise_waits")
     with op.batch_alter_table("noise_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_noise_keys_window_until"))
 
@@ -359,6 +486,15 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_events_alert_id"))
 
     op.drop_table("events")
+    with op.batch_alter_table("digest_windows", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_digest_windows_open_key",
+            sqlite_where=sa.text("status = 'open'"),
+            postgresql_where=sa.text("status = 'open'"),
+        )
+        batch_op.drop_index("ix_digest_windows_status_window_end")
+
+    op.drop_table("digest_windows")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_deliveries_status_next_attempt_at")
         batch_op.drop_index(batch_op.f("ix_deliveries_event_id"))

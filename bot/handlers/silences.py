@@ -1,0 +1,102 @@
+"""Silences and maintenance windows: POST/GET/DELETE /api/v1/silences."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import Field
+
+from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from core.auth import Principal
+from core.config import ApiScope
+from core.models import Strict
+from core.silences import Silence, SilenceError, SilenceIn, create, silence_from_row
+from core.store import silences as silence_store
+
+
+class SilenceQuery(Strict):
+    state: Literal["active", "pending", "expired", "all"] = "active"
+    tenant: str | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+def _json(silence: Silence, request: web.Request) -> dict[str, Any]:
+    now = runtime_of(request).clock.now()
+    return {**silence.model_dump(mode="json"), "state": silence.state(now)}
+
+
+def _tenant_for(principal: Principal, requested: str | None) -> str:
+    tenant = requested or (principal.tenant if principal.tenant != "*" else "default")
+    if tenant == "*" and principal.tenant != "*":
+        raise ApiError(403, "only a key for every tenant may silence every tenant")
+    principal.check_tenant(tenant)
+    return tenant
+
+
+async def create_silence(request: web.Request) -> web.Response:
+    """POST /api/v1/silences: matchers (a rule's match) or an alert_id, and ends_at or duration."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    spec = parse_model(SilenceIn, await read_json(request))
+    tenant = _tenant_for(principal, spec.tenant)
+    runtime = runtime_of(request)
+    try:
+        async with runtime.db.transaction() as session:
+            silence = await create(session=session, spec=spec, tenant=tenant, now=runtime.clock.now())
+    except SilenceError as exc:
+        raise ApiError(422, "invalid silence", errors=[{"field": exc.field, "message": str(exc)}]) from None
+    return json_response(_json(silence, request), status=201)
+
+
+async def list_silences(request: web.Request) -> web.Response:
+    """GET /api/v1/silences?state=active|pending|expired|all: the ones ending soonest first."""
+    principal = authenticate(request, ApiScope.notify_read)
+    query = query_model(SilenceQuery, request)
+    tenants = principal.tenants
+    if query.tenant is not None:
+        principal.check_tenant(query.tenant)
+        tenants = [query.tenant]
+    runtime = runtime_of(request)
+    async with runtime.db.sessions() as session:
+        rows = await silence_store.list_silences(
+            session=session, tenants=tenants, state=query.state, now=runtime.clock.now(), limit=query.limit
+        )
+    return json_response({"items": [_json(silence_from_row(row), request) for row in rows]})
+
+
+async def _load(request: web.Request, principal: Principal) -> Silence:
+    async with runtime_of(request).db.sessions() as session:
+        row = await silence_store.get(session=session, silence_id=request.match_info["silence_id"])
+    if row is None:
+        raise ApiError(404, "no such silence")
+    if row.tenant != "*":
+        principal.check_tenant(row.tenant)
+    return silence_from_row(row)
+
+
+async def get_silence(request: web.Request) -> web.Response:
+    """GET /api/v1/silences/{id}."""
+    principal = authenticate(request, ApiScope.notify_read)
+    return json_response(_json(await _load(request, principal), request))
+
+
+async def delete_silence(request: web.Request) -> web.Response:
+    """DELETE /api/v1/silences/{id}: end it now (it stays listed as expired)."""
+    principal = authenticate(request, ApiScope.notify_admin)
+    silence = await _load(request, principal)
+    if silence.tenant == "*" and principal.tenant != "*":
+        raise ApiError(403, "only a key for every tenant may end a silence of every tenant")
+    runtime = runtime_of(request)
+    async with runtime.db.transaction() as session:
+        await silence_store.expire(session=session, silence_id=silence.id, now=runtime.clock.now())
+    return web.Response(status=204)
+
+
+def routes() -> list[web.RouteDef]:
+    """The silence routes."""
+    return [
+        web.post("/api/v1/silences", create_silence),
+        web.get("/api/v1/silences", list_silences),
+        web.get("/api/v1/silences/{silence_id}", get_silence),
+        web.delete("/api/v1/silences/{silence_id}", delete_silence),
+    ]
