@@ -438,7 +438,7 @@ def manifest(
     endpoint = url.rstrip("/") + EVENTS_PATH
     slash: dict[str, Any] = {
         "command": command,
-        "description": "Alerts and approvals: list, pending, ack, test, status, help",
+        "description": "Alerts and approvals: list, pending, ack, silence, test, status, help",
         "usage_hint": slack_commands.USAGE_HINT,
         "should_escape": False,
     }

@@ -223,3 +223,18 @@ async def test_escalate_shows_who_escalated_and_the_next_level_is_asked(
     assert opened.args["users"] == BOB
     [_, to_bob] = await slack.wait_for("chat.postMessage", 2)
     assert to_bob.args["channel"].startswith("D") and "ackbot.acknowledge" in button_values(to_bob)
+
+
+async def test_silence_an_alert_from_slack(app_factory: AppFactory, database_url: str, slack: FakeSlack) -> None:
+    client, _ = await app_factory(e2e_config(database_url, slack), run_dispatcher=False)
+    event = {**EVENT, "kind": "deploy.blocked", "title": "Disk full on db-1", "dedup_key": "disk-db-1"}
+    resp = await client.post("/api/v1/events", json=event, headers=auth())
+    alert_id = (await resp.json())["alert_id"]
+    assert "silenced until" in reply_text(await command(client, slack, f"silence {alert_id} 2h deploying", name="s1"))
+    assert "Not allowed" in reply_text(await command(client, slack, f"silence {alert_id} 2h", user=MALLORY, name="s2"))
+    assert "duration" in reply_text(await command(client, slack, f"silence {alert_id} soon", name="s3"))
+    assert "No alert alr_nope" in reply_text(await command(client, slack, "silence alr_nope 1h", name="s4"))
+    assert "Usage" in reply_text(await command(client, slack, "silence", name="s5"))
+    # The alert fires again: recorded, but nobody is told.
+    resp = await client.post("/api/v1/events", json={**event, "id": "again"}, headers=auth())
+    assert (await resp.json())["silenced"] is True

@@ -1,4 +1,4 @@
-"""The slash command (/ackbot by default): list, pending, ack, test, status, help.
+"""The slash command (/ackbot by default): list, pending, ack, silence, test, status, help.
 
 Each sub-command is one call into core (alerts store, approvals service, core.commands); this module only parses
 the text Slack sends and renders the answer with bot/cards/slack.py. Replies are ephemeral (only the caller sees
@@ -18,14 +18,17 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.cards import slack as slack_cards
 from bot.handlers.slack_actions import decided_message, slack_actor
-from core import commands
+from core import commands, silences
 from core.models import Actor, AlertStatus, ApprovalState, Choice, Severity
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 
 log = logging.getLogger("ackbot.slack")
 
-USAGE_HINT = "list [severity] [tenant] | pending | ack <alert-id|approval-id> | test <channel> | status | help"
+USAGE_HINT = (
+    "list [severity] [tenant] | pending | ack <alert-id|approval-id> | silence <alert-id> <duration> [comment]"
+    " | test <channel> | status | help"
+)
 PUBLIC_FLAG = "--public"
 # Alert ids are new_id("alr"): `ack` tells them from approval ids by this.
 ALERT_ID_PREFIX = "alr_"
@@ -42,6 +45,7 @@ def help_text(command: str) -> str:
             f"{command} list [severity] [tenant]: the most severe open alerts (severity: at least this level)",
             f"{command} pending: the approvals waiting for your decision",
             f"{command} ack <alert-id|approval-id>: acknowledge an approval you may decide",
+            f"{command} silence <alert-id> <duration> [comment]: quiet an alert for a while (2h, 1d)",
             f"{command} test <channel>: send a test notification through a channel (people known to ackbot only)",
             f"{command} status: the health of every channel",
             f"{command} help: this text",
@@ -115,6 +119,24 @@ async def acknowledge(runtime: Runtime, actor: Actor, args: list[str], command: 
     return await decided_message(runtime, result.approval)
 
 
+async def silence(runtime: Runtime, actor: Actor, args: list[str], command: str) -> dict[str, Any]:
+    """`silence <alert-id> <duration> [comment]`: core.commands.silence checks who may, and the duration."""
+    if len(args) < 2:
+        return _text(f"Usage: {command} silence <alert-id> <duration> [comment], e.g. {command} silence alr_… 2h")
+    alert_id, duration, comment = args[0], args[1], " ".join(args[2:])
+    try:
+        made = await commands.silence(
+            runtime=runtime, alert_id=alert_id, duration=duration, actor=actor, comment=comment
+        )
+    except silences.SilenceError as exc:
+        return _text(f"{exc}. Usage: {command} silence <alert-id> <duration> [comment]")
+    except commands.NotAllowed as exc:
+        return _text(f"Not allowed: {exc}.")
+    except commands.UnknownAlert:
+        return _text(f"No alert {alert_id}.")
+    return _text(f"🔕 {alert_id} is silenced until {made.ends_at:%Y-%m-%d %H:%M} UTC (silence {made.id}).")
+
+
 def _known_person(runtime: Runtime, actor: Actor) -> bool:
     return any(person.identities.slack == actor.id for person in runtime.config.people)
 
@@ -167,6 +189,8 @@ async def run(runtime: Runtime, actor: Actor, text: str, command: str) -> Reply:
         message = await pending(runtime, actor)
     elif sub == "ack":
         message = await acknowledge(runtime, actor, args, command)
+    elif sub == "silence":
+        message = await silence(runtime, actor, args, command)
     elif sub == "test":
         message = await send_test(runtime, actor, args, command)
     elif sub == "status":
