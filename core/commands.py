@@ -64,6 +64,7 @@ async def send_test(*, runtime: Runtime, channel: str, tenant: str = "default", 
             + (f" Sent by {requested_by}." if requested_by else ""),
         },
     )
+    runtime.dispatcher.claim_for_now(row)
     async with runtime.db.transaction() as session:
         session.add(row)
     outcome = await runtime.dispatcher.deliver_now(delivery_id=row.id)

@@ -292,13 +292,21 @@ class Dispatcher:
         await self._finish(row, started, await self._attempt(row, note))
 
     async def deliver_now(self, *, delivery_id: str) -> SendResult | ChannelError:
-        """Send one pending delivery at once, outside the queue and its pacing, with no retry (test sends)."""
+        """Send one delivery at once, outside the queue and its pacing, with no retry (test sends).
+
+        The delivery is pending, or was inserted already claimed by this dispatcher (see claim_for_now).
+        """
         now = self.clock.now()
         async with self.db.transaction() as session:
             row = (
                 await session.execute(
                     update(DeliveryRow)
-                    .where(DeliveryRow.id == delivery_id, DeliveryRow.status == DeliveryStatus.pending)
+                    .where(
+                        DeliveryRow.id == delivery_id,
+                        (DeliveryRow.status == DeliveryStatus.pending)
+                        # Inserted already claimed by this worker, so no other worker can take it first.
+                        | ((DeliveryRow.status == DeliveryStatus.sending) & (DeliveryRow.claimed_by == self.worker_id)),
+                    )
                     .values(
                         status=DeliveryStatus.sending,
                         claimed_by=self.worker_id,
@@ -313,6 +321,12 @@ class Dispatcher:
         outcome = await self._attempt(row)
         await self._finish(row, now, outcome, final=True)
         return outcome
+
+    def claim_for_now(self, row: DeliveryRow) -> None:
+        """Mark a delivery about to be inserted as this dispatcher's, for deliver_now: no worker can take it first."""
+        row.status = DeliveryStatus.sending
+        row.claimed_by = self.worker_id
+        row.lease_until = self.clock.now() + self.config.lease
 
     async def _attempt(self, row: DeliveryRow, note: Notification | None = None) -> SendResult | ChannelError:
         channel = self.channels.get(row.channel)

@@ -260,3 +260,14 @@ def test_send_test_cli(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> Non
     assert "console: delivered" in capsys.readouterr().out
     assert main(["send-test", "nope", "--config", str(path)]) == 2
     assert "no channel named 'nope'" in capsys.readouterr().err
+
+
+async def test_test_sends_are_not_taken_by_running_workers(app_factory: AppFactory, database_url: str) -> None:
+    async with HttpSink(Reply(200)) as sink:
+        client, _ = await app_factory(
+            config_with(database_url, [webhook("hook", sink.url())], dispatch={"workers": 8, "poll_interval": 0.001})
+        )
+        for _ in range(10):
+            outcome = await (await client.post("/api/v1/channels/hook/test", headers=auth())).json()
+            assert outcome["ok"] is True, outcome
+        assert len(sink.requests) == 10
