@@ -205,7 +205,7 @@ async def test_bad_requests_name_the_field(harness: HarnessFactory) -> None:
         ({"escalation": [{"after": "5m", "targets": ["nowhere"]}]}, "escalation[0].targets[0]"),
         ({"targets": []}, "targets"),
         ({"timeout": 10**20}, "timeout"),
-        ({"escalation": [{"after": 1e300, "targets": ["chat"]}]}, "escalation"),
+        ({"escalation": [{"after": 1e300, "targets": ["chat"]}]}, "escalation[0].after"),
         ({"title": "a\x00b"}, "title"),
         ({"context": {"k": "a\x00b"}}, "context"),
         ({"colour": "red"}, "colour"),
