@@ -69,7 +69,7 @@ def test_package_holds_the_manifest_and_valid_icons(tmp_path: Path, capsys: Any)
     assert set(bot["scopes"]) == {"team", "personal", "groupChat"}
     (commands,) = bot["commandLists"]
     assert set(commands["scopes"]) == {"team", "personal", "groupChat"}
-    assert [c["title"] for c in commands["commands"]] == ["list", "pending", "ack", "test", "status", "help"]
+    assert [c["title"] for c in commands["commands"]] == ["list", "pending", "ack", "silence", "test", "status", "help"]
     assert all(len(c["title"]) <= 32 and 0 < len(c["description"]) <= 128 for c in commands["commands"])
 
     width, height, rows = read_png(color)
