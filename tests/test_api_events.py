@@ -275,3 +275,22 @@ async def test_probes_and_metrics(app_factory: AppFactory) -> None:
     )
     assert (await client.get("/nowhere")).status == 404
     assert (await client.put("/api/v1/events")).status == 405
+
+
+async def test_overlapping_batches_in_opposite_orders_both_commit(app_factory: AppFactory) -> None:
+    client, runtime = await app_factory(run_dispatcher=False)
+    batch = [{**EVENT, "dedup_key": f"o{i}"} for i in range(40)]
+    # The same alerts in opposite orders, at once: on PostgreSQL this deadlocks unless rows lock in one order.
+    import asyncio
+
+    answers = await asyncio.gather(
+        *(
+            client.post("/api/v1/events", json=list(reversed(batch)) if n % 2 else batch, headers=auth())
+            for n in range(6)
+        )
+    )
+    assert [a.status for a in answers] == [202] * 6
+    results = [await a.json() for a in answers]
+    # Answers come back in the order the batch listed the events.
+    assert [r["alert_id"] for r in results[0]] == list(reversed([r["alert_id"] for r in results[1]]))
+    assert await _count(runtime, EventRow) == 240
