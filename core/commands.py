@@ -162,4 +162,6 @@ async def silence(
             comment=comment or f"silenced from {actor.platform} by {actor.display_name or person.name}",
             alert_id=alert.id,
         )
-        return await silences.create(session=session, spec=spec, tenant=alert.tenant, now=runtime.clock.now())
+        return await silences.create(
+            session=session, db=runtime.db, spec=spec, tenant=alert.tenant, now=runtime.clock.now()
+        )

@@ -45,7 +45,6 @@ from core.models import (
 )
 from core.quiet_hours import Layer, QuietHold, layers_for, quiet_hold
 from core.silences import Silence, SilenceMatcher, describe
-from core.silences import active as active_silences
 from core.store import noise as noise_store
 from core.store.db import Database
 from core.store.tables import DeliveryRow, NoiseWaitRow
@@ -124,7 +123,7 @@ def suppressed_phrase(count: int, window: timedelta) -> str:
 
 async def silences_for(*, session: AsyncSession, event: Event, now: datetime, settings: NoiseSettings) -> list[Silence]:
     """The silences in force that match the event (checked once per event, for every action)."""
-    in_force = await active_silences(session=session, tenant=event.tenant, now=now)
+    in_force = await settings.matcher.in_force(session=session, tenant=event.tenant, now=now)
     return settings.matcher.matching(event, in_force)
 
 

@@ -8,7 +8,7 @@ force from starts_at until ends_at; deleting one ends it now and keeps it for th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
@@ -18,7 +18,7 @@ from core.models import Alert, Condition, ConditionOp, Duration, Event, Match, R
 from core.rules import RuleSet
 from core.store import alerts as alert_store
 from core.store import silences as silence_store
-from core.store.db import new_id
+from core.store.db import Database, new_id
 from core.store.tables import SilenceRow
 
 # The longest silence: a forgotten one must not hide an outage for years.
@@ -141,10 +141,29 @@ def matchers_for_alert(alert: Alert) -> Match:
 
 
 class SilenceMatcher:
-    """Evaluates the silences in force against events, reusing compiled rule sets between events."""
+    """Evaluates the silences in force against events, reusing compiled rule sets between events.
+
+    It also keeps the unexpired silences of every tenant, reloaded only when the silence revision (bumped by
+    every write, on any replica) moves: an event then costs one primary-key read instead of loading and parsing
+    every silence. Time alone never needs a reload: a silence ends, or a pending one starts, by the clock.
+    """
 
     def __init__(self) -> None:
         self._compiled: dict[tuple[str, ...], RuleSet] = {}
+        self._revision: int | None = None
+        self._unexpired: list[Silence] = []
+        self._loaded_at = datetime.min.replace(tzinfo=UTC)
+
+    async def in_force(self, *, session: AsyncSession, tenant: str, now: datetime) -> list[Silence]:
+        """The silences in force now for a tenant (its own and those for every tenant)."""
+        revision = await silence_store.revision(session=session)
+        # Reload too when the clock went back (a restored database, a test), since the list was cut at load time.
+        if revision != self._revision or now < self._loaded_at:
+            rows = await silence_store.unexpired(session=session, now=now)
+            self._unexpired = [silence_from_row(row) for row in rows]
+            self._revision = revision
+            self._loaded_at = now
+        return [s for s in self._unexpired if s.tenant in (tenant, "*") and s.starts_at <= now < s.ends_at]
 
     def matching(self, event: Event, silences: Sequence[Silence]) -> list[Silence]:
         """The silences (among those given, all in force) that match the event."""
@@ -160,12 +179,7 @@ class SilenceMatcher:
         return [s for s in silences if s.id in names]
 
 
-async def active(*, session: AsyncSession, tenant: str, now: datetime) -> list[Silence]:
-    """The silences in force now for a tenant."""
-    return [silence_from_row(row) for row in await silence_store.active(session=session, tenant=tenant, now=now)]
-
-
-async def create(*, session: AsyncSession, spec: SilenceIn, tenant: str, now: datetime) -> Silence:
+async def create(*, session: AsyncSession, db: Database, spec: SilenceIn, tenant: str, now: datetime) -> Silence:
     """Store a silence in the caller's transaction; SilenceError names a bad field."""
     matchers = spec.matchers
     if spec.alert_id is not None:
@@ -192,7 +206,7 @@ async def create(*, session: AsyncSession, spec: SilenceIn, tenant: str, now: da
         created_at=now,
         updated_at=now,
     )
-    await silence_store.add(session=session, row=row)
+    await silence_store.add(session=session, db=db, row=row)
     return silence_from_row(row)
 
 

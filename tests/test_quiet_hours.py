@@ -194,3 +194,23 @@ async def test_person_quiet_hours_hold_what_targets_them(app_factory: AppFactory
     assert (await (await client.post("/api/v1/events", json=EVENT, headers=auth())).json())["deliveries"] == 2
     by_target = {row.target: row.next_attempt_at for row in await deliveries(runtime)}
     assert by_target == {"person:alice": utc(2026, 1, 6, 5), "person:bob": clock.now()}
+
+
+async def test_approval_requests_are_never_held(app_factory: AppFactory, database_url: str) -> None:
+    clock = ManualClock(utc(2026, 1, 5, 23))  # midnight in Berlin, inside the global quiet hours
+    rules = [
+        {
+            "name": "deploys",
+            "actions": [
+                {"channel": "console", "approval": {"approvers": ["alice"]}},
+                {"channel": "console"},
+            ],
+        }
+    ]
+    client, runtime = await app_factory(
+        config(database_url, people=[{"name": "alice"}], rules=rules), run_dispatcher=False, clock=clock
+    )
+    assert (await (await client.post("/api/v1/events", json=EVENT, headers=auth())).json())["deliveries"] == 2
+    due = sorted((row.approval_id is not None, row.next_attempt_at) for row in await deliveries(runtime))
+    # Someone is waiting on the approval: it goes out now; the plain notification waits for 06:00 in Berlin.
+    assert due == [(False, utc(2026, 1, 6, 5)), (True, clock.now())]

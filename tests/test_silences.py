@@ -165,3 +165,26 @@ async def test_the_chat_silence_command(app_factory: AppFactory, database_url: s
     refired = await send(client, BACKUP)
     assert refired["alert_id"] != fired["alert_id"] and refired["silenced"] is True
     assert (await send(client, {**BACKUP, "title": "backup failed on db-2"}))["deliveries"] == 1
+
+
+async def test_each_replica_sees_a_silence_written_by_another_at_once(migrated_db: Any) -> None:
+    from core.silences import SilenceIn, SilenceMatcher, create
+    from core.store import silences as silence_store
+
+    here, there = SilenceMatcher(), SilenceMatcher()
+    async with migrated_db.sessions() as session:
+        assert await here.in_force(session=session, tenant="acme", now=START) == []
+        assert await silence_store.revision(session=session) == 0
+    async with migrated_db.transaction() as session:
+        spec = SilenceIn(matchers={"kinds": ["backup.*"]}, duration="1h", created_by="x")
+        made = await create(session=session, db=migrated_db, spec=spec, tenant="acme", now=START)
+    async with migrated_db.sessions() as session:
+        assert [s.id for s in await here.in_force(session=session, tenant="acme", now=START)] == [made.id]
+        assert await there.in_force(session=session, tenant="other", now=START) == []
+        # The clock alone ends it, without a reload.
+        assert await here.in_force(session=session, tenant="acme", now=START + timedelta(hours=1)) == []
+    async with migrated_db.transaction() as session:
+        assert await silence_store.expire(session=session, db=migrated_db, silence_id=made.id, now=START)
+        assert await silence_store.revision(session=session) == 2
+    async with migrated_db.sessions() as session:
+        assert await here.in_force(session=session, tenant="acme", now=START) == []

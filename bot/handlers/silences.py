@@ -42,7 +42,7 @@ async def create_silence(request: web.Request) -> web.Response:
     runtime = runtime_of(request)
     try:
         async with runtime.db.transaction() as session:
-            silence = await create(session=session, spec=spec, tenant=tenant, now=runtime.clock.now())
+            silence = await create(session=session, db=runtime.db, spec=spec, tenant=tenant, now=runtime.clock.now())
     except SilenceError as exc:
         raise ApiError(422, "invalid silence", errors=[{"field": exc.field, "message": str(exc)}]) from None
     return json_response(_json(silence, request), status=201)
@@ -88,7 +88,7 @@ async def delete_silence(request: web.Request) -> web.Response:
         raise ApiError(403, "only a key for every tenant may end a silence of every tenant")
     runtime = runtime_of(request)
     async with runtime.db.transaction() as session:
-        await silence_store.expire(session=session, silence_id=silence.id, now=runtime.clock.now())
+        await silence_store.expire(session=session, db=runtime.db, silence_id=silence.id, now=runtime.clock.now())
     return web.Response(status=204)
 
 

@@ -8,22 +8,40 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.store.tables import SilenceRow
+from core.store.db import Database
+from core.store.tables import SilenceRevisionRow, SilenceRow
+
+_REVISION_ROW = 1
 
 
-async def add(*, session: AsyncSession, row: SilenceRow) -> None:
+async def _bump(session: AsyncSession, db: Database) -> None:
+    # The row lock of this upsert orders concurrent writers, so the revision strictly increases.
+    table = SilenceRevisionRow.__table__
+    await session.execute(
+        db.insert(table)
+        .values(id=_REVISION_ROW, revision=1)
+        .on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=[table.c.id], set_={"revision": table.c.revision + 1}
+        )
+    )
+
+
+async def revision(*, session: AsyncSession) -> int:
+    """A number that changes whenever any silence is created or ended (0 before the first)."""
+    value = await session.scalar(select(SilenceRevisionRow.revision).where(SilenceRevisionRow.id == _REVISION_ROW))
+    return int(value or 0)
+
+
+async def add(*, session: AsyncSession, db: Database, row: SilenceRow) -> None:
     """Store a new silence in the caller's transaction."""
     session.add(row)
     await session.flush()
+    await _bump(session, db)
 
 
-async def active(*, session: AsyncSession, tenant: str, now: datetime) -> list[SilenceRow]:
-    """The silences in force now for a tenant (its own and those for every tenant)."""
-    rows = await session.execute(
-        select(SilenceRow)
-        .where(SilenceRow.ends_at > now, SilenceRow.starts_at <= now, SilenceRow.tenant.in_((tenant, "*")))
-        .order_by(SilenceRow.id)
-    )
+async def unexpired(*, session: AsyncSession, now: datetime) -> list[SilenceRow]:
+    """Every silence of every tenant that has not ended yet (in force now, or pending)."""
+    rows = await session.execute(select(SilenceRow).where(SilenceRow.ends_at > now).order_by(SilenceRow.id))
     return list(rows.scalars())
 
 
@@ -50,11 +68,14 @@ async def list_silences(
     return list(rows.scalars())
 
 
-async def expire(*, session: AsyncSession, silence_id: str, now: datetime) -> bool:
+async def expire(*, session: AsyncSession, db: Database, silence_id: str, now: datetime) -> bool:
     """End a silence now (kept for the record); False if it had already ended."""
     result = await session.execute(
         update(SilenceRow)
         .where(SilenceRow.id == silence_id, SilenceRow.ends_at > now)
         .values(ends_at=now, updated_at=now)
     )
-    return bool(getattr(result, "rowcount", 0))
+    ended = bool(getattr(result, "rowcount", 0))
+    if ended:
+        await _bump(session, db)
+    return ended

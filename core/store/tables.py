@@ -298,6 +298,7 @@ class AuditRow(Base):
 
     __tablename__ = "audit_log"
 
+    # Assigned by the appender (head seq + 1) under the append lock, never by the database.
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
     )
@@ -415,6 +416,15 @@ class SilenceRow(Base):
     updated_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_silences_ends_at_tenant", "ends_at", "tenant"),)
+
+
+class SilenceRevisionRow(Base):
+    """One row, bumped by every silence write: replicas reload their silences when it moves, not per event."""
+
+    __tablename__ = "silence_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger)
 
 
 class ReportRunRow(Base):

@@ -319,6 +319,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_signing_keys_purpose"), ["purpose"], unique=False)
 
     op.create_table(
+        "silence_revision",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("revision", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_silence_revision")),
+    )
+    op.create_table(
         "silences",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("tenant", sa.String(length=100), nullable=False),
@@ -462,6 +468,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_silences_ends_at_tenant")
 
     op.drop_table("silences")
+    op.drop_table("silence_revision")
     with op.batch_alter_table("signing_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_signing_keys_purpose"))
 
