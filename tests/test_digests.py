@@ -236,3 +236,18 @@ async def test_digest_renders_on_every_channel(
     html = email.render_html(note)
     assert "<table" in html and "&lt;b&gt;k2&lt;/b&gt;" in html and "<b>k2" not in html
     assert "7 alerts (7 events)" in email.render_text(note)
+
+
+def test_a_closing_time_inside_quiet_hours_moves_past_them() -> None:
+    from core.models import QuietHours
+    from core.quiet_hours import Layer
+
+    night = Layer("global", (QuietHours(window="22:00-06:00", timezone="Europe/Berlin"),))
+    at = datetime(2026, 3, 28, 21, 30, tzinfo=UTC)  # 22:30 in Berlin, the night the clocks go forward
+    start, end = digests.window_bounds(schedule="hourly", timezone="UTC", now=at, quiet=[night])
+    assert start == datetime(2026, 3, 28, 21, tzinfo=UTC)
+    assert end == datetime(2026, 3, 29, 4, tzinfo=UTC)  # 06:00 CEST, the first hour after the night
+    # A window with min_severity info holds nothing back, so it moves nothing.
+    open_night = Layer("global", (QuietHours(window="22:00-06:00", timezone="Europe/Berlin", min_severity="info"),))
+    _, end = digests.window_bounds(schedule="hourly", timezone="UTC", now=at, quiet=[open_night])
+    assert end == datetime(2026, 3, 28, 22, tzinfo=UTC)
