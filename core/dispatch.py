@@ -39,6 +39,9 @@ log = logging.getLogger("ackbot.dispatch")
 Enricher = Callable[[AsyncSession, DeliveryRow, dict[str, Any]], Awaitable[None]]
 # A delay shorter than this is slept off in the worker; a longer one goes back to the database.
 INLINE_WAIT = 0.25
+# Stopping: how long to wait for the workers after each cancellation, and how many times to cancel.
+STOP_WAIT = 2.0
+STOP_ROUNDS = 5
 # A receiver asking us to wait longer than this is answered sooner: an alert an hour late is worth little.
 MAX_RETRY_AFTER = 3600.0
 
@@ -143,11 +146,16 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop claiming and cancel the workers; what they held is reclaimed when its lease expires."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        pending = set(self._tasks)
+        for _ in range(STOP_ROUNDS):
+            if not pending:
+                break
+            # Cancel again each round: a channel library that swallowed one cancellation must not hang shutdown.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=STOP_WAIT)
+        if pending:
+            log.error("%d dispatcher tasks did not stop; their deliveries are reclaimed after the lease", len(pending))
         self._tasks.clear()
         # Hand back what was claimed but not started, so another replica need not wait for the lease.
         leftovers = []

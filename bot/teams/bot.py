@@ -361,14 +361,17 @@ class TeamsBot:
     async def _with_connector(self, reference: Any, work: Callable[[Any, Any], Awaitable[T]]) -> T:
         """Run work(connector, turn_context) in a proactive turn for a conversation; errors become ConnectorError."""
         outcome: list[T] = []
-        failure: list[BaseException] = []
+        failure: list[Exception] = []
 
         async def logic(turn_context: Any) -> None:
             # Caught here: the adapter's pipeline would hand an exception to on_turn_error and swallow it.
             try:
                 connector = turn_context.turn_state[self.adapter.BOT_CONNECTOR_CLIENT_KEY]
                 outcome.append(await work(connector, turn_context))
-            except BaseException as exc:
+            except asyncio.CancelledError:
+                # A stopping worker must stop: swallowing its cancellation leaves shutdown waiting forever.
+                raise
+            except Exception as exc:
                 failure.append(exc)
 
         try:
