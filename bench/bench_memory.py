@@ -15,6 +15,9 @@ from /proc/<pid>/status, with RssAnon and the peak VmHWM beside it) is read:
    scheduler pass and --settle seconds of rest: what the pending approvals cost at rest, without the allocator's
    high-water mark from opening them.
 
+Each reading is taken before the pending approvals are counted through the API (GET /api/v1/approvals, 500 a page),
+which is printed beside it as a check.
+
 Printed: each figure in MiB, the ratio to the baseline and the difference per pending approval (KiB).
 """
 
@@ -158,10 +161,12 @@ async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Reading],
                 if not dispatched:
                     problems.append(f"deliveries still pending {args.dispatch_timeout:g}s after the last approval")
                 await asyncio.sleep(args.settle)
+                reading = read(proc.pid, f"{args.approvals} pending, same process")
+                # Counted after the reading: listing them through the API allocates too.
                 pending = await count_pending(client, base)
-                note = f"opened in {took:.0f}s ({args.approvals / took:.0f}/s); {pending} pending"
-                readings.append(read(proc.pid, f"{args.approvals} pending, same process", note))
-                print(f"  {note}", flush=True)
+                reading.note = f"opened in {took:.0f}s ({args.approvals / took:.0f}/s); {pending} pending"
+                readings.append(reading)
+                print(f"  {reading.note}", flush=True)
                 problems += logged_problems(log, offset)
             finally:
                 stop(proc)
@@ -171,8 +176,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> tuple[list[Reading],
                 await wait_ready(http, base, proc, log)
                 offset = log_size(log)
                 await asyncio.sleep(args.settle + 1.0)  # the approvals scheduler runs once a second
-                pending = await count_pending(client, base)
-                readings.append(read(proc.pid, f"{args.approvals} pending, restarted", f"{pending} pending"))
+                reading = read(proc.pid, f"{args.approvals} pending, restarted")
+                reading.note = f"{await count_pending(client, base)} pending"
+                readings.append(reading)
                 problems += logged_problems(log, offset)
             finally:
                 stop(proc)
