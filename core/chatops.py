@@ -16,6 +16,8 @@ OPEN_STATES = (ApprovalState.pending, ApprovalState.escalated)
 # Open alerts read to pick the top ones from, and how many of those an answer shows.
 LIST_SCAN = 500
 LIST_SHOWN = 20
+# Approvals a `pending` answer shows at most, as the approvals service lists them.
+PENDING_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,17 @@ def _usage(name: str, prefix: str) -> Answer:
     return Answer(text=f"Usage: {BY_NAME[name].usage(prefix)}")
 
 
-async def list_alerts(*, runtime: Runtime, args: list[str], prefix: str = "") -> Answer:
-    """`list [severity] [tenant]`: the most severe open alerts, newest first within a severity."""
+def _refusal(scope: commands.TenantScope, tenant: str | None = None) -> Answer | None:
+    """Why the caller may not look (at this tenant, or at any), or None when they may."""
+    if scope.empty:
+        return Answer(text=f"Not allowed: you see no tenant ({scope.source}).")
+    if tenant is not None and not scope.allows(tenant):
+        return Answer(text=f"Not allowed: you do not see tenant {tenant!r}, only {scope.describe()} ({scope.source}).")
+    return None
+
+
+async def list_alerts(*, runtime: Runtime, actor: Actor, args: list[str], prefix: str = "") -> Answer:
+    """`list [severity] [tenant]`: the most severe open alerts of the tenants the caller sees, newest first."""
     severity: Severity | None = None
     tenant: str | None = None
     for word in args:
@@ -75,10 +86,14 @@ async def list_alerts(*, runtime: Runtime, args: list[str], prefix: str = "") ->
             tenant = word
         else:
             return _usage("list", prefix)
+    scope = commands.chat_scope(runtime=runtime, actor=actor)
+    refused = _refusal(scope, tenant)
+    if refused is not None:
+        return refused
     async with runtime.db.sessions() as session:
         alerts, _ = await alert_store.list_alerts(
             session=session,
-            tenants=[tenant] if tenant else None,
+            tenants=[tenant] if tenant else scope.tenants,
             status=AlertStatus.open,
             min_severity=severity,
             limit=LIST_SCAN,
@@ -89,12 +104,26 @@ async def list_alerts(*, runtime: Runtime, args: list[str], prefix: str = "") ->
         title += f", {severity.value} and above"
     if tenant:
         title += f", tenant {tenant}"
+    elif not scope.everything:
+        title += f", tenants {scope.describe()}"
     return Answer(alerts=top, title=title)
 
 
 async def pending(*, runtime: Runtime, actor: Actor) -> Answer:
-    """`pending`: the approvals the caller may decide."""
-    return Answer(approvals=list(await runtime.approvals.list_pending_for(actor=actor)))
+    """`pending`: the approvals the caller may decide, in the tenants they see."""
+    scope = commands.chat_scope(runtime=runtime, actor=actor)
+    refused = _refusal(scope)
+    if refused is not None:
+        return refused
+    if scope.everything:
+        return Answer(approvals=list(await runtime.approvals.list_pending_for(actor=actor)))
+    # One query per tenant: filtering one scan of every tenant could miss this caller's among another tenant's many.
+    found = [
+        approval
+        for tenant in sorted(scope.names)
+        for approval in await runtime.approvals.list_pending_for(actor=actor, tenant=tenant)
+    ]
+    return Answer(approvals=sorted(found, key=lambda a: a.created_at, reverse=True)[:PENDING_SHOWN])
 
 
 async def acknowledge(*, runtime: Runtime, actor: Actor, args: list[str], prefix: str = "") -> Answer:
@@ -175,7 +204,7 @@ async def run(*, runtime: Runtime, actor: Actor, text: str, prefix: str = "") ->
     words = text.split()
     sub, args = (words[0].lower().lstrip("/"), words[1:]) if words else ("help", [])
     if sub == "list":
-        return await list_alerts(runtime=runtime, args=args, prefix=prefix)
+        return await list_alerts(runtime=runtime, actor=actor, args=args, prefix=prefix)
     if sub == "pending":
         return await pending(runtime=runtime, actor=actor)
     if sub == "ack":

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from core import silences
 from core.channels.base import ChannelError, SendResult
-from core.models import Actor, DeliveryPurpose, Person, parse_duration
+from core.models import ALL_TENANTS, Actor, DeliveryPurpose, Person, parse_duration
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 from core.store import channels as channel_store
@@ -113,6 +114,60 @@ def person_of(runtime: Runtime, actor: Actor) -> Person | None:
     return None
 
 
+@dataclass(frozen=True)
+class TenantScope:
+    """The tenants someone sees in chat (every tenant, or those named, possibly none) and the setting that says so."""
+
+    names: frozenset[str]
+    everything: bool
+    source: str
+
+    @classmethod
+    def of(cls, tenants: Iterable[str], *, source: str) -> TenantScope:
+        """A scope from a config list, where "*" stands for every tenant."""
+        names = frozenset(tenants)
+        return cls(names=names - {ALL_TENANTS}, everything=ALL_TENANTS in names, source=source)
+
+    def allows(self, tenant: str) -> bool:
+        """Whether this tenant's alerts and approvals may be shown."""
+        return self.everything or tenant in self.names
+
+    @property
+    def empty(self) -> bool:
+        """Whether no tenant at all may be shown."""
+        return not self.everything and not self.names
+
+    @property
+    def tenants(self) -> list[str] | None:
+        """For a store query: None for every tenant, else the names in order."""
+        return None if self.everything else sorted(self.names)
+
+    def describe(self) -> str:
+        """The tenants in words, for a refusal."""
+        if self.everything:
+            return "every tenant"
+        return ", ".join(sorted(self.names)) or "no tenant"
+
+
+def chat_scope(*, runtime: Runtime, actor: Actor) -> TenantScope:
+    """The tenants a chat user sees: their person's `tenants`, else their platform's `unknown_user_tenants`."""
+    person = person_of(runtime, actor)
+    if person is not None:
+        return TenantScope.of(person.tenants, source=f"person {person.name}'s tenants in the config")
+    if actor.platform == "slack":
+        return TenantScope.of(
+            runtime.config.slack.unknown_user_tenants,
+            source="slack.unknown_user_tenants: you are not among ackbot's people",
+        )
+    if actor.platform == "teams":
+        return TenantScope.of(
+            runtime.config.teams.unknown_user_tenants,
+            source="teams.unknown_user_tenants: you are not among ackbot's people",
+        )
+    # The web page and the API authenticate otherwise (ack tokens, API keys); here only configured people see.
+    return TenantScope.of((), source="people")
+
+
 def _may_silence(runtime: Runtime, person: Person) -> bool:
     allowed = runtime.config.noise.silence_approvers
     if not allowed:
@@ -138,8 +193,8 @@ async def silence(
 ) -> silences.Silence:
     """Silence an alert (its identity, so a re-fire stays quiet) for a duration; chat's `silence <alert> <for>`.
 
-    Raises SilenceError (bad duration), NotAllowed (the actor is no known person, or not in noise.silence_approvers)
-    and UnknownAlert.
+    Raises SilenceError (bad duration), NotAllowed (the actor is no known person, not in noise.silence_approvers, or
+    does not see the alert's tenant) and UnknownAlert.
     """
     try:
         span = parse_duration(duration)
@@ -156,6 +211,8 @@ async def silence(
         alert = await alert_store.get(session=session, alert_id=alert_id)
         if alert is None:
             raise UnknownAlert(alert_id)
+        if not TenantScope.of(person.tenants, source="").allows(alert.tenant):
+            raise NotAllowed(f"{person.name} does not see tenant {alert.tenant!r}")
         spec = silences.SilenceIn(
             duration=span,
             created_by=person.name,

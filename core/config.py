@@ -14,7 +14,17 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.models import Duration, Group, Person, QuietHoursList, Rule, Strict, check_timezone, cron_expression
+from core.models import (
+    Duration,
+    Group,
+    Person,
+    QuietHoursList,
+    Rule,
+    Strict,
+    TenantList,
+    check_timezone,
+    cron_expression,
+)
 from core.secrets import SecretRef
 
 DEFAULT_CONFIG_RESOURCE = "ackbot.yml"
@@ -153,6 +163,10 @@ class SlackConfig(Strict):
     api_base_url: str = Field(
         default="https://slack.com/api/", description="the Slack Web API; tests point it at a local fake"
     )
+    unknown_user_tenants: TenantList = Field(
+        default_factory=list,
+        description='the tenants a Slack user who is not among people sees with list and pending; "*" for every one',
+    )
 
     @field_validator("api_base_url")
     @classmethod
@@ -194,6 +208,10 @@ class TeamsConfig(Strict):
     service_url: str = Field(
         default="https://smba.trafficmanager.net/teams/",
         description="where 1:1 chats are created when no stored conversation of the tenant gives a regional URL",
+    )
+    unknown_user_tenants: TenantList = Field(
+        default_factory=list,
+        description='the tenants a Teams user who is not among people sees with list and pending; "*" for every one',
     )
 
     @field_validator("service_url")

@@ -525,11 +525,20 @@ class Identities(Strict):
     email: str | None = None
 
 
+ALL_TENANTS = "*"
+# Tenant names as events carry them, or "*" for every tenant.
+TenantList = list[Annotated[str, Field(min_length=1, max_length=100)]]
+
+
 class Person(Strict):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
     display_name: str = ""
     identities: Identities = Field(default_factory=Identities)
     quiet_hours: QuietHoursList = Field(default_factory=list, description="when deliveries to this person wait")
+    tenants: TenantList = Field(
+        default_factory=lambda: [ALL_TENANTS],
+        description='the tenants whose alerts and approvals this person sees in chat; "*" for every tenant',
+    )
 
 
 class Group(Strict):

@@ -19,7 +19,7 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from core.config import AckbotConfig, SlackConfig
-from core.models import Actor, Approval, ApprovalState, Choice
+from core.models import Actor, Approval, ApprovalState, Choice, Identities, Person
 from tests.conftest import AppFactory, auth, make_config
 from tests.peers.fake_slack import FakeSlack
 from tests.peers.notes import NOW, make_approval
@@ -28,6 +28,7 @@ TOKEN = "xoxb-test-token"
 SIGNING_SECRET = "signing-secret-0123456789"
 ALICE = "U0ALICE"  # a person in the config
 MALLORY = "U0MALLORY"  # a workspace member ackbot does not know
+BOB = "U0BOB"  # a person who sees tenant acme only (when a test adds him)
 
 
 @pytest.fixture
@@ -168,8 +169,8 @@ class StubApprovals:
             return Decided(False, f"You may not decide {approval_id}.", None, "forbidden")
         return Decided(True, "Acknowledged.", _decided(actor))
 
-    async def list_pending_for(self, *, actor: Actor) -> Sequence[Approval]:
-        self.calls.append(("list_pending_for", actor))
+    async def list_pending_for(self, *, actor: Actor, tenant: str | None = None) -> Sequence[Approval]:
+        self.calls.append(("list_pending_for", (actor.id, tenant)))
         if actor.id != ALICE:
             return []
         return [make_approval(id="apr_1", alert_id="alr_1", title="Deploy payments 1.2.3 to prod?")]
@@ -193,7 +194,12 @@ def _decided(actor: Actor) -> Approval:
 async def start(
     app_factory: AppFactory, database_url: str, fake: FakeSlack, **kw: Any
 ) -> tuple[Any, Any, StubApprovals]:
-    client, runtime = await app_factory(slack_config(database_url, fake), **kw)
+    return await start_with(app_factory, slack_config(database_url, fake), **kw)
+
+
+async def start_with(app_factory: AppFactory, config: AckbotConfig, **kw: Any) -> tuple[Any, Any, StubApprovals]:
+    """The app on this config, its approvals service stubbed."""
+    client, runtime = await app_factory(config, **kw)
     stub = StubApprovals(runtime.approvals)
     runtime.approvals = stub
     return client, runtime, stub
@@ -298,12 +304,44 @@ async def test_list_shows_the_top_open_alerts(app_factory: AppFactory, database_
     assert "No alerts" in text
 
 
+async def test_list_and_pending_show_only_the_tenants_the_caller_sees(
+    app_factory: AppFactory, database_url: str, slack: FakeSlack
+) -> None:
+    config = slack_config(database_url, slack)
+    config.people.append(Person(name="bob", identities=Identities(slack=BOB), tenants=["acme"]))
+    config.slack.unknown_user_tenants = ["globex"]
+    client, _, stub = await start_with(app_factory, config, run_dispatcher=False)
+    for i, tenant in enumerate(["acme", "globex", "initech"]):
+        event = {"kind": "k", "tenant": tenant, "severity": "high", "title": f"alert of {tenant}", "id": str(i)}
+        assert (await client.post("/api/v1/events", json=event, headers=auth())).status == 202
+
+    text = reply_text(await command(client, slack, "list", name="alice"))
+    assert all(f"alert of {tenant}" in text for tenant in ("acme", "globex", "initech"))
+    text = reply_text(await command(client, slack, "list", user=BOB, name="bob"))
+    assert "alert of acme" in text and "alert of globex" not in text and "alert of initech" not in text
+    text = reply_text(await command(client, slack, "list high globex", user=BOB, name="bob-globex"))
+    assert "Not allowed: you do not see tenant 'globex', only acme (person bob's tenants in the config)." in text
+    # A workspace member ackbot does not know sees what slack.unknown_user_tenants names.
+    text = reply_text(await command(client, slack, "list", user=MALLORY, name="mallory"))
+    assert "alert of globex" in text and "alert of acme" not in text and "alert of initech" not in text
+    text = reply_text(await command(client, slack, "list initech", user=MALLORY, name="mallory-initech"))
+    assert "Not allowed: you do not see tenant 'initech', only globex (slack.unknown_user_tenants" in text
+
+    # `pending` asks the approvals service for each tenant the caller sees, or for all of them at once.
+    await command(client, slack, "pending", name="p-alice")
+    await command(client, slack, "pending", user=BOB, name="p-bob")
+    asked = [args for name, args in stub.calls if name == "list_pending_for"]
+    assert asked == [(ALICE, None), (BOB, "acme")]
+
+
 async def test_pending_and_ack_go_through_the_approvals_service(
     app_factory: AppFactory, database_url: str, slack: FakeSlack
 ) -> None:
     client, _, stub = await start(app_factory, database_url, slack, run_dispatcher=False)
     assert "Deploy payments" in reply_text(await command(client, slack, "pending", name="p-alice"))
-    assert "No approvals waiting" in reply_text(await command(client, slack, "pending", user=MALLORY, name="p-m"))
+    # Someone ackbot does not know sees no tenant by default (slack.unknown_user_tenants).
+    refused = reply_text(await command(client, slack, "pending", user=MALLORY, name="p-m"))
+    assert "Not allowed: you see no tenant (slack.unknown_user_tenants" in refused
     reply = await command(client, slack, "ack apr_1", name="ack-alice")
     assert "Acknowledged" in reply_text(reply) and reply.args["response_type"] == "ephemeral"
     # The approver check is the service's: a refusal is shown as it says.

@@ -443,6 +443,40 @@ async def test_commands_in_a_chat_and_by_mention(
     del runtime
 
 
+async def test_list_and_pending_show_only_the_tenants_the_caller_sees(
+    app_factory: AppFactory, database_url: str, connector: FakeConnector
+) -> None:
+    config = teams_config(
+        database_url,
+        people=[{"name": "alice", "identities": {"teams": ALICE}, "tenants": ["acme"]}],
+        teams={"unknown_user_tenants": ["globex"]},
+    )
+    client, _ = await app_factory(config, run_dispatcher=False)
+    for tenant in ("acme", "globex"):
+        event = {**EVENT, "tenant": tenant, "title": f"alert of {tenant}"}
+        assert (await client.post("/api/v1/events", json=event, headers=auth())).status == 202
+        request = {"tenant": tenant, "title": f"approve for {tenant}?", "approvers": ["alice"], "targets": ["ops"]}
+        assert (await client.post("/api/v1/approvals", json=request, headers=auth())).status in (200, 201, 202)
+
+    async def say(text: str, sender: dict[str, Any] | None = None) -> str:
+        assert (await post_activity(client, message(connector.service_url, text, sender=sender))).status == 201
+        return texts(connector.replies[-1].card)
+
+    listed = await say("list")
+    assert "alert of acme" in listed and "alert of globex" not in listed
+    refused = await say("list globex")
+    assert "Not allowed: you do not see tenant 'globex', only acme (person alice's tenants in the config)." in refused
+    waiting = await say("pending")
+    assert "approve for acme?" in waiting and "approve for globex?" not in waiting
+    # A Teams user ackbot does not know sees what teams.unknown_user_tenants names, and may decide nothing.
+    stranger = {"id": "29:m", "name": "Mallory", "aadObjectId": "bbbbbbbb-2222-4222-8222-222222222222"}
+    listed = await say("list", stranger)
+    assert "alert of globex" in listed and "alert of acme" not in listed
+    assert "teams.unknown_user_tenants" in await say("list acme", stranger)
+    assert "approve for" not in await say("pending", stranger)
+    assert_all_cards_valid(connector)
+
+
 # ---------------------------------------------------------------- authentication
 
 
