@@ -1,4 +1,7 @@
-"""Accepting events: one transaction stores the event, its alert and the deliveries it causes (the outbox)."""
+"""Accepting events: one transaction stores the events, their alerts and the deliveries they cause (the outbox).
+
+A transaction may hold the events of many requests (see core.intake): its work is read and written in bulk, a
+few statements per round whatever the number of events, instead of several statements per event."""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import noise
@@ -20,12 +23,14 @@ from core.clock import Clock
 from core.metrics import Metrics
 from core.models import Action, Alert, DeliveryPurpose, Event, EventIn, Rule
 from core.rulebook import RuleBook
+from core.silences import Silence
 from core.store import alerts as alert_store
 from core.store import noise as noise_store
 from core.store.alerts import AlertChange, Transition
 from core.store.db import Database, new_id
-from core.store.deliveries import new_delivery
-from core.store.tables import EventRow
+from core.store.deliveries import delivery_values
+from core.store.noise import NoiseLedger
+from core.store.tables import DeliveryRow, EventRow, table_of
 
 log = logging.getLogger("ackbot.ingest")
 
@@ -114,8 +119,12 @@ def plan_actions(
 
 
 def build_event(incoming: EventIn, *, tenant: str, source: str, clock: Clock) -> Event:
-    """The stored form of an incoming event: an id, a tenant and a receive time."""
-    now = clock.now()
+    """The stored form of an incoming event: an id, a tenant and a receive time (now)."""
+    return event_received(incoming, tenant=tenant, source=source, now=clock.now())
+
+
+def event_received(incoming: EventIn, *, tenant: str, source: str, now: datetime) -> Event:
+    """The stored form of an incoming event received at `now`."""
     return Event(
         id=new_id("evt"),
         client_id=incoming.id,
@@ -135,89 +144,217 @@ def build_event(incoming: EventIn, *, tenant: str, source: str, clock: Clock) ->
     )
 
 
-def _event_row(event: Event) -> EventRow:
-    return EventRow(
-        id=event.id,
-        tenant=event.tenant,
-        client_id=event.client_id,
-        kind=event.kind,
-        ts=event.ts,
-        received_at=event.received_at,
-        severity=event.severity,
-        status=event.status,
-        title=event.title,
-        summary=event.summary,
-        scope=event.scope.model_dump(mode="json"),
-        payload=event.payload,
-        links=[link.model_dump(mode="json") for link in event.links],
-        dedup_key=event.dedup_key,
-        alert_id=event.alert_id,
-        source=event.source,
+def _event_values(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "tenant": event.tenant,
+        "client_id": event.client_id,
+        "kind": event.kind,
+        "ts": event.ts,
+        "received_at": event.received_at,
+        "severity": event.severity,
+        "status": event.status,
+        "title": event.title,
+        "summary": event.summary,
+        "scope": event.scope.model_dump(mode="json"),
+        "payload": event.payload,
+        "links": [link.model_dump(mode="json") for link in event.links],
+        "dedup_key": event.dedup_key,
+        "alert_id": event.alert_id,
+        "source": event.source,
+    }
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One request's events, each with the tenant it was accepted for."""
+
+    events: Sequence[EventIn]
+    tenants: Sequence[str]
+    source: str
+
+
+@dataclass
+class _Item:
+    submission: int
+    position: int
+    incoming: EventIn
+    tenant: str
+    source: str
+    identity: str
+    event: Event | None = None
+    change: AlertChange | None = None
+    rules: list[Rule] = field(default_factory=list)
+    plans: list[ActionPlan] = field(default_factory=list)
+
+    @property
+    def client_key(self) -> tuple[str, str] | None:
+        return (self.tenant, self.incoming.id) if self.incoming.id is not None else None
+
+
+def rounds(items: Sequence[_Item]) -> list[list[_Item]]:
+    """Cut a group, in identity order, into runs in which no identity appears twice. An event's alert and noise
+    state then depend only on earlier runs (already written), so each run reads and writes its rows in bulk, and
+    the outcome is that of storing the events one by one in identity order: the order alerts are locked in, in
+    which a firing and its resolve keep their order, and digests fill as they would."""
+    ordered = sorted(items, key=lambda item: (item.tenant, item.identity))
+    runs: list[list[_Item]] = []
+    in_run: set[tuple[str, str]] = set()
+    for item in ordered:
+        key = (item.tenant, item.identity)
+        if not runs or key in in_run:
+            runs.append([])
+            in_run = set()
+        runs[-1].append(item)
+        in_run.add(key)
+    return runs
+
+
+@dataclass
+class _Group:
+    """What the rounds of one group share."""
+
+    deps: IngestDeps
+    session: AsyncSession
+    now: datetime
+    ledger: NoiseLedger
+    client_ids: dict[tuple[str, str], IngestResult] = field(default_factory=dict)
+    silences_loaded: bool = False
+    # Counted once the group commits (a group stored twice after a conflict must not count twice).
+    rules_matched: list[str] = field(default_factory=list)
+    deliveries_by_channel: list[str] = field(default_factory=list)
+    suppressed: int = 0
+
+
+def _duplicate_of(event_id: str, alert_id: str | None) -> IngestResult:
+    return IngestResult(event_id=event_id, alert_id=alert_id, matched_rules=[], deliveries=0, duplicate=True)
+
+
+async def _look_up_client_ids(group: _Group, items: Sequence[_Item]) -> None:
+    wanted = {key for item in items if (key := item.client_key) is not None and key not in group.client_ids}
+    if not wanted:
+        return
+    table = table_of(EventRow)
+    query = select(table.c.tenant, table.c.client_id, table.c.id, table.c.alert_id).where(
+        table.c.client_id.in_({client_id for _, client_id in wanted})
     )
+    for tenant, client_id, event_id, alert_id in (await group.session.execute(query)).all():
+        if (tenant, client_id) in wanted:
+            group.client_ids[(tenant, client_id)] = _duplicate_of(event_id, alert_id)
 
 
-async def _earlier_copy(session: AsyncSession, tenant: str, client_id: str) -> EventRow | None:
-    query = select(EventRow).where(EventRow.tenant == tenant, EventRow.client_id == client_id)
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def _ingest_one(
-    session: AsyncSession, deps: IngestDeps, incoming: EventIn, tenant: str, source: str
-) -> IngestResult:
-    if incoming.id is not None:
-        earlier = await _earlier_copy(session, tenant, incoming.id)
+async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int, int], IngestResult]:
+    deps, session, now = group.deps, group.session, group.now
+    answered: dict[tuple[int, int], IngestResult] = {}
+    await _look_up_client_ids(group, items)
+    fresh: list[tuple[_Item, Event]] = []
+    for item in items:
+        client_key = item.client_key
+        earlier = group.client_ids.get(client_key) if client_key is not None else None
         if earlier is not None:
-            return IngestResult(
-                event_id=earlier.id, alert_id=earlier.alert_id, matched_rules=[], deliveries=0, duplicate=True
-            )
-    event = build_event(incoming, tenant=tenant, source=source, clock=deps.clock)
-    identity = fingerprint(event, tenant)
-    change: AlertChange = await alert_store.apply_event(session=session, event=event, fingerprint=identity)
-    if change.alert is not None:
-        event = event.model_copy(update={"alert_id": change.alert.id})
-    if incoming.id is None:
-        # Without a client id nothing can collide, and a savepoint is two more round trips per event.
-        session.add(_event_row(event))
-    else:
-        try:
-            async with session.begin_nested():
-                session.add(_event_row(event))
-        except IntegrityError:
-            # The same client id arrived on another connection a moment ago.
-            earlier = await _earlier_copy(session, tenant, incoming.id)
-            if earlier is None:
-                raise
-            return IngestResult(
-                event_id=earlier.id, alert_id=earlier.alert_id, matched_rules=[], deliveries=0, duplicate=True
-            )
+            answered[(item.submission, item.position)] = earlier
+            continue
+        event = event_received(item.incoming, tenant=item.tenant, source=item.source, now=now)
+        if client_key is not None:
+            # The same client id twice in one group (under two identities): the first one counts.
+            group.client_ids[client_key] = _duplicate_of(event.id, None)
+        fresh.append((item, event))
 
-    rules = deps.rulebook.current().match(event)
-    for rule in rules:
-        deps.metrics.rules_matched.labels(rule=rule.name).inc()
-    if change.transition is Transition.ignored:
-        return IngestResult(
-            event_id=event.id, alert_id=None, matched_rules=[r.name for r in rules], deliveries=0, duplicate=False
-        )
-
-    plans = plan_actions(
-        event=event, identity=identity, rules=rules, transition=change.transition, default_window=deps.default_window
+    book = await alert_store.AlertBook.load(
+        session=session, db=deps.db, identities=[(item.tenant, item.identity) for item, _ in fresh]
     )
+    for item, event in fresh:
+        change = book.apply(event=event, fingerprint=item.identity)
+        if change.alert_id is not None:
+            event = event.model_copy(update={"alert_id": change.alert_id})
+            if item.client_key is not None:
+                group.client_ids[item.client_key] = _duplicate_of(event.id, event.alert_id)
+        item.event, item.change = event, change
+    await book.save(session=session)
+    stored = [item for item, _ in fresh]
+    if stored:
+        # A concurrent request with the same client id on another connection makes this raise IntegrityError;
+        # the group is then stored again, and finds that event.
+        await session.execute(insert(table_of(EventRow)), [_event_values(_event_of(item)) for item in stored])
+
+    keys, resolving = _plan(group, stored)
+    if keys:
+        if not group.silences_loaded:
+            await deps.noise.matcher.refresh(session=session, now=now)
+            group.silences_loaded = True
+        await group.ledger.load(keys=keys, resolving_alerts=resolving)
+    deliveries: list[dict[str, Any]] = []
+    for item in stored:
+        answered[(item.submission, item.position)] = await _decide_actions(group, item, deliveries)
+    if deliveries:
+        # Approvals opened above are ORM rows the deliveries point at: written first.
+        await session.flush()
+        await session.execute(insert(table_of(DeliveryRow)), deliveries)
+    await group.ledger.save()
+    return answered
+
+
+def _event_of(item: _Item) -> Event:
+    if item.event is None:
+        raise RuntimeError("the item's event is built before it is stored")
+    return item.event
+
+
+def _change_of(item: _Item) -> AlertChange:
+    if item.change is None:
+        raise RuntimeError("the item's alert change is made before it is stored")
+    return item.change
+
+
+def _plan(group: _Group, items: Sequence[_Item]) -> tuple[list[str], list[str]]:
+    """Match rules and plan each item's actions; the noise keys they touch and the alerts being resolved."""
+    deps = group.deps
+    ruleset = deps.rulebook.current()
     known_channels = deps.channel_names()
-    actions_by_rule = {rule.name: rule for rule in rules}
+    keys: list[str] = []
+    resolving: list[str] = []
+    for item in items:
+        event, change = _event_of(item), _change_of(item)
+        item.rules = ruleset.match(event)
+        group.rules_matched.extend(rule.name for rule in item.rules)
+        if change.transition is Transition.ignored:
+            continue
+        for plan in plan_actions(
+            event=event,
+            identity=item.identity,
+            rules=item.rules,
+            transition=change.transition,
+            default_window=deps.default_window,
+        ):
+            if plan.channel not in known_channels:
+                log.warning("rule %s names channel %s, which is not configured; skipped", plan.rule, plan.channel)
+                continue
+            item.plans.append(plan)
+            keys.append(plan.noise_key)
+        if item.plans and change.transition is Transition.resolved and event.alert_id:
+            resolving.append(event.alert_id)
+    return keys, resolving
+
+
+async def _decide_actions(group: _Group, item: _Item, deliveries: list[dict[str, Any]]) -> IngestResult:
+    deps, now = group.deps, group.now
+    event, change = _event_of(item), _change_of(item)
+    matched = [rule.name for rule in item.rules]
+    if change.transition is Transition.ignored:
+        return IngestResult(event_id=event.id, matched_rules=matched, deliveries=0, duplicate=False)
+    # Silences are looked up once per event; a silenced event is recorded (event, alert) and notifies nobody.
+    silences: list[Silence] = []
+    if item.plans:
+        matcher = deps.noise.matcher
+        silences = matcher.matching(event, matcher.in_force_as_loaded(tenant=event.tenant, now=now))
+    rules_by_name = {rule.name: rule for rule in item.rules}
     created = 0
     suppressed = 0
-    now = deps.clock.now()
-    # Silences are looked up once per event; a silenced event is recorded (event, alert) and notifies nobody.
-    silences = await noise.silences_for(session=session, event=event, now=now, settings=deps.noise) if plans else []
-    for plan in plans:
-        if plan.channel not in known_channels:
-            log.warning("rule %s names channel %s, which is not configured; skipped", plan.rule, plan.channel)
-            continue
-        rule = actions_by_rule[plan.rule]
+    for plan in item.plans:
+        rule = rules_by_name[plan.rule]
         action = rule.actions[plan.action_index]
         decision = await noise.decide(
-            session=session,
-            db=deps.db,
+            ledger=group.ledger,
             event=event,
             rule=rule,
             action=action,
@@ -231,15 +368,14 @@ async def _ingest_one(
         )
         if decision.outcome == "suppress":
             suppressed += 1
-            deps.metrics.suppressed.inc()
             continue
         if not decision.creates_delivery:
             continue
         approval_id = None
         if action.approval is not None and deps.open_approval is not None and plan.purpose is DeliveryPurpose.notify:
-            approval_id = await deps.open_approval(session, event, change.alert, rule, action)
+            approval_id = await deps.open_approval(group.session, event, change.alert, rule, action)
         window_id = (decision.window_until or now).isoformat()
-        row = new_delivery(
+        values = delivery_values(
             tenant=event.tenant,
             channel=plan.channel,
             idempotency_key=hashlib.sha256(f"{plan.noise_key}:{window_id}".encode()).hexdigest()[:48],
@@ -255,41 +391,109 @@ async def _ingest_one(
             not_before=decision.not_before,
             extra=decision.extra or None,
         )
-        session.add(row)
+        deliveries.append(values)
         if decision.wait_until is not None and event.alert_id is not None:
-            noise.register_wait(session=session, delivery=row, alert_id=event.alert_id, until=decision.wait_until)
-        deps.metrics.deliveries.labels(channel=plan.channel, status="pending").inc()
+            group.ledger.add_wait(
+                delivery_id=values["id"],
+                alert_id=event.alert_id,
+                rule=plan.rule,
+                action_index=plan.action_index,
+                channel=plan.channel,
+                until=decision.wait_until,
+            )
+        group.deliveries_by_channel.append(plan.channel)
         created += 1
-    duplicate = created == 0 and suppressed > 0
+    group.suppressed += suppressed
     return IngestResult(
         event_id=event.id,
         alert_id=event.alert_id,
-        matched_rules=[r.name for r in rules],
+        matched_rules=matched,
         deliveries=created,
-        duplicate=duplicate,
-        silenced=bool(silences) and bool(plans),
+        duplicate=created == 0 and suppressed > 0,
+        silenced=bool(silences) and bool(item.plans),
     )
+
+
+@dataclass
+class GroupOutcome:
+    """The results of a stored group, per submission, and what to count once it has committed."""
+
+    results: list[list[IngestResult]]
+    group: _Group
+
+    def count(self, *, metrics: Metrics, submissions: Sequence[Submission]) -> None:
+        """Count what the committed group accepted."""
+        for rule in self.group.rules_matched:
+            metrics.rules_matched.labels(rule=rule).inc()
+        for channel in self.group.deliveries_by_channel:
+            metrics.deliveries.labels(channel=channel, status="pending").inc()
+        if self.group.suppressed:
+            metrics.suppressed.inc(self.group.suppressed)
+        for submission, results in zip(submissions, self.results, strict=True):
+            for incoming, result in zip(submission.events, results, strict=True):
+                if result.duplicate:
+                    metrics.events_duplicate.inc()
+                else:
+                    metrics.events_received.labels(kind=incoming.kind, source=submission.source).inc()
+
+
+async def store_group(*, session: AsyncSession, deps: IngestDeps, submissions: Sequence[Submission]) -> GroupOutcome:
+    """Store the events of several requests, and the deliveries they cause, in the caller's transaction."""
+    now = deps.clock.now()
+    items = [
+        _Item(number, position, incoming, tenant, submission.source, fingerprint(incoming, tenant))
+        for number, submission in enumerate(submissions)
+        for position, (incoming, tenant) in enumerate(zip(submission.events, submission.tenants, strict=True))
+    ]
+    group = _Group(deps=deps, session=session, now=now, ledger=NoiseLedger(session=session, db=deps.db, now=now))
+    answered: dict[tuple[int, int], IngestResult] = {}
+    for batch in rounds(items):
+        answered.update(await _store_round(group, batch))
+    results = [
+        [answered[(number, position)] for position in range(len(submission.events))]
+        for number, submission in enumerate(submissions)
+    ]
+    return GroupOutcome(results, group)
+
+
+# A group that met another transaction's row (the same new alert, client id or noise key, or a deadlock between
+# two replicas) is stored again: the second time it reads what the other one committed.
+STORE_ATTEMPTS = 4
+_RETRIED_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+def conflicted(exc: BaseException) -> bool:
+    """Whether storing again can succeed: a unique conflict, a deadlock or a serialization failure."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return code in _RETRIED_SQLSTATES
+    return False
+
+
+async def store_committed(*, deps: IngestDeps, submissions: Sequence[Submission]) -> list[list[IngestResult]]:
+    """Store a group in its own transaction, again after a conflict; returns once it has committed."""
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            async with deps.db.transaction() as session:
+                outcome = await store_group(session=session, deps=deps, submissions=submissions)
+        except DBAPIError as exc:
+            if attempt == STORE_ATTEMPTS or not conflicted(exc):
+                raise
+            log.info("ingest: a concurrent transaction touched the same rows (%s); storing again", type(exc).__name__)
+            continue
+        outcome.count(metrics=deps.metrics, submissions=submissions)
+        return outcome.results
+    raise AssertionError("unreachable")
 
 
 async def ingest(
     *, deps: IngestDeps, events: Sequence[EventIn], tenant_for: Callable[[EventIn], str], source: str = "api"
 ) -> list[IngestResult]:
     """Store events and the deliveries they cause in one transaction; only then may the caller answer 202."""
-    tenants = [tenant_for(incoming) for incoming in events]
-    # Alerts are locked in identity order, whatever order a batch lists them in, so two overlapping batches
-    # on PostgreSQL wait for each other instead of deadlocking. The sort is stable: a firing and its resolve
-    # in one batch keep their order.
-    order = sorted(range(len(events)), key=lambda i: (tenants[i], fingerprint(events[i], tenants[i])))
-    answered: dict[int, IngestResult] = {}
-    async with deps.db.transaction() as session:
-        for index in order:
-            answered[index] = await _ingest_one(session, deps, events[index], tenants[index], source)
-    results = [answered[index] for index in range(len(events))]
-    for incoming, result in zip(events, results, strict=True):
-        if result.duplicate:
-            deps.metrics.events_duplicate.inc()
-        else:
-            deps.metrics.events_received.labels(kind=incoming.kind, source=source).inc()
+    submission = Submission(events, [tenant_for(incoming) for incoming in events], source)
+    (results,) = await store_committed(deps=deps, submissions=[submission])
     return results
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import digests, reports
@@ -35,7 +35,6 @@ from core.config import AckbotConfig
 from core.models import (
     Action,
     DeliveryPurpose,
-    DeliveryStatus,
     DigestOptions,
     Event,
     Person,
@@ -47,7 +46,8 @@ from core.quiet_hours import Layer, QuietHold, layers_for, quiet_hold
 from core.silences import Silence, SilenceMatcher, describe
 from core.store import noise as noise_store
 from core.store.db import Database
-from core.store.tables import DeliveryRow, NoiseWaitRow
+from core.store.noise import NoiseLedger
+from core.store.tables import NoiseWaitRow
 
 log = logging.getLogger("ackbot.noise")
 
@@ -127,48 +127,9 @@ async def silences_for(*, session: AsyncSession, event: Event, now: datetime, se
     return settings.matcher.matching(event, in_force)
 
 
-async def cancel_waits(
-    *, session: AsyncSession, alert_id: str, rule: str, action_index: int, channel: str, now: datetime
-) -> int:
-    """Cancel the notifications of this alert and rule action still waiting out `for:`; how many were cancelled."""
-    waiting = select(NoiseWaitRow.delivery_id).where(
-        NoiseWaitRow.alert_id == alert_id,
-        NoiseWaitRow.rule == rule,
-        NoiseWaitRow.action_index == action_index,
-        NoiseWaitRow.channel == channel,
-        NoiseWaitRow.until > now,
-    )
-    ids = list((await session.execute(waiting)).scalars())
-    if not ids:
-        return 0
-    # Conditional: a delivery a worker already claimed (sending) or sent is left alone.
-    result = await session.execute(
-        update(DeliveryRow)
-        .where(DeliveryRow.id.in_(ids), DeliveryRow.status == DeliveryStatus.pending)
-        .values(status=DeliveryStatus.cancelled, updated_at=now, last_error="cancelled: resolved within for:")
-    )
-    await session.execute(delete(NoiseWaitRow).where(NoiseWaitRow.delivery_id.in_(ids)))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-def register_wait(*, session: AsyncSession, delivery: DeliveryRow, alert_id: str, until: datetime) -> None:
-    """Remember a delivery waiting out `for:`, so a resolve can cancel it."""
-    session.add(
-        NoiseWaitRow(
-            delivery_id=delivery.id,
-            alert_id=alert_id,
-            rule=delivery.rule or "",
-            action_index=delivery.action_index or 0,
-            channel=delivery.channel,
-            until=until,
-        )
-    )
-
-
 async def decide(
     *,
-    session: AsyncSession,
-    db: Database,
+    ledger: NoiseLedger,
     event: Event,
     rule: Rule,
     action: Action,
@@ -180,18 +141,13 @@ async def decide(
     settings: NoiseSettings,
     now: datetime,
 ) -> NoiseDecision:
-    """Decide what one rule action does with an event, writing its noise state in the caller's transaction."""
+    """Decide what one rule action does with an event; its noise state goes to the ledger (saved with the event)."""
     if silences:
         return NoiseDecision("silence", describe(silences[0]), until=max(s.ends_at for s in silences))
     channel = action.channel
     if purpose is DeliveryPurpose.update and event.alert_id:
-        cancelled = await cancel_waits(
-            session=session,
-            alert_id=event.alert_id,
-            rule=rule.name,
-            action_index=action_index,
-            channel=channel,
-            now=now,
+        cancelled = ledger.cancel_waits(
+            alert_id=event.alert_id, rule=rule.name, action_index=action_index, channel=channel
         )
         if cancelled:
             return NoiseDecision("cancelled", f"resolved within for: {cancelled} waiting notification(s) cancelled")
@@ -208,7 +164,7 @@ async def decide(
             now=now,
             quiet=layers,
         )
-        return await _into_digest(session, db, spec, event, settings, now, f"digest {action.digest}")
+        return await _into_digest(ledger, spec, event, settings, now, f"digest {action.digest}")
     # An approval request is never held: someone (a deploy, a pipeline) is waiting on the answer.
     hold = None if action.approval is not None else quiet_hold(now=now, severity=event.severity, layers=layers)
     if hold is not None and hold.release == "digest":
@@ -223,8 +179,8 @@ async def decide(
             now=now,
             quiet_until=hold.until,
         )
-        return await _into_digest(session, db, spec, event, settings, now, hold.describe())
-    admitted = await noise_store.admit(session=session, db=db, key=noise_key, window=window, now=now)
+        return await _into_digest(ledger, spec, event, settings, now, hold.describe())
+    admitted = ledger.admit(key=noise_key, window=window)
     if not admitted.admitted:
         reason = f"throttle {format_duration(window)}: {admitted.suppressed_now} suppressed in this window"
         return NoiseDecision("suppress", reason, until=admitted.window_until, window_until=admitted.window_until)
@@ -240,8 +196,7 @@ async def decide(
 
 
 async def _into_digest(
-    session: AsyncSession,
-    db: Database,
+    ledger: NoiseLedger,
     spec: Any,
     event: Event,
     settings: NoiseSettings,
@@ -249,7 +204,13 @@ async def _into_digest(
     why: str,
 ) -> NoiseDecision:
     window_id, delivery_id = await digests.add_event(
-        session=session, db=db, spec=spec, event=event, now=now, worker=settings.worker, public_url=settings.public_url
+        session=ledger.session,
+        db=ledger.db,
+        spec=spec,
+        event=event,
+        now=now,
+        worker=settings.worker,
+        public_url=settings.public_url,
     )
     reason = f"{why}: window {window_id} closes {spec.window_end.isoformat()}"
     if delivery_id is not None:

@@ -20,6 +20,7 @@ from core.clock import Clock, SystemClock
 from core.config import AckbotConfig, ChannelConfig
 from core.dispatch import Dispatcher, DispatcherConfig, Enricher
 from core.ingest import IngestDeps
+from core.intake import IngestQueue
 from core.metrics import Metrics
 from core.noise import NoiseScheduler, NoiseSettings
 from core.rulebook import RuleBook
@@ -74,6 +75,9 @@ class Runtime:
         )
         # Whether this process runs the approvals scheduler; None: whenever it runs the dispatcher.
         self.run_scheduler: bool | None = None
+        # Intake's group commit. SQLite has one writer anyway; on PostgreSQL a second group can be read and
+        # written while the first one commits.
+        self.intake = IngestQueue(self.ingest_deps, writers=2 if self.db.is_postgres else 1)
 
     @property
     def public_url(self) -> str:
@@ -207,6 +211,7 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop the workers and close connections; work in flight is reclaimed after its lease."""
+        await self.intake.drain()
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -156,6 +156,11 @@ class SilenceMatcher:
 
     async def in_force(self, *, session: AsyncSession, tenant: str, now: datetime) -> list[Silence]:
         """The silences in force now for a tenant (its own and those for every tenant)."""
+        await self.refresh(session=session, now=now)
+        return self.in_force_as_loaded(tenant=tenant, now=now)
+
+    async def refresh(self, *, session: AsyncSession, now: datetime) -> None:
+        """Reload the unexpired silences if any was created or ended since the last load (one read if not)."""
         revision = await silence_store.revision(session=session)
         # Reload too when the clock went back (a restored database, a test), since the list was cut at load time.
         if revision != self._revision or now < self._loaded_at:
@@ -163,6 +168,9 @@ class SilenceMatcher:
             self._unexpired = [silence_from_row(row) for row in rows]
             self._revision = revision
             self._loaded_at = now
+
+    def in_force_as_loaded(self, *, tenant: str, now: datetime) -> list[Silence]:
+        """The silences in force now for a tenant, as of the last refresh (a group of events refreshes once)."""
         return [s for s in self._unexpired if s.tenant in (tenant, "*") and s.starts_at <= now < s.ends_at]
 
     def matching(self, event: Event, silences: Sequence[Silence]) -> list[Silence]:

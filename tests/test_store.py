@@ -10,7 +10,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from core.models import DeliveryStatus, Event, EventStatus, Severity
+from core.clock import SystemClock
+from core.ingest import IngestDeps, ingest
+from core.metrics import Metrics
+from core.models import DeliveryStatus, Event, EventIn, EventStatus, Severity
+from core.rulebook import RuleBook
 from core.store import alerts as alert_store
 from core.store import deliveries as delivery_store
 from core.store import migrate
@@ -82,10 +86,14 @@ def _event(status: EventStatus = EventStatus.firing, at: datetime = T0) -> Event
 async def test_alert_identity_open_update_resolve(migrated_db: Database) -> None:
     db = migrated_db
     async with db.transaction() as session:
-        opened = await alert_store.apply_event(session=session, event=_event(), fingerprint="fp")
-        updated = await alert_store.apply_event(session=session, event=_event(), fingerprint="fp")
-        resolved = await alert_store.apply_event(session=session, event=_event(EventStatus.resolved), fingerprint="fp")
-        ignored = await alert_store.apply_event(session=session, event=_event(EventStatus.resolved), fingerprint="fp")
+        opened = await alert_store.apply_event(session=session, db=db, event=_event(), fingerprint="fp")
+        updated = await alert_store.apply_event(session=session, db=db, event=_event(), fingerprint="fp")
+        resolved = await alert_store.apply_event(
+            session=session, db=db, event=_event(EventStatus.resolved), fingerprint="fp"
+        )
+        ignored = await alert_store.apply_event(
+            session=session, db=db, event=_event(EventStatus.resolved), fingerprint="fp"
+        )
     assert opened.transition is Transition.opened and updated.transition is Transition.updated
     assert resolved.transition is Transition.resolved and ignored.transition is Transition.ignored
     assert opened.alert and updated.alert and resolved.alert
@@ -94,13 +102,23 @@ async def test_alert_identity_open_update_resolve(migrated_db: Database) -> None
 
 
 async def test_concurrent_firings_open_one_alert(migrated_db: Database) -> None:
+    # Ten transactions at once (on PostgreSQL, ten connections) fire one identity: the unique index lets one open
+    # the alert, and the others, stored again after the conflict, update it.
     db = migrated_db
+    deps = IngestDeps(
+        db=db,
+        rulebook=RuleBook(db=db, config_rules=[]),
+        clock=SystemClock(),
+        metrics=Metrics(),
+        default_window=timedelta(minutes=5),
+        channel_names=set,
+    )
+    incoming = EventIn(kind="disk.full", title="disk full", severity=Severity.high, dedup_key="same")
 
     async def fire() -> str:
-        async with db.transaction() as session:
-            change = await alert_store.apply_event(session=session, event=_event(), fingerprint="same")
-            assert change.alert is not None
-            return change.alert.id
+        (result,) = await ingest(deps=deps, events=[incoming], tenant_for=lambda _: "t")
+        assert result.alert_id is not None
+        return result.alert_id
 
     ids = await asyncio.gather(*(fire() for _ in range(10)))
     assert len(set(ids)) == 1

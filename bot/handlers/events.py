@@ -11,7 +11,7 @@ from bot.handlers.http import ApiError, authenticate, json_response, parse_model
 from bot.handlers.openapi import documented
 from core.auth import Principal
 from core.config import ApiScope
-from core.ingest import IngestResult, ingest
+from core.ingest import IngestResult
 from core.models import EventIn, Strict
 from core.sources import alertmanager, grafana
 
@@ -47,9 +47,8 @@ def _tenant_resolver(principal: Principal) -> Callable[[EventIn], str]:
 async def _accept(request: web.Request, principal: Principal, events: list[EventIn], source: str) -> list[IngestResult]:
     runtime = runtime_of(request)
     tenant_for = _tenant_resolver(principal)
-    for event in events:
-        tenant_for(event)  # refuse another tenant's event before anything is written
-    results = await ingest(deps=runtime.ingest_deps(), events=events, tenant_for=tenant_for, source=source)
+    tenants = [tenant_for(event) for event in events]  # refuse another tenant's event before anything is written
+    results = await runtime.intake.submit(events=events, tenants=tenants, source=source)
     if runtime.dispatcher is not None and any(r.deliveries for r in results):
         runtime.dispatcher.wake()
     return results

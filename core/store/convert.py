@@ -21,8 +21,13 @@ def event_from_row(row: EventRow) -> Event:
 
 def alert_from_row(row: AlertRow) -> Alert:
     """The stored alert as a domain model."""
-    data = _columns(row)
-    data.pop("severity_rank")
+    return alert_from_columns(_columns(row))
+
+
+def alert_from_columns(columns: dict[str, Any]) -> Alert:
+    """An alert's columns (as read with Core, or about to be written) as a domain model."""
+    data = dict(columns)
+    data.pop("severity_rank", None)
     return Alert.model_validate(data)
 
 

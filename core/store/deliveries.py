@@ -17,7 +17,7 @@ from core.store.tables import DeliveryAttemptRow, DeliveryRow
 CLAIMABLE = (DeliveryStatus.pending, DeliveryStatus.failed)
 
 
-def new_delivery(
+def delivery_values(
     *,
     tenant: str,
     channel: str,
@@ -33,9 +33,9 @@ def new_delivery(
     suppressed_count: int = 0,
     not_before: datetime | None = None,
     extra: dict[str, Any] | None = None,
-) -> DeliveryRow:
-    """A pending delivery row, for the caller to add to its transaction."""
-    return DeliveryRow(
+) -> dict[str, Any]:
+    """The columns of a new pending delivery (for a bulk insert; new_delivery makes the ORM row)."""
+    return dict(
         id=new_id("dlv"),
         tenant=tenant,
         event_id=event_id,
@@ -55,6 +55,11 @@ def new_delivery(
         created_at=now,
         updated_at=now,
     )
+
+
+def new_delivery(**columns: Any) -> DeliveryRow:
+    """A pending delivery row, for the caller to add to its transaction (arguments as delivery_values)."""
+    return DeliveryRow(**delivery_values(**columns))
 
 
 async def claim(*, db: Database, worker: str, now: datetime, lease: timedelta, limit: int) -> list[DeliveryRow]:

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -442,3 +454,10 @@ class ReportRunRow(Base):
     summary: Mapped[dict[str, Any]]
 
     __table_args__ = (Index("uq_report_runs_name_scheduled_for", "name", "scheduled_for", unique=True),)
+
+
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's Table, typed as one (Core statements want a Table, __table__ is typed FromClause)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
