@@ -89,6 +89,17 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIt
 
 
 @pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, for tests that only mean something there (several connections writing)."""
+    await skip_or_fail_without_pg()
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+@pytest.fixture
 async def sqlite_url(tmp_path: Any) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/ackbot.db"
 
