@@ -1,7 +1,7 @@
 """Benchmark Slack clicks: click-to-decision latency through POST /slack/events, beside a bare-aiohttp baseline.
 
 Run from the repository root:  .venv/bin/python bench/bench_clicks.py [--rates 100] [--seconds 10] [--pg]
-    [--no-wait] [--lead 0] [--drain 30] [--profile]
+    [--no-wait] [--lead 0] [--drain 30] [--profile | --statements]
 
 Set-up, not measured: a fake Slack Web API (tests/peers/fake_slack.py, run as its own process; it logs every call
 it receives to a file) and `ackbot serve` with a Slack app in HTTP mode pointed at it (bot token and signing secret
@@ -31,6 +31,9 @@ The baseline, run the same way at the same rate with the same bodies, is a bare 
 signature (and the 5-minute timestamp window) and answers 200: the floor for "a signed Slack request in, an answer
 out" on this machine. Ratios are ackbot / baseline. The issue #8 target: click-to-decision p99 under 50 ms at 100
 clicks/s.
+
+--profile samples where the server's CPU went during the clicks; --statements instead counts the SQL statements
+the server sent during the clicks (all of them: decisions, long polls, the dispatcher), per click and by kind.
 """
 
 from __future__ import annotations
@@ -151,6 +154,83 @@ app.router.add_post("/slack/events", events)
 app.router.add_get("/readyz", readyz)
 web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 """
+
+
+# `python -c STATEMENTS OUT serve --config ...`: bot.cli with every SQL statement counted between SIGUSR1 and SIGUSR2
+# (by its first words: the verb and the table), written to OUT at SIGUSR2.
+STATEMENTS = r"""
+import collections, re, runpy, signal, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+out = sys.argv[1]
+sys.argv = ["bot.cli", *sys.argv[2:]]
+counts, on = collections.Counter(), [False]
+shape = re.compile(r"\s+")
+
+
+def count(conn, cursor, statement, parameters, context, executemany):
+    if on[0] and not statement.lstrip().upper().startswith("BEGIN"):
+        words = shape.sub(" ", statement.strip()).split(" ")
+        verb = words[0].upper()
+        table = next((w for w, before in zip(words[1:], words) if before.upper() in ("FROM", "INTO", "UPDATE")), "")
+        counts[f"{verb} {table.strip(chr(34))}".strip()] += 1
+
+
+def begin(conn):
+    if on[0]:
+        counts["BEGIN"] += 1
+
+
+def commit(conn):
+    if on[0]:
+        counts["COMMIT"] += 1
+
+
+def rollback(conn):
+    if on[0]:
+        counts["ROLLBACK (the end of a read)"] += 1
+
+
+def start(*_):
+    counts.clear()
+    on[0] = True
+
+
+def dump(*_):
+    on[0] = False
+    with open(out, "w") as fh:
+        fh.write(f"{sum(counts.values())}\n")
+        for key, value in counts.most_common():
+            fh.write(f"{value}\t{key}\n")
+
+
+event.listen(Engine, "before_cursor_execute", count)
+event.listen(Engine, "begin", begin)
+event.listen(Engine, "commit", commit)
+event.listen(Engine, "rollback", rollback)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, dump)
+runpy.run_module("bot.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def statements_command(config: Path, out: Path) -> list[str]:
+    """`ackbot serve --config FILE` with its SQL statements counted between SIGUSR1 and SIGUSR2."""
+    return [sys.executable, "-c", STATEMENTS, str(out), "serve", "--config", str(config)]
+
+
+def statements_report(text: str, clicks: int) -> str:
+    """The counts STATEMENTS wrote, per click."""
+    lines = text.splitlines()
+    if not lines:
+        return "(nothing was counted)\n"
+    total = int(lines[0])
+    out = [f"{total} SQL statements during {clicks} clicks: {total / max(1, clicks):.1f} per click (BEGIN, COMMIT too)"]
+    for line in lines[1:]:
+        value, key = line.split("\t", 1)
+        out.append(f"  {int(value) / max(1, clicks):6.2f}  {key}")
+    return "\n".join(out) + "\n"
 
 
 def ackbot_config(*, port: int, database_url: str, slack_api: str) -> str:
@@ -454,6 +534,7 @@ async def run_one(
     log = workdir / f"{name}.log"
     profile = workdir / f"{name}.profile"
     profiling = args.profile and system == "ackbot"
+    counting = args.statements and system == "ackbot"
     count = max(1, round(rate * args.seconds))
     run = secrets.token_hex(4)
     pg_url: str | None = None
@@ -468,7 +549,12 @@ async def run_one(
             config = workdir / f"{name}.yml"
             database_url = pg_url or f"sqlite+aiosqlite:///{workdir / f'{name}.db'}"
             config.write_text(ackbot_config(port=port, database_url=database_url, slack_api=fake.base_url + "/api/"))
-            cmd = profiled_command(config, profile) if profiling else serve_command(config)
+            if profiling:
+                cmd = profiled_command(config, profile)
+            elif counting:
+                cmd = statements_command(config, profile)
+            else:
+                cmd = serve_command(config)
         else:
             cmd = [sys.executable, "-c", BASELINE_APP, str(port), SIGNING_SECRET]
         env = {BOT_TOKEN_ENV: BOT_TOKEN, SIGNING_SECRET_ENV: SIGNING_SECRET}
@@ -496,7 +582,7 @@ async def run_one(
                     approvals = [Approval(k, f"apr_{k}", secrets.token_urlsafe(120)) for k in range(count)]
                     response_base = "http://127.0.0.1:9"
                 offset = log_size(log)
-                if profiling:
+                if profiling or counting:
                     proc.send_signal(signal.SIGUSR1)
                 before = CpuSample(proc.pid)
                 deadline = time.time() + args.seconds + args.drain
@@ -511,7 +597,7 @@ async def run_one(
                     deadline=deadline,
                 )
                 after = CpuSample(proc.pid)
-                if profiling:
+                if profiling or counting:
                     proc.send_signal(signal.SIGUSR2)
                 load_avg = load_average()
                 replaced: dict[int, float] = {}
@@ -531,6 +617,8 @@ async def run_one(
                         await asyncio.sleep(0.1)
                 if profiling:
                     profile_text = await read_profile(profile)
+                elif counting:
+                    profile_text = statements_report(await read_profile(profile), count)
         finally:
             stop(proc)
     finally:
@@ -553,7 +641,7 @@ async def run_one(
         load_avg=load_avg,
         max_lag=clicks.max_lag,
         setup=setup,
-        profile=profile_text if profiling else "",
+        profile=profile_text if profiling or counting else "",
     )
     result.errors = logged_problems(log, offset)
     return result
@@ -629,7 +717,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     )
     for r in results:
         if r.profile:
-            print(f"\n--profile: {r.system} at {r.rate:g} clicks/s, during the clicks\n{r.profile}", end="")
+            what = "--statements" if args.statements else "--profile"
+            print(f"\n{what}: {r.system} at {r.rate:g} clicks/s, during the clicks\n{r.profile}", end="")
 
 
 async def bench(args: argparse.Namespace, workdir: Path) -> list[Result]:
@@ -671,7 +760,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setup-timeout", type=float, default=300.0, help="seconds to open and post the approvals")
     parser.add_argument("--pg", action="store_true", help="ackbot on PostgreSQL at 127.0.0.1:5432 (a fresh database)")
     parser.add_argument("--profile", action="store_true", help="sample where ackbot's CPU goes during the clicks")
+    parser.add_argument("--statements", action="store_true", help="count ackbot's SQL statements during the clicks")
     args = parser.parse_args(argv)
+    if args.profile and args.statements:
+        parser.error("--profile and --statements each need the server to themselves: choose one")
     if args.seconds <= 0 or args.lead < 0 or args.drain < 0 or max(args.rates) * args.seconds > 20000:
         parser.error("--seconds > 0 (at most 20000 clicks per rate), --lead and --drain >= 0")
     print(

@@ -75,6 +75,12 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
         await runtime.stop()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def release_long_polls(_app: web.Application) -> None:
+        # Shutdown waits for running handlers before the cleanup above: answer the long polls first.
+        runtime.approvals.release_waiters()
+
+    app.on_shutdown.append(release_long_polls)
     # After the runtime's hooks: Slack starts once the runtime has its HTTP session, and stops before it closes.
     slack_app.mount(app, runtime)
     # POST /api/messages: the Teams bot (authentication off, loopback only, when no teams.app_id is set).

@@ -267,7 +267,8 @@ class Dispatcher:
             for enrich in self.enrichers:
                 await enrich(session, row, fields)
             message_ref = None
-            if row.purpose == DeliveryPurpose.update:
+            if row.purpose == DeliveryPurpose.update and not fields["extra"].get("message_ref"):
+                # An update queued while the message it edits was still being sent: look the reference up now.
                 message_ref = await delivery_store.latest_message_ref(
                     session=session,
                     channel=row.channel,

@@ -131,9 +131,16 @@ async def get_approval(request: web.Request) -> web.Response:
     principal = authenticate(request, ApiScope.notify_read)
     query = query_model(WaitQuery, request)
     approval_id = request.match_info["approval_id"]
-    view = await _visible(request, principal, approval_id)
-    if query.wait > 0 and not view.approval.state.final:
-        view = await runtime_of(request).approvals.wait(approval_id=approval_id, seconds=query.wait) or view
+    if not APPROVAL_ID.match(approval_id):
+        raise ApiError(404, "no such approval")
+    # One read, checked against the caller's tenants before anything is waited for.
+    view = await runtime_of(request).approvals.wait(
+        approval_id=approval_id,
+        seconds=query.wait,
+        check=lambda first: principal.check_tenant(first.approval.tenant),
+    )
+    if view is None:
+        raise ApiError(404, "no such approval")
     return json_response(view.document())
 
 

@@ -68,8 +68,11 @@ FOLLOW_UP_HOOKS = {
     ApprovalState.expired: "on_expire",
 }
 MAX_WAIT_SECONDS = 60.0
-# How often a long-poll re-reads the database: a decision taken on another replica is seen within this.
+# How often the shared long-poll watcher looks for decisions taken on another replica: one query per tick for
+# every approval this process has a long poll waiting on, so a decision elsewhere is seen within this.
 WAIT_POLL_SECONDS = 0.5
+# The most approval ids one watcher query names (a long IN list stays well inside every backend's limits).
+WAIT_POLL_BATCH = 500
 SCHEDULER_BATCH = 100
 KEY_REFRESH_SECONDS = 30.0
 # How many open approvals `list_pending_for` looks through before filtering by approver.
@@ -151,7 +154,11 @@ class ApprovalService:
         self._channel_types = channel_types
         self._public_url = public_url
         self._on_commit = on_commit
-        self._waiters: dict[str, asyncio.Event] = {}
+        # Long polls waiting on an approval: each future is answered with the final view when a decision in this
+        # process knows it, or with None ("read it again") when it was changed without one at hand.
+        self._waiters: dict[str, set[asyncio.Future[ApprovalView | None]]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._releasing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._pruned_at: datetime | None = None
 
@@ -165,13 +172,29 @@ class ApprovalService:
             self._tasks.append(asyncio.create_task(self._key_loop(), name="ackbot-approvals-keys"))
 
     async def stop(self) -> None:
-        """Stop the loops; nothing is lost, the due times are in the database."""
+        """Stop the loops and answer the long polls; nothing is lost, the due times are in the database."""
+        self.release_waiters()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    def release_waiters(self) -> None:
+        """Answer every waiting long poll now with the approval as it stands (the process is shutting down).
+
+        Without this a stop waits for the longest poll (up to MAX_WAIT_SECONDS); the clients simply ask again,
+        of another replica or of this one once it is back.
+        """
+        self._releasing = True
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     def callback_channel(self, context: ChannelContext) -> CallbackChannel:
         """The internal webhook channel that delivers signed callbacks (the runtime registers it)."""
@@ -205,12 +228,58 @@ class ApprovalService:
             except Exception:
                 log.exception("reloading the token keys failed")
 
-    def _committed(self, approval_id: str) -> None:
-        event = self._waiters.pop(approval_id, None)
-        if event is not None:
-            event.set()
+    def _committed(self, approval_id: str, view: ApprovalView | None = None) -> None:
+        """After a commit that changed the approval: wake its long polls (with its final view, when known)."""
+        futures = self._waiters.get(approval_id)
+        if futures:
+            answer = view if view is not None and view.approval.state.final else None
+            for future in futures:
+                if not future.done():
+                    future.set_result(answer)
         if self._on_commit is not None:
             self._on_commit()
+
+    def _watch(self, approval_id: str) -> asyncio.Future[ApprovalView | None]:
+        future: asyncio.Future[ApprovalView | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(approval_id, set()).add(future)
+        if self._watcher is None and not self._releasing:
+            self._watcher = asyncio.create_task(self._watch_loop(), name="ackbot-approvals-watcher")
+        return future
+
+    def _unwatch(self, approval_id: str, future: asyncio.Future[ApprovalView | None]) -> None:
+        futures = self._waiters.get(approval_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self._waiters[approval_id]
+
+    async def _watch_loop(self) -> None:
+        """One loop per process for every waiting long poll: which of their approvals were decided elsewhere?
+
+        A decision in this process answers its waiters at once (see _committed); this catches the ones taken on
+        another replica, or by a command line run, with one query per tick whatever the number of waiters.
+        """
+        try:
+            while self._waiters:
+                await asyncio.sleep(WAIT_POLL_SECONDS)
+                waited = list(self._waiters)
+                try:
+                    for start in range(0, len(waited), WAIT_POLL_BATCH):
+                        async with self.db.sessions() as session:
+                            final = await approval_store.final_ids(
+                                session=session, approval_ids=waited[start : start + WAIT_POLL_BATCH]
+                            )
+                        for approval_id in final:
+                            for future in self._waiters.get(approval_id, ()):
+                                if not future.done():
+                                    future.set_result(None)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("looking for decisions taken elsewhere failed; the long polls wait on")
+        finally:
+            if self._watcher is asyncio.current_task():
+                self._watcher = None
 
     # ------------------------------------------------------------ targets
 
@@ -407,8 +476,17 @@ class ApprovalService:
         await session.flush()
         return row.id
 
-    async def _audit_creation(self, session: AsyncSession, *, approval_id: str | None = None) -> int:
-        """Write the deferred "approval.created" rows (of one approval, or of a batch); each exactly once."""
+    async def _audit_creation(
+        self, session: AsyncSession, *, approval_id: str | None = None, row: ApprovalRow | None = None
+    ) -> int:
+        """Write the deferred "approval.created" rows (of one approval, or of a batch); each exactly once.
+
+        `row`, read under its lock in this transaction, says whether there is anything to do for its approval.
+        """
+        if row is not None:
+            if row.created_audited:
+                return 0
+            approval_id = row.id
         rows = await approval_store.take_unaudited(session=session, db=self.db, approval_id=approval_id)
         for row in rows:
             await audit.record(
@@ -438,25 +516,46 @@ class ApprovalService:
             row = await session.get(ApprovalRow, approval_id)
             if row is None:
                 return None
-            votes = await approval_store.votes(session=session, approval_id=approval_id)
+            # Votes exist only toward a quorum above one, or as the one acknowledgement that decided: a vote that
+            # reaches the quorum decides in the same transaction, so an open quorum-1 approval has none to read.
+            may_have_votes = row.quorum > 1 or row.state == ApprovalState.acknowledged.value
+            votes = await approval_store.votes(session=session, approval_id=approval_id) if may_have_votes else []
             return ApprovalView(approval=approval_from_row(row), votes=votes, next_due_at=row.next_due_at)
 
-    async def wait(self, *, approval_id: str, seconds: float) -> ApprovalView | None:
+    async def wait(
+        self, *, approval_id: str, seconds: float, check: Callable[[ApprovalView], object] | None = None
+    ) -> ApprovalView | None:
         """The approval once it is final, or as it is after `seconds` (at most 60): a long poll.
 
-        A decision in this process wakes the waiter at once; one on another replica is seen by the short poll.
+        `check` sees the first read (the caller's permission check: it may raise to refuse). A decision in this
+        process answers at once with the view it committed; one on another replica is seen by the shared watcher
+        within WAIT_POLL_SECONDS. None when there is no such approval.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, min(seconds, MAX_WAIT_SECONDS))
+        checked = False
         while True:
             # Registered before reading, so a decision committed between the read and the wait still wakes us.
-            event = self._waiters.setdefault(approval_id, asyncio.Event())
-            current = await self.view(approval_id=approval_id)
-            remaining = deadline - loop.time()
-            if current is None or current.approval.state.final or remaining <= 0:
-                return current
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=min(remaining, WAIT_POLL_SECONDS))
+            future = self._watch(approval_id) if seconds > 0 and not self._releasing else None
+            try:
+                current = await self.view(approval_id=approval_id)
+                if current is not None and check is not None and not checked:
+                    check(current)
+                    checked = True
+                remaining = deadline - loop.time()
+                if future is None or current is None or current.approval.state.final or remaining <= 0:
+                    return current
+                try:
+                    answer = await asyncio.wait_for(future, timeout=remaining)
+                except TimeoutError:
+                    answer = None  # time is up: read once more, and answer with that
+                if answer is not None:
+                    return answer
+                if self._releasing:
+                    return current
+            finally:
+                if future is not None:
+                    self._unwatch(approval_id, future)
 
     async def list_approvals(
         self,
@@ -734,7 +833,7 @@ class ApprovalService:
                 updated = await self._finish(
                     session, row, state=ApprovalState.cancelled, choice=None, person=by, channel="api", now=now
                 )
-                await self._audit_creation(session, approval_id=updated.id)
+                await self._audit_creation(session, row=updated)
                 await audit.record(
                     session=session,
                     db=self.db,
@@ -771,6 +870,8 @@ class ApprovalService:
     ) -> DecisionResult:
         person = self.directory.resolve(actor)
         approval: Approval | None = None
+        # The votes as this transaction leaves them, when it knows them: the long polls get the view without a read.
+        votes: list[dict[str, Any]] | None = None
         try:
             async with self.db.transaction() as session:
                 # The row lock queues concurrent decisions on one approval; the conditional update stays the guard.
@@ -809,7 +910,7 @@ class ApprovalService:
                         session, row, person=person, channel=channel, now=now, details=details
                     )
                 elif choice is Choice.acknowledge:
-                    result = await self._acknowledge(
+                    result, votes = await self._acknowledge(
                         session, row, person=person, actor=actor, channel=channel, now=now, details=details
                     )
                 else:
@@ -823,6 +924,7 @@ class ApprovalService:
                         now=now,
                     )
                     await self._audit_decision(session, updated, "approval.denied", person, actor, now, details)
+                    votes = [] if updated.quorum == 1 else None  # no acknowledgement toward a quorum of one is kept
                     result = self._result(
                         DecisionReason.decided,
                         f"Denied by {self.directory.display(person.name)}.",
@@ -835,8 +937,11 @@ class ApprovalService:
                 result=refusal.result, actor=actor, claims=claims, approval=approval, now=now, person=person
             )
             return refusal.result
-        self._committed(approval_id)
         decided = result.approval
+        view = None
+        if decided is not None and decided.state.final and votes is not None:
+            view = ApprovalView.model_validate({"approval": decided, "votes": votes, "next_due_at": None})
+        self._committed(approval_id, view)
         if decided is not None and decided.state is ApprovalState.acknowledged and decided.alert_id:
             # Its own transaction: a decision that also locked the alert row could deadlock against an ingest
             # batch (which locks alert rows and the audit head in event order). The approval is what counts.
@@ -936,7 +1041,8 @@ class ApprovalService:
         channel: str,
         now: datetime,
         details: dict[str, Any],
-    ) -> DecisionResult:
+    ) -> tuple[DecisionResult, list[dict[str, Any]]]:
+        """Record an acknowledgement; decide when it reaches the quorum. Also returns the approval's votes."""
         approval = approval_from_row(row)
         added = await approval_store.add_vote(
             session=session,
@@ -949,30 +1055,37 @@ class ApprovalService:
             channel=channel,
             now=now,
         )
-        votes = await approval_store.count_votes(session=session, approval_id=row.id, choice=Choice.acknowledge.value)
+        if added and row.quorum == 1:
+            # A vote that reaches the quorum decides in its own transaction, so an open quorum-1 approval has no
+            # votes: this one is the only one, and nothing needs counting.
+            votes = [_vote_document(person=person.name, platform=actor.platform, channel=channel, at=now)]
+        else:
+            votes = await approval_store.votes(session=session, approval_id=row.id)
+        count = sum(1 for vote in votes if vote["choice"] == Choice.acknowledge.value)
         if not added:
             raise _Refused(
                 self._result(
                     DecisionReason.already_voted,
-                    f"You acknowledged already; {row.quorum - votes} more acknowledgement(s) needed.",
+                    f"You acknowledged already; {row.quorum - count} more acknowledgement(s) needed.",
                     approval,
                     Choice.acknowledge,
                     person,
-                    votes,
+                    count,
                 )
             )
-        if votes < row.quorum:
+        if count < row.quorum:
             # Every message shows the count and gets fresh buttons (the clicked one's nonce is spent).
-            await self._enqueue_updates(session, row, now=now, stage=f"vote{votes}")
-            await self._audit_decision(session, row, "approval.vote", person, actor, now, {**details, "votes": votes})
-            return self._result(
+            await self._enqueue_updates(session, row, now=now, stage=f"vote{count}")
+            await self._audit_decision(session, row, "approval.vote", person, actor, now, {**details, "votes": count})
+            result = self._result(
                 DecisionReason.vote_recorded,
-                f"Acknowledgement recorded: {votes} of {row.quorum}.",
+                f"Acknowledgement recorded: {count} of {row.quorum}.",
                 approval,
                 Choice.acknowledge,
                 person,
-                votes,
+                count,
             )
+            return result, votes
         updated = await self._finish(
             session,
             row,
@@ -983,16 +1096,17 @@ class ApprovalService:
             now=now,
         )
         await self._audit_decision(
-            session, updated, "approval.acknowledged", person, actor, now, {**details, "votes": votes}
+            session, updated, "approval.acknowledged", person, actor, now, {**details, "votes": count}
         )
-        return self._result(
+        result = self._result(
             DecisionReason.decided,
             f"Acknowledged by {self.directory.display(person.name)}.",
             approval_from_row(updated),
             Choice.acknowledge,
             person,
-            votes,
+            count,
         )
+        return result, votes
 
     async def _escalate_by(
         self,
@@ -1015,7 +1129,7 @@ class ApprovalService:
                     person,
                 )
             )
-        await self._audit_creation(session, approval_id=updated.id)
+        await self._audit_creation(session, row=updated)
         await audit.record(
             session=session,
             db=self.db,
@@ -1103,8 +1217,12 @@ class ApprovalService:
 
     async def _enqueue_updates(self, session: AsyncSession, row: ApprovalRow, *, now: datetime, stage: str) -> int:
         shown = await approval_store.shown_on(session=session, approval_id=row.id)
-        for channel, target, extra in shown:
+        for channel, target, extra, message_ref in shown:
             person = extra.get("person")
+            update_extra: dict[str, Any] = {"person": person} if person else {}
+            if message_ref is not None:
+                # What the update edits, known now: the dispatcher need not look it up again.
+                update_extra["message_ref"] = message_ref
             session.add(
                 new_delivery(
                     tenant=row.tenant,
@@ -1117,7 +1235,7 @@ class ApprovalService:
                     approval_id=row.id,
                     rule=row.rule,
                     target=target,
-                    extra={"person": person} if person else None,
+                    extra=update_extra or None,
                 )
             )
         return len(shown)
@@ -1266,7 +1384,7 @@ class ApprovalService:
                     },
                 )
                 return False
-            await self._audit_creation(session, approval_id=updated.id)
+            await self._audit_creation(session, row=updated)
             await audit.record(
                 session=session,
                 db=self.db,
@@ -1293,7 +1411,7 @@ class ApprovalService:
         now: datetime,
         details: dict[str, Any],
     ) -> None:
-        await self._audit_creation(session, approval_id=row.id)
+        await self._audit_creation(session, row=row)
         await audit.record(
             session=session,
             db=self.db,
@@ -1338,6 +1456,17 @@ class ApprovalService:
         except Exception:
             # The refusal stands even if it cannot be written down; say so loudly.
             log.exception("could not audit a refused decision (%s)", result.reason.value)
+
+
+def _vote_document(*, person: str, platform: str, channel: str | None, at: datetime) -> dict[str, Any]:
+    """One acknowledgement as approval_store.votes lists it."""
+    return {
+        "person": person,
+        "choice": Choice.acknowledge.value,
+        "platform": platform,
+        "channel": channel,
+        "at": at.isoformat(),
+    }
 
 
 def _token_details(claims: TokenClaims | None) -> dict[str, Any]:

@@ -99,6 +99,12 @@ async def transition(
     return (await session.execute(statement)).scalar_one_or_none()
 
 
+async def final_ids(*, session: AsyncSession, approval_ids: list[str]) -> list[str]:
+    """Which of these approvals are final (decided, expired or cancelled)."""
+    query = select(ApprovalRow.id).where(ApprovalRow.id.in_(approval_ids), ApprovalRow.state.not_in(OPEN_STATES))
+    return list((await session.execute(query)).scalars())
+
+
 async def due_ids(*, session: AsyncSession, db: Database, now: datetime, limit: int) -> list[str]:
     """Open approvals whose next step (escalation or expiry) is due; PostgreSQL skips rows another replica holds."""
     query = (
@@ -203,14 +209,18 @@ async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, An
     ]
 
 
-async def shown_on(*, session: AsyncSession, approval_id: str) -> list[tuple[str, str | None, dict[str, Any]]]:
-    """(channel, target, extra) of every message that showed the approval and may need an update.
+async def shown_on(
+    *, session: AsyncSession, approval_id: str
+) -> list[tuple[str, str | None, dict[str, Any], dict[str, Any] | None]]:
+    """(channel, target, extra, message_ref) of every message that showed the approval and may need an update.
 
     Notify deliveries already sent, or being sent right now; ones still queued will render the new state
     when they go out, and follow-up messages (a rule's on_deny ...) are not the approval's own messages.
+    message_ref is the first sent message's reference in that conversation (what the update edits), or None
+    while none is known yet.
     """
     rows = await session.execute(
-        select(DeliveryRow.channel, DeliveryRow.target, DeliveryRow.extra)
+        select(DeliveryRow.channel, DeliveryRow.target, DeliveryRow.extra, DeliveryRow.status, DeliveryRow.message_ref)
         .where(
             DeliveryRow.approval_id == approval_id,
             DeliveryRow.purpose == DeliveryPurpose.notify,
@@ -218,11 +228,13 @@ async def shown_on(*, session: AsyncSession, approval_id: str) -> list[tuple[str
         )
         .order_by(DeliveryRow.created_at)
     )
-    seen: set[tuple[str, str | None]] = set()
-    out = []
-    for channel, target, extra in rows.all():
-        if (extra or {}).get("follow_up") or (channel, target) in seen:
+    shown: dict[tuple[str, str | None], tuple[dict[str, Any], dict[str, Any] | None]] = {}
+    for channel, target, extra, status, ref in rows.all():
+        if (extra or {}).get("follow_up"):
             continue
-        seen.add((channel, target))
-        out.append((channel, target, dict(extra or {})))
-    return out
+        key = (channel, target)
+        first_extra, first_ref = shown.get(key, (dict(extra or {}), None))
+        if first_ref is None and status == DeliveryStatus.sent and ref:
+            first_ref = dict(ref)
+        shown[key] = (first_extra, first_ref)
+    return [(channel, target, extra, ref) for (channel, target), (extra, ref) in shown.items()]

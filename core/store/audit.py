@@ -6,9 +6,9 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.store.db import Database
@@ -39,6 +39,15 @@ def row_hash(prev_hash: str, row: AuditRow) -> str:
     return hashlib.sha256((prev_hash + canonical_json(row)).encode("utf-8")).hexdigest()
 
 
+_AUDIT = cast(Table, AuditRow.__table__)
+_HEAD = cast(Table, AuditHeadRow.__table__)
+# Takes the next seq and returns it with the previous row's hash: the UPDATE holds the head row's lock (PostgreSQL;
+# SQLite's BEGIN IMMEDIATE already serializes writers) until commit, so concurrent appends queue and never fork.
+_TAKE_NEXT = (
+    update(_HEAD).where(_HEAD.c.id == _HEAD_ID).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
+)
+
+
 async def append(
     *,
     session: AsyncSession,
@@ -54,24 +63,24 @@ async def append(
 ) -> AuditRow:
     """Append one row inside the caller's transaction, chained to the last one.
 
-    The head row is locked (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers),
-    so concurrent appends queue and the chain never forks. Call it last in a transaction: the lock is held
-    until commit.
+    Three statements (two on PostgreSQL): take the next seq and the previous hash from the head row, which
+    locks it until commit; then insert the row and record its hash in the head. Call it last in a transaction:
+    other appends wait for the head row until this one commits.
     """
-    head_table = AuditHeadRow.__table__
-    await session.execute(
-        db.insert(head_table)
-        .values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH)
-        .on_conflict_do_nothing(index_elements=[head_table.c.id])  # type: ignore[attr-defined]
-    )
-    query = select(AuditHeadRow).where(AuditHeadRow.id == _HEAD_ID)
-    if db.is_postgres:
-        query = query.with_for_update()
-    head = (await session.execute(query.execution_options(populate_existing=True))).scalar_one()
+    taken = (await session.execute(_TAKE_NEXT)).first()
+    if taken is None:
+        # The first append ever: create the head, then take it (two first appends meet on its primary key).
+        await session.execute(
+            db.insert(_HEAD)
+            .values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH)
+            .on_conflict_do_nothing(index_elements=[_HEAD.c.id])  # type: ignore[attr-defined]
+        )
+        taken = (await session.execute(_TAKE_NEXT)).one()
+    seq, prev_hash = int(taken[0]), str(taken[1])
     # Round-trip the data through JSON now, so the hash is computed over exactly what the database returns.
     stored = json.loads(json.dumps(data or {}, default=str))
     row = AuditRow(
-        seq=head.seq + 1,
+        seq=seq,
         at=at,
         tenant=tenant,
         type=type,
@@ -80,14 +89,19 @@ async def append(
         actor=actor,
         actor_platform=actor_platform,
         data=stored,
-        prev_hash=head.hash,
+        prev_hash=prev_hash,
         hash="",
     )
-    row.hash = row_hash(head.hash, row)
-    session.add(row)
-    head.seq = row.seq
-    head.hash = row.hash
-    await session.flush()
+    row.hash = row_hash(prev_hash, row)
+    values = {column.key: getattr(row, column.key) for column in _AUDIT.columns}
+    insert_row = insert(_AUDIT).values(**values)
+    set_hash = update(_HEAD).where(_HEAD.c.id == _HEAD_ID).values(hash=row.hash)
+    if db.is_postgres:
+        # One round trip while the head is locked: the insert rides along as a data-modifying WITH.
+        await session.execute(set_hash.add_cte(insert_row.cte("appended")))
+    else:
+        await session.execute(insert_row)
+        await session.execute(set_hash)
     return row
 
 
