@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core import noise
 from core.clock import Clock
@@ -216,6 +216,7 @@ class _Group:
 
     deps: IngestDeps
     session: AsyncSession
+    conn: AsyncConnection  # the session's: Core statements skip the ORM's per-statement work
     now: datetime
     ledger: NoiseLedger
     client_ids: dict[tuple[str, str], IngestResult] = field(default_factory=dict)
@@ -238,7 +239,7 @@ async def _look_up_client_ids(group: _Group, items: Sequence[_Item]) -> None:
     query = select(table.c.tenant, table.c.client_id, table.c.id, table.c.alert_id).where(
         table.c.client_id.in_({client_id for _, client_id in wanted})
     )
-    for tenant, client_id, event_id, alert_id in (await group.session.execute(query)).all():
+    for tenant, client_id, event_id, alert_id in (await group.conn.execute(query)).all():
         if (tenant, client_id) in wanted:
             group.client_ids[(tenant, client_id)] = _duplicate_of(event_id, alert_id)
 
@@ -261,7 +262,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
         fresh.append((item, event))
 
     book = await alert_store.AlertBook.load(
-        session=session, db=deps.db, identities=[(item.tenant, item.identity) for item, _ in fresh]
+        conn=group.conn, db=deps.db, identities=[(item.tenant, item.identity) for item, _ in fresh]
     )
     for item, event in fresh:
         change = book.apply(event=event, fingerprint=item.identity)
@@ -270,12 +271,12 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
             if item.client_key is not None:
                 group.client_ids[item.client_key] = _duplicate_of(event.id, event.alert_id)
         item.event, item.change = event, change
-    await book.save(session=session)
+    await book.save(conn=group.conn)
     stored = [item for item, _ in fresh]
     if stored:
         # A concurrent request with the same client id on another connection makes this raise IntegrityError;
         # the group is then stored again, and finds that event.
-        await session.execute(insert(table_of(EventRow)), [_event_values(_event_of(item)) for item in stored])
+        await group.conn.execute(insert(table_of(EventRow)), [_event_values(_event_of(item)) for item in stored])
 
     keys, resolving = _plan(group, stored)
     if keys:
@@ -289,7 +290,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
     if deliveries:
         # Approvals opened above are ORM rows the deliveries point at: written first.
         await session.flush()
-        await session.execute(insert(table_of(DeliveryRow)), deliveries)
+        await group.conn.execute(insert(table_of(DeliveryRow)), deliveries)
     await group.ledger.save()
     return answered
 
@@ -445,7 +446,9 @@ async def store_group(*, session: AsyncSession, deps: IngestDeps, submissions: S
         for number, submission in enumerate(submissions)
         for position, (incoming, tenant) in enumerate(zip(submission.events, submission.tenants, strict=True))
     ]
-    group = _Group(deps=deps, session=session, now=now, ledger=NoiseLedger(session=session, db=deps.db, now=now))
+    conn = await session.connection()
+    ledger = NoiseLedger(session=session, conn=conn, db=deps.db, now=now)
+    group = _Group(deps=deps, session=session, conn=conn, now=now, ledger=ledger)
     answered: dict[tuple[int, int], IngestResult] = {}
     for batch in rounds(items):
         answered.update(await _store_round(group, batch))

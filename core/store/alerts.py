@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import Alert, AlertStatus, Event, EventStatus, Severity
 from core.store.convert import alert_from_columns, alert_from_row
@@ -51,7 +51,7 @@ class AlertBook:
         self._changed: dict[str, dict[str, Any]] = {}
 
     @classmethod
-    async def load(cls, *, session: AsyncSession, db: Database, identities: Iterable[tuple[str, str]]) -> AlertBook:
+    async def load(cls, *, conn: AsyncConnection, db: Database, identities: Iterable[tuple[str, str]]) -> AlertBook:
         """The active alerts of these (tenant, fingerprint) identities."""
         wanted = sorted(set(identities))
         active: dict[tuple[str, str], dict[str, Any]] = {}
@@ -69,7 +69,7 @@ class AlertBook:
             )
             if db.is_postgres:
                 query = query.with_for_update()
-            for row in (await session.execute(query)).mappings():
+            for row in (await conn.execute(query)).mappings():
                 active[(row["tenant"], row["fingerprint"])] = dict(row)
         return cls(active)
 
@@ -106,18 +106,18 @@ class AlertBook:
         self._active[key] = opened
         return AlertChange(opened, Transition.opened)
 
-    async def save(self, *, session: AsyncSession) -> None:
+    async def save(self, *, conn: AsyncConnection) -> None:
         """Write the opened alerts and the changed ones."""
         table = table_of(AlertRow)
         if self._opened:
             # A concurrent group that opened the same identity first makes this raise IntegrityError; the caller
             # runs the group again, and then finds that alert.
-            await session.execute(insert(table), self._opened)
+            await conn.execute(insert(table), self._opened)
         # An alert opened in this book is inserted with its latest columns already.
         opened_ids = {row["id"] for row in self._opened}
         changed = [row for row in self._changed.values() if row["id"] not in opened_ids]
         if changed:
-            await session.execute(
+            await conn.execute(
                 update(table)
                 .where(table.c.id == bindparam("b_id"))
                 .values({c: bindparam(f"b_{c}") for c in _CHANGING}),
@@ -161,9 +161,10 @@ def _refresh_from_event(row: dict[str, Any], event: Event) -> None:
 
 async def apply_event(*, session: AsyncSession, db: Database, event: Event, fingerprint: str) -> AlertChange:
     """Open, update or resolve the alert one event speaks of, inside the caller's transaction."""
-    book = await AlertBook.load(session=session, db=db, identities=[(event.tenant, fingerprint)])
+    conn = await session.connection()
+    book = await AlertBook.load(conn=conn, db=db, identities=[(event.tenant, fingerprint)])
     change = book.apply(event=event, fingerprint=fingerprint)
-    await book.save(session=session)
+    await book.save(conn=conn)
     return change
 
 

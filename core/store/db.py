@@ -52,9 +52,12 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("postgresql"):
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+            # A server restart leaves pooled connections dead: each is checked as it is taken out.
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # A SQLite file has no server to lose: checking each connection would only cost four thread hand-offs of
+        # aiosqlite per transaction.
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             self._ensure_sqlite_dir(url)

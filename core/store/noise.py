@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import DeliveryStatus
 from core.store.db import Database
@@ -81,8 +81,9 @@ class NoiseLedger:
     """The dedup windows and `for:` waits one group of events touches: read (and on PostgreSQL locked) once,
     decided in memory with the same rules as admit(), and written back in a few statements by save()."""
 
-    def __init__(self, *, session: AsyncSession, db: Database, now: datetime) -> None:
-        self.session = session
+    def __init__(self, *, session: AsyncSession, conn: AsyncConnection, db: Database, now: datetime) -> None:
+        self.session = session  # for what is stored through the ORM (digests)
+        self.conn = conn  # the session's connection, for the ledger's own Core statements
         self.db = db
         self.now = now
         self._windows: dict[str, _Window] = {}
@@ -101,13 +102,13 @@ class NoiseLedger:
                 # opening at this moment makes one of us wait for the other instead of both admitting.
                 empty = [{"key": key, "window_until": _NEVER, "suppressed": 0, "carried": 0} for key in wanted]
                 insert_missing = self.db.insert(table).on_conflict_do_nothing()  # type: ignore[attr-defined]
-                await self.session.execute(insert_missing, empty)
+                await self.conn.execute(insert_missing, empty)
             query = select(table.c.key, table.c.window_until, table.c.suppressed, table.c.carried).where(
                 table.c.key.in_(wanted)
             )
             if self.db.is_postgres:
                 query = query.order_by(table.c.key).with_for_update()
-            for key, until, suppressed, carried in (await self.session.execute(query)).all():
+            for key, until, suppressed, carried in (await self.conn.execute(query)).all():
                 self._windows[key] = _Window(until, suppressed, carried)
             for key in wanted:
                 self._windows.setdefault(key, _Window(_NEVER, 0, 0))
@@ -130,7 +131,7 @@ class NoiseLedger:
                 pending_waits = pending_waits.with_for_update(of=deliveries)
             for alert_id in alerts:
                 self._waiting[alert_id] = []  # read afresh: an earlier round may have added or cancelled some
-            for row in (await self.session.execute(pending_waits)).all():
+            for row in (await self.conn.execute(pending_waits)).all():
                 wait = Wait(*row)
                 self._waiting.setdefault(wait.alert_id, []).append(wait)
 
@@ -181,20 +182,20 @@ class NoiseLedger:
                 index_elements=[table.c.key],
                 set_={c: excluded[c] for c in ("window_until", "suppressed", "carried")},
             )
-            await self.session.execute(upsert, rows)
+            await self.conn.execute(upsert, rows)
             self._changed.clear()
         if self._new_waits:
-            await self.session.execute(insert(table_of(NoiseWaitRow)), self._new_waits)
+            await self.conn.execute(insert(table_of(NoiseWaitRow)), self._new_waits)
             self._new_waits = []
         if self._cancelled:
             deliveries = table_of(DeliveryRow)
-            await self.session.execute(
+            await self.conn.execute(
                 update(deliveries)
                 .where(deliveries.c.id.in_(self._cancelled), deliveries.c.status == DeliveryStatus.pending)
                 .values(status=DeliveryStatus.cancelled, updated_at=self.now, last_error=CANCELLED_BY_RESOLVE)
             )
             waits = table_of(NoiseWaitRow)
-            await self.session.execute(delete(waits).where(waits.c.delivery_id.in_(self._cancelled)))
+            await self.conn.execute(delete(waits).where(waits.c.delivery_id.in_(self._cancelled)))
             self._cancelled = []
 
 
