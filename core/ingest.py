@@ -261,17 +261,14 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
             group.client_ids[client_key] = _duplicate_of(event.id, None)
         fresh.append((item, event))
 
-    book = await alert_store.AlertBook.load(
-        conn=group.conn, db=deps.db, identities=[(item.tenant, item.identity) for item, _ in fresh]
-    )
-    for item, event in fresh:
-        change = book.apply(event=event, fingerprint=item.identity)
+    book = alert_store.AlertBook(conn=group.conn, db=deps.db)
+    changes = await book.apply([(event, item.identity) for item, event in fresh])
+    for (item, event), change in zip(fresh, changes, strict=True):
         if change.alert_id is not None:
             event = event.model_copy(update={"alert_id": change.alert_id})
             if item.client_key is not None:
                 group.client_ids[item.client_key] = _duplicate_of(event.id, event.alert_id)
         item.event, item.change = event, change
-    await book.save(conn=group.conn)
     stored = [item for item, _ in fresh]
     if stored:
         # A concurrent request with the same client id on another connection makes this raise IntegrityError;

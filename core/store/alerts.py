@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import Alert, AlertStatus, Event, EventStatus, Severity
@@ -42,95 +42,108 @@ class AlertChange:
 
 
 class AlertBook:
-    """The active alerts a group of events speaks of: read (and on PostgreSQL locked) once, changed in memory,
-    written back in two statements. Each identity may appear at most once per book (see core.ingest.rounds)."""
+    """The alerts one run of events speaks of (each identity at most once, see core.ingest.rounds), written in
+    bulk: a firing opens or updates its alert in one upsert, a resolve reads (on PostgreSQL locks) and closes it."""
 
-    def __init__(self, active: dict[tuple[str, str], dict[str, Any]]) -> None:
-        self._active = active
-        self._opened: list[dict[str, Any]] = []
-        self._changed: dict[str, dict[str, Any]] = {}
+    def __init__(self, *, conn: AsyncConnection, db: Database) -> None:
+        self.conn = conn
+        self.db = db
 
-    @classmethod
-    async def load(cls, *, conn: AsyncConnection, db: Database, identities: Iterable[tuple[str, str]]) -> AlertBook:
-        """The active alerts of these (tenant, fingerprint) identities."""
-        wanted = sorted(set(identities))
-        active: dict[tuple[str, str], dict[str, Any]] = {}
-        if wanted:
-            table = table_of(AlertRow)
-            query = (
-                select(table)
-                .where(
-                    table.c.tenant.in_({tenant for tenant, _ in wanted}),
-                    table.c.fingerprint.in_({fingerprint for _, fingerprint in wanted}),
-                    table.c.status != AlertStatus.resolved,
-                )
-                # Locked in identity order, so two overlapping groups on two replicas queue instead of deadlocking.
-                .order_by(table.c.tenant, table.c.fingerprint)
-            )
-            if db.is_postgres:
-                query = query.with_for_update()
-            for row in (await conn.execute(query)).mappings():
-                active[(row["tenant"], row["fingerprint"])] = dict(row)
-        return cls(active)
+    async def apply(self, events: Sequence[tuple[Event, str]]) -> list[AlertChange]:
+        """Open, update or resolve the alert of each (event, fingerprint); the changes in the same order."""
+        firing = [(event, fp) for event, fp in events if event.status is not EventStatus.resolved]
+        resolving = [(event, fp) for event, fp in events if event.status is EventStatus.resolved]
+        changes = {**await self._fire(firing), **await self._resolve(resolving)}
+        return [changes[(event.tenant, fp)] for event, fp in events]
 
-    def apply(self, *, event: Event, fingerprint: str) -> AlertChange:
-        """Open, update or resolve the alert the event speaks of (in memory until save)."""
-        key = (event.tenant, fingerprint)
-        existing = self._active.get(key)
-        if event.status is EventStatus.resolved:
-            if existing is None:
-                return AlertChange(None, Transition.ignored)
-            _refresh_from_event(existing, event)
-            existing.update(status=AlertStatus.resolved, resolved_at=event.received_at)
-            self._changed[existing["id"]] = existing
-            del self._active[key]
-            return AlertChange(existing, Transition.resolved)
-        if existing is not None:
-            _refresh_from_event(existing, event)
-            self._changed.setdefault(existing["id"], existing)
-            return AlertChange(existing, Transition.updated)
-        opened = {
-            "id": new_id("alr"),
-            "tenant": event.tenant,
-            "fingerprint": fingerprint,
-            "kind": event.kind,
-            "status": AlertStatus.open,
-            "first_seen": event.received_at,
-            "resolved_at": None,
-            "acknowledged_by": None,
-            "acknowledged_at": None,
-            "event_count": 0,
-        }
-        _refresh_from_event(opened, event)
-        self._opened.append(opened)
-        self._active[key] = opened
-        return AlertChange(opened, Transition.opened)
-
-    async def save(self, *, conn: AsyncConnection) -> None:
-        """Write the opened alerts and the changed ones."""
+    async def _fire(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
+        if not events:
+            return {}
         table = table_of(AlertRow)
-        if self._opened:
-            # A concurrent group that opened the same identity first makes this raise IntegrityError; the caller
-            # runs the group again, and then finds that alert.
-            await conn.execute(insert(table), self._opened)
-        # An alert opened in this book is inserted with its latest columns already.
-        opened_ids = {row["id"] for row in self._opened}
-        changed = [row for row in self._changed.values() if row["id"] not in opened_ids]
-        if changed:
-            await conn.execute(
-                update(table)
-                .where(table.c.id == bindparam("b_id"))
-                .values({c: bindparam(f"b_{c}") for c in _CHANGING}),
-                [{"b_id": row["id"], **{f"b_{c}": row[c] for c in _CHANGING}} for row in changed],
+        rows = []
+        for event, fingerprint in sorted(events, key=lambda pair: (pair[0].tenant, pair[1])):
+            row = {
+                "id": new_id("alr"),
+                "tenant": event.tenant,
+                "fingerprint": fingerprint,
+                "kind": event.kind,
+                "status": AlertStatus.open,
+                "first_seen": event.received_at,
+                "resolved_at": None,
+                "acknowledged_by": None,
+                "acknowledged_at": None,
+                "event_count": 1,
+            }
+            _refresh_from_event(row, event)
+            rows.append(row)
+        excluded = self.db.insert(table).excluded  # type: ignore[attr-defined]
+        upsert = (
+            self.db.insert(table)
+            # The active alert of the identity, if there is one, is updated in place (and stays acknowledged if it
+            # was); rows are in identity order, the order PostgreSQL locks them in, so two replicas cannot deadlock.
+            .on_conflict_do_update(  # type: ignore[attr-defined]
+                index_elements=[table.c.tenant, table.c.fingerprint],
+                index_where=table.c.status != literal_column("'resolved'"),
+                set_={
+                    "event_count": table.c.event_count + 1,
+                    **{column: excluded[column] for column in _REFRESHED},
+                },
             )
-        self._opened = []
-        self._changed = {}
+            .returning(*table.c)
+        )
+        ours = {row["id"] for row in rows}
+        changes = {}
+        for stored in (await self.conn.execute(upsert, rows)).mappings():
+            columns = dict(stored)
+            transition = Transition.opened if columns["id"] in ours else Transition.updated
+            changes[(columns["tenant"], columns["fingerprint"])] = AlertChange(columns, transition)
+        return changes
+
+    async def _resolve(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
+        if not events:
+            return {}
+        table = table_of(AlertRow)
+        wanted = {(event.tenant, fp) for event, fp in events}
+        query = (
+            select(table)
+            .where(
+                table.c.tenant.in_({tenant for tenant, _ in wanted}),
+                table.c.fingerprint.in_({fingerprint for _, fingerprint in wanted}),
+                table.c.status != AlertStatus.resolved,
+            )
+            # Locked in identity order, as the upsert above locks them.
+            .order_by(table.c.tenant, table.c.fingerprint)
+        )
+        if self.db.is_postgres:
+            query = query.with_for_update()
+        active = {}
+        for row in (await self.conn.execute(query)).mappings():
+            if (row["tenant"], row["fingerprint"]) in wanted:
+                active[(row["tenant"], row["fingerprint"])] = dict(row)
+        changes = {}
+        closed = []
+        for event, fingerprint in events:
+            columns = active.get((event.tenant, fingerprint))
+            if columns is None:
+                changes[(event.tenant, fingerprint)] = AlertChange(None, Transition.ignored)
+                continue
+            _refresh_from_event(columns, event)
+            columns.update(event_count=columns["event_count"] + 1, status=AlertStatus.resolved)
+            columns["resolved_at"] = event.received_at
+            closed.append(columns)
+            changes[(event.tenant, fingerprint)] = AlertChange(columns, Transition.resolved)
+        if closed:
+            changing = (*_REFRESHED, "event_count", "status", "resolved_at")
+            await self.conn.execute(
+                update(table).where(table.c.id == bindparam("b_id")).values({c: bindparam(f"b_{c}") for c in changing}),
+                [{"b_id": row["id"], **{f"b_{c}": row[c] for c in changing}} for row in closed],
+            )
+        return changes
 
 
-# What an event changes on its alert (besides opening it).
-_CHANGING = (
+# What every event sets on its alert (besides counting itself).
+_REFRESHED = (
     "last_seen",
-    "event_count",
     "last_event_id",
     "severity",
     "severity_rank",
@@ -139,15 +152,12 @@ _CHANGING = (
     "scope",
     "payload",
     "links",
-    "status",
-    "resolved_at",
 )
 
 
 def _refresh_from_event(row: dict[str, Any], event: Event) -> None:
     row.update(
         last_seen=event.received_at,
-        event_count=row["event_count"] + 1,
         last_event_id=event.id,
         severity=event.severity,
         severity_rank=event.severity.rank,
@@ -161,10 +171,7 @@ def _refresh_from_event(row: dict[str, Any], event: Event) -> None:
 
 async def apply_event(*, session: AsyncSession, db: Database, event: Event, fingerprint: str) -> AlertChange:
     """Open, update or resolve the alert one event speaks of, inside the caller's transaction."""
-    conn = await session.connection()
-    book = await AlertBook.load(conn=conn, db=db, identities=[(event.tenant, fingerprint)])
-    change = book.apply(event=event, fingerprint=fingerprint)
-    await book.save(conn=conn)
+    (change,) = await AlertBook(conn=await session.connection(), db=db).apply([(event, fingerprint)])
     return change
 
 
