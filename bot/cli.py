@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 import yaml
 from aiohttp import web
@@ -26,6 +27,7 @@ from core.config import (
     problems_from_validation,
 )
 from core.models import EventIn
+from core.runtime import Runtime
 from core.store import migrate
 from core.store.db import Database
 
@@ -59,6 +61,70 @@ def load_checked(path: str | None) -> tuple[AckbotConfig, str]:
     if problems:
         raise ConfigError(problems)
     return config, source
+
+
+def _config_or_say_why(path: str | None, *, check_channels: bool = False) -> AckbotConfig | None:
+    """The config (with channel settings checked when asked), or None after printing its problems."""
+    try:
+        config, _ = load_checked(path) if check_channels else load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    return config
+
+
+def _on_runtime(path: str | None, work: Callable[[Runtime], Awaitable[int]]) -> int:
+    """Run work on a started runtime whose dispatcher sends only what work asks for, then stop it; the exit code."""
+    logs.configure(EnvSettings().log_level)
+    config = _config_or_say_why(path, check_channels=True)
+    if config is None:
+        return 1
+
+    async def run() -> int:
+        runtime = build_runtime(config, run_dispatcher=False)
+        await runtime.start()
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.stop()
+
+    return asyncio.run(run())
+
+
+async def _schema_current(db: Database) -> bool:
+    revision = await migrate.current_revision(db)
+    if revision != migrate.head_revision():
+        print(f"the database is at revision {revision}: run `ackbot db upgrade` first", file=sys.stderr)
+        return False
+    return True
+
+
+def _on_database(
+    path: str | None,
+    work: Callable[[AckbotConfig, Database], Awaitable[int]],
+    *,
+    schema: Literal["as-is", "current", "upgrade"] = "as-is",
+) -> int:
+    """Run work on the config's database and close it; the exit code.
+
+    schema: "current" refuses a database this code has not migrated, "upgrade" migrates it first.
+    """
+    config = _config_or_say_why(path)
+    if config is None:
+        return 1
+
+    async def run() -> int:
+        db = Database(config.database.url)
+        try:
+            if schema == "upgrade":
+                await migrate.upgrade(db)
+            elif schema == "current" and not await _schema_current(db):
+                return 1
+            return await work(config, db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -101,55 +167,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    try:
-        config, _ = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    async def show(_config: AckbotConfig, db: Database) -> int:
+        print(f"database at revision {await migrate.current_revision(db)} (head {migrate.head_revision()})")
+        return 0
 
-    async def run() -> str | None:
-        db = Database(config.database.url)
-        try:
-            if args.action == "upgrade":
-                await migrate.upgrade(db)
-            return await migrate.current_revision(db)
-        finally:
-            await db.close()
-
-    revision = asyncio.run(run())
-    print(f"database at revision {revision} (head {migrate.head_revision()})")
-    return 0
+    return _on_database(args.config, show, schema="upgrade" if args.action == "upgrade" else "as-is")
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
     """Send a real test notification through one channel and report what the receiver said."""
     from core.commands import UnknownChannel, send_test
 
-    logs.configure(EnvSettings().log_level)
-    try:
-        config, _ = load_checked(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-
-    async def run() -> int:
-        runtime = build_runtime(config, run_dispatcher=False)
-        await runtime.start()
+    async def send(runtime: Runtime) -> int:
         try:
             outcome = await send_test(runtime=runtime, channel=args.channel, requested_by="ackbot send-test")
         except UnknownChannel:
             names = ", ".join(sorted(runtime.channels)) or "none"
             print(f"no channel named {args.channel!r} is in service (channels: {names})", file=sys.stderr)
             return 2
-        finally:
-            await runtime.stop()
         if outcome.ok:
             print(f"{args.channel}: delivered (delivery {outcome.delivery_id}, status {outcome.status_code})")
             return 0
         print(f"{args.channel}: failed: {outcome.error}", file=sys.stderr)
         return 1
 
-    return asyncio.run(run())
+    return _on_runtime(args.config, send)
 
 
 def cmd_slack_manifest(args: argparse.Namespace) -> int:
@@ -172,10 +214,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     from core.ingest import build_event
     from core.rules import RuleSet
 
-    try:
-        config, _ = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = _config_or_say_why(args.config)
+    if config is None:
         return 1
     try:
         data = json.loads(Path(args.event).read_text(encoding="utf-8"))
@@ -196,80 +236,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     from core import reports
     from core.channels.base import SendResult
 
-    logs.configure(EnvSettings().log_level)
-    try:
-        config, _ = load_checked(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    async def report(runtime: Runtime) -> int:
+        config, now = runtime.config, runtime.clock.now()
+        if args.report_command == "preview":
+            extra = await reports.preview(db=runtime.db, config=config, now=now, public_url=runtime.public_url)
+            print(json.dumps(extra["report"], indent=2) if args.json else extra["summary"])
+            return 0
+        channels = args.channel or list(config.reports.channels)
+        unknown = [name for name in channels if name not in runtime.channels]
+        if not channels or unknown:
+            names = ", ".join(sorted(runtime.channels)) or "none"
+            what = f"no channel named {unknown[0]!r}" if unknown else "no channels (reports.channels is empty)"
+            print(f"{what}; use --channel NAME (channels: {names})", file=sys.stderr)
+            return 2
+        ids = await reports.send_now(
+            db=runtime.db, config=config, now=now, worker="cli", public_url=runtime.public_url, channels=channels
+        )
+        assert runtime.dispatcher is not None
+        failed = 0
+        for channel, delivery_id in zip(channels, ids, strict=True):
+            outcome = await runtime.dispatcher.deliver_now(delivery_id=delivery_id)
+            if isinstance(outcome, SendResult):
+                print(f"{channel}: report delivered (delivery {delivery_id})")
+            else:
+                failed += 1
+                print(f"{channel}: failed: {outcome}", file=sys.stderr)
+        return 1 if failed else 0
 
-    async def run() -> int:
-        runtime = build_runtime(config, run_dispatcher=False)
-        await runtime.start()
-        try:
-            now = runtime.clock.now()
-            if args.report_command == "preview":
-                extra = await reports.preview(db=runtime.db, config=config, now=now, public_url=runtime.public_url)
-                print(json.dumps(extra["report"], indent=2) if args.json else extra["summary"])
-                return 0
-            channels = args.channel or list(config.reports.channels)
-            unknown = [name for name in channels if name not in runtime.channels]
-            if not channels or unknown:
-                names = ", ".join(sorted(runtime.channels)) or "none"
-                what = f"no channel named {unknown[0]!r}" if unknown else "no channels (reports.channels is empty)"
-                print(f"{what}; use --channel NAME (channels: {names})", file=sys.stderr)
-                return 2
-            ids = await reports.send_now(
-                db=runtime.db, config=config, now=now, worker="cli", public_url=runtime.public_url, channels=channels
-            )
-            assert runtime.dispatcher is not None
-            failed = 0
-            for channel, delivery_id in zip(channels, ids, strict=True):
-                outcome = await runtime.dispatcher.deliver_now(delivery_id=delivery_id)
-                if isinstance(outcome, SendResult):
-                    print(f"{channel}: report delivered (delivery {delivery_id})")
-                else:
-                    failed += 1
-                    print(f"{channel}: failed: {outcome}", file=sys.stderr)
-            return 1 if failed else 0
-        finally:
-            await runtime.stop()
-
-    return asyncio.run(run())
+    return _on_runtime(args.config, report)
 
 
 def cmd_teams_conversations(args: argparse.Namespace) -> int:
     """List the Teams conversations the bot knows: the names and ids a "teams" channel's settings can use."""
     from core.store import conversations as conversation_store
 
-    try:
-        config, _ = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-
-    async def run() -> list[conversation_store.TeamsConversation]:
-        db = Database(config.database.url)
-        try:
-            await migrate.upgrade(db)
-            async with db.sessions() as session:
-                return await conversation_store.list_conversations(session=session, include_removed=args.all)
-        finally:
-            await db.close()
-
-    found = asyncio.run(run())
-    if args.json:
-        print(json.dumps([c.model_dump(mode="json", exclude={"reference"}) for c in found], indent=2))
+    async def show(_config: AckbotConfig, db: Database) -> int:
+        async with db.sessions() as session:
+            found = await conversation_store.list_conversations(session=session, include_removed=args.all)
+        if args.json:
+            print(json.dumps([c.model_dump(mode="json", exclude={"reference"}) for c in found], indent=2))
+            return 0
+        if not found:
+            print("No Teams conversations yet: install the ackbot app in a team, group chat or 1:1 chat.")
+            return 0
+        rows = [("NAME", "KIND", "CONVERSATION ID", "TEAM", "INSTALLED")]
+        rows += [
+            (c.name, c.kind, c.conversation_id, c.team_name or "", "yes" if c.installed else "removed") for c in found
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
         return 0
-    if not found:
-        print("No Teams conversations yet: install the ackbot app in a team, group chat or 1:1 chat.")
-        return 0
-    rows = [("NAME", "KIND", "CONVERSATION ID", "TEAM", "INSTALLED")]
-    rows += [(c.name, c.kind, c.conversation_id, c.team_name or "", "yes" if c.installed else "removed") for c in found]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
-    return 0
+
+    return _on_database(args.config, show, schema="upgrade")
 
 
 def cmd_teams_package(args: argparse.Namespace) -> int:
@@ -295,38 +314,13 @@ def cmd_teams_package(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_database(args: argparse.Namespace) -> tuple[AckbotConfig, Database] | None:
-    """The config and its database, at the schema this code needs; None (after saying why) otherwise."""
-    try:
-        config, _ = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return None
-    return config, Database(config.database.url)
-
-
-async def _schema_current(db: Database) -> bool:
-    revision = await migrate.current_revision(db)
-    if revision != migrate.head_revision():
-        print(f"the database is at revision {revision}: run `ackbot db upgrade` first", file=sys.stderr)
-        return False
-    return True
-
-
 def cmd_keys(args: argparse.Namespace) -> int:
     """Ack-token keys kept in the database: list, rotate (a new key signs), retire (its tokens are refused)."""
     from core.approvals import keys as key_ops
     from core.clock import SystemClock
 
-    opened = _open_database(args)
-    if opened is None:
-        return 1
-    config, db = opened
-
-    async def run() -> int:
+    async def run(config: AckbotConfig, db: Database) -> int:
         try:
-            if not await _schema_current(db):
-                return 1
             now = SystemClock().now()
             if args.keys_command == "rotate":
                 key = await key_ops.rotate(db=db, config=config, now=now)
@@ -352,97 +346,104 @@ def cmd_keys(args: argparse.Namespace) -> int:
         except key_ops.KeyOperationError as exc:
             print(exc, file=sys.stderr)
             return 1
-        finally:
-            await db.close()
 
-    return asyncio.run(run())
+    return _on_database(args.config, run, schema="current")
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit log's hash chain; exit 1 naming the first edited or deleted row."""
     from core.audit import verify_chain
 
-    opened = _open_database(args)
-    if opened is None:
-        return 1
-    _, db = opened
-
-    async def run() -> int:
-        try:
-            if not await _schema_current(db):
-                return 1
-            report = await verify_chain(db=db)
-        finally:
-            await db.close()
+    async def verify(_config: AckbotConfig, db: Database) -> int:
+        report = await verify_chain(db=db)
         if not report.ok:
             print(f"audit log BROKEN at row {report.seq}: {report.problem} ({report.rows} rows read)", file=sys.stderr)
             return 1
         print(f"audit log OK: {report.rows} rows, head {report.head_seq} {report.head_hash}")
         return 0
 
-    return asyncio.run(run())
+    return _on_database(args.config, verify, schema="current")
+
+
+# A string: argparse's class is generic only to type checkers.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_command(
+    subcommands: Subcommands,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    positionals: Sequence[str] = (),
+) -> argparse.ArgumentParser:
+    """A sub-command that reads the config file (--config) and runs func; the caller adds its other options."""
+    parser = subcommands.add_parser(name, help=help)
+    for positional in positionals:
+        parser.add_argument(positional)
+    parser.add_argument("--config", help="config file (default: ACKBOT_CONFIG, else the embedded default)")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_group(subcommands: Subcommands, name: str, *, help: str) -> Subcommands:
+    """A command whose sub-commands do the work (`ackbot keys rotate`)."""
+    return subcommands.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ackbot", description="ChatOps bot with interactive approvals")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the service (API, dispatcher, chat surfaces)")
-    serve.add_argument("--config", help="config file (default: ACKBOT_CONFIG, else the embedded default)")
+    serve = _add_command(sub, "serve", cmd_serve, help="run the service (API, dispatcher, chat surfaces)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
     check.add_argument("file", nargs="?", help="config file (default: ACKBOT_CONFIG, else the embedded default)")
     check.set_defaults(func=cmd_check_config)
 
-    db = sub.add_parser("db", help="database migrations")
+    db = _add_command(sub, "db", cmd_db, help="database migrations")
     db.add_argument("action", choices=["upgrade", "current"])
-    db.add_argument("--config")
-    db.set_defaults(func=cmd_db)
 
-    send = sub.add_parser("send-test", help="send a test notification through a channel")
-    send.add_argument("channel")
-    send.add_argument("--config")
-    send.set_defaults(func=cmd_send_test)
+    _add_command(
+        sub, "send-test", cmd_send_test, help="send a test notification through a channel", positionals=["channel"]
+    )
 
-    slack = sub.add_parser("slack", help="Slack app tools")
-    slack_sub = slack.add_subparsers(dest="slack_command", required=True)
-    slack_manifest = slack_sub.add_parser("manifest", help="print the Slack app manifest for this deployment")
+    slack = _add_group(sub, "slack", help="Slack app tools")
+    slack_manifest = slack.add_parser("manifest", help="print the Slack app manifest for this deployment")
     slack_manifest.add_argument("--url", help="ackbot's public https URL (Slack posts to URL/slack/events)")
     slack_manifest.add_argument("--command", default="/ackbot", help="the slash command (default /ackbot)")
     slack_manifest.add_argument("--socket-mode", action="store_true", help="Socket Mode: no request URLs")
     slack_manifest.set_defaults(func=cmd_slack_manifest)
 
-    rules = sub.add_parser("rules", help="rules tools")
-    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
-    rules_test = rules_sub.add_parser("test", help="dry-run an event JSON file against the config's rules")
-    rules_test.add_argument("event")
-    rules_test.add_argument("--config")
-    rules_test.set_defaults(func=cmd_rules_test)
-
-    report = sub.add_parser("report", help="the scheduled report (open alerts, approvals, what expires soon)")
-    report_sub = report.add_subparsers(dest="report_command", required=True)
-    report_send = report_sub.add_parser("send", help="send the report now to reports.channels (or --channel)")
-    report_send.add_argument("--channel", action="append", help="a channel to send to (repeatable)")
-    report_send.add_argument("--config")
-    report_send.set_defaults(func=cmd_report)
-    report_preview = report_sub.add_parser("preview", help="print the report without sending it")
-    report_preview.add_argument("--json", action="store_true", help="print the JSON a webhook receives")
-    report_preview.add_argument("--config")
-    report_preview.set_defaults(func=cmd_report)
-
-    teams = sub.add_parser("teams", help="Microsoft Teams tools")
-    teams_sub = teams.add_subparsers(dest="teams_command", required=True)
-    conversations = teams_sub.add_parser(
-        "conversations", help="list the Teams conversations the bot was installed in (targets for teams channels)"
+    rules = _add_group(sub, "rules", help="rules tools")
+    _add_command(
+        rules,
+        "test",
+        cmd_rules_test,
+        help="dry-run an event JSON file against the config's rules",
+        positionals=["event"],
     )
-    conversations.add_argument("--config")
+
+    report = _add_group(sub, "report", help="the scheduled report (open alerts, approvals, what expires soon)")
+    report_send = _add_command(
+        report, "send", cmd_report, help="send the report now to reports.channels (or --channel)"
+    )
+    report_send.add_argument("--channel", action="append", help="a channel to send to (repeatable)")
+    report_preview = _add_command(report, "preview", cmd_report, help="print the report without sending it")
+    report_preview.add_argument("--json", action="store_true", help="print the JSON a webhook receives")
+
+    teams = _add_group(sub, "teams", help="Microsoft Teams tools")
+    conversations = _add_command(
+        teams,
+        "conversations",
+        cmd_teams_conversations,
+        help="list the Teams conversations the bot was installed in (targets for teams channels)",
+    )
     conversations.add_argument("--all", action="store_true", help="include conversations the bot was removed from")
     conversations.add_argument("--json", action="store_true", help="print JSON")
-    conversations.set_defaults(func=cmd_teams_conversations)
-    package = teams_sub.add_parser("package", help="write the Teams app package (manifest.json and icons) to upload")
+    package = teams.add_parser("package", help="write the Teams app package (manifest.json and icons) to upload")
     package.add_argument("--app-id", required=True, help="the bot's Microsoft App ID (teams.app_id)")
     package.add_argument("--url", required=True, help="the https:// address Teams reaches ackbot at")
     package.add_argument("--out", default="ackbot-teams.zip", help="the zip to write (default: ackbot-teams.zip)")
@@ -452,24 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     package.add_argument("--privacy-url", help="privacy statement (default: --url)")
     package.add_argument("--terms-url", help="terms of use (default: --url)")
     package.set_defaults(func=cmd_teams_package)
-    keys = sub.add_parser("keys", help="ack-token signing keys kept in the database")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    keys_list = keys_sub.add_parser("list", help="list the stored keys (never their material)")
-    keys_list.add_argument("--config")
-    keys_list.set_defaults(func=cmd_keys)
-    keys_rotate = keys_sub.add_parser("rotate", help="add a new key: it signs from now on, older keys still verify")
-    keys_rotate.add_argument("--config")
-    keys_rotate.set_defaults(func=cmd_keys)
-    keys_retire = keys_sub.add_parser("retire", help="retire a key: the tokens it signed are refused")
-    keys_retire.add_argument("kid")
-    keys_retire.add_argument("--config")
-    keys_retire.set_defaults(func=cmd_keys)
 
-    audit = sub.add_parser("audit", help="the audit log")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    audit_verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first broken row")
-    audit_verify.add_argument("--config")
-    audit_verify.set_defaults(func=cmd_audit_verify)
+    keys = _add_group(sub, "keys", help="ack-token signing keys kept in the database")
+    _add_command(keys, "list", cmd_keys, help="list the stored keys (never their material)")
+    _add_command(keys, "rotate", cmd_keys, help="add a new key: it signs from now on, older keys still verify")
+    _add_command(keys, "retire", cmd_keys, help="retire a key: the tokens it signed are refused", positionals=["kid"])
+
+    audit = _add_group(sub, "audit", help="the audit log")
+    _add_command(audit, "verify", cmd_audit_verify, help="check the hash chain; exit 1 at the first broken row")
     return parser
 
 

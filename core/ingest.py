@@ -225,6 +225,7 @@ class _Group:
     rules_matched: list[str] = field(default_factory=list)
     deliveries_by_channel: list[str] = field(default_factory=list)
     suppressed: int = 0
+    outcomes: list[str] = field(default_factory=list)
 
 
 def _duplicate_of(event_id: str, alert_id: str | None) -> IngestResult:
@@ -364,6 +365,7 @@ async def _decide_actions(group: _Group, item: _Item, deliveries: list[dict[str,
             settings=deps.noise,
             now=now,
         )
+        group.outcomes.append(decision.outcome)
         if decision.outcome == "suppress":
             suppressed += 1
             continue
@@ -427,6 +429,9 @@ class GroupOutcome:
             metrics.deliveries.labels(channel=channel, status="pending").inc()
         if self.group.suppressed:
             metrics.suppressed.inc(self.group.suppressed)
+        for outcome in self.group.outcomes:
+            metrics.noise_decisions.labels(outcome=outcome).inc()
+        metrics.intake_group_events.observe(sum(len(submission.events) for submission in submissions))
         for submission, results in zip(submissions, self.results, strict=True):
             for incoming, result in zip(submission.events, results, strict=True):
                 if result.duplicate:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
@@ -39,6 +40,19 @@ class Metrics:
             "ackbot_rate_limited", "Times a receiver or our pacing held a delivery back", ["channel"], registry=r
         )
         self.suppressed = Counter("ackbot_notifications_suppressed", "Held back by dedup or throttle", registry=r)
+        self.noise_decisions = Counter(
+            "ackbot_noise_decisions",
+            "What noise control did with each rule action an event triggered: deliver, hold (quiet hours), wait "
+            "(for:), suppress (dedup/throttle), silence, cancelled (resolved within for:), digest",
+            ["outcome"],
+            registry=r,
+        )
+        self.intake_group_events = Histogram(
+            "ackbot_intake_group_events",
+            "Events per intake transaction (the requests that arrived while the previous one committed)",
+            buckets=GROUP_BUCKETS,
+            registry=r,
+        )
         self.http_latency = Histogram(
             "ackbot_http_request_duration_seconds",
             "HTTP request latency by route and status",

@@ -159,3 +159,15 @@ async def test_two_replicas_writing_the_same_alerts(pg_url: str) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_noise_outcomes_and_group_sizes_are_counted(migrated_db: Database) -> None:
+    db = migrated_db
+    deps = deps_for(db)
+    queue = IngestQueue(lambda: deps)
+    await asyncio.gather(*(submit_one(queue, disk("same")) for _ in range(3)), submit_one(queue, disk("other")))
+    exposition = deps.metrics.render().decode()
+    # Two identities notify once each; the two repeats of "same" fall inside its dedup window.
+    assert 'ackbot_noise_decisions_total{outcome="deliver"} 2.0' in exposition
+    assert 'ackbot_noise_decisions_total{outcome="suppress"} 2.0' in exposition
+    assert "ackbot_intake_group_events_sum 4.0" in exposition
