@@ -31,12 +31,15 @@ from core.store import alerts as alert_store
 from core.store import deliveries as delivery_store
 from core.store.convert import alert_from_row, event_from_row
 from core.store.db import Database, new_id
+from core.store.deliveries import Settlement
 from core.store.tables import AlertRow, DeliveryRow, EventRow
 
 log = logging.getLogger("ackbot.dispatch")
 
 # Enrichers add purpose-specific parts (an approval and its buttons) to a notification being built.
 Enricher = Callable[[AsyncSession, DeliveryRow, dict[str, Any]], Awaitable[None]]
+# Prefetchers read, for a whole claimed batch at once, what their enrichers will need for each delivery.
+Prefetcher = Callable[[AsyncSession, list[DeliveryRow]], Awaitable[None]]
 # A delay shorter than this is slept off in the worker; a longer one goes back to the database.
 INLINE_WAIT = 0.25
 # Stopping: how long to wait for the workers after each cancellation, and how many times to cancel.
@@ -117,6 +120,7 @@ class Dispatcher:
         metrics: Metrics,
         config: DispatcherConfig,
         enrichers: list[Enricher] | None = None,
+        prefetchers: list[Prefetcher] | None = None,
     ) -> None:
         self.db = db
         self.channels = channels
@@ -124,6 +128,7 @@ class Dispatcher:
         self.metrics = metrics
         self.config = config
         self.enrichers = enrichers or []
+        self.prefetchers = prefetchers or []
         self.worker_id = f"{socket.gethostname()}:{new_id('wrk')}"
         self.pacer = Pacer()
         self._wake = asyncio.Event()
@@ -131,6 +136,10 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._prefetched: dict[str, tuple[Alert | None, Event | None]] = {}
         self._stopping = False
+        # Outcomes waiting to be recorded, and the task recording them: the outcomes that arrive while one
+        # transaction is being written go together in the next one.
+        self._settlements: list[tuple[Settlement, asyncio.Future[bool]]] = []
+        self._settling: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Look for due work now instead of at the next poll (called after an ingest commits)."""
@@ -157,6 +166,11 @@ class Dispatcher:
         if pending:
             log.error("%d dispatcher tasks did not stop; their deliveries are reclaimed after the lease", len(pending))
         self._tasks.clear()
+        if self._settling is not None:
+            # Outcomes already known are recorded rather than sent again after the lease.
+            _, unfinished = await asyncio.wait({self._settling}, timeout=STOP_WAIT)
+            for task in unfinished:
+                task.cancel()
         # Hand back what was claimed but not started, so another replica need not wait for the lease.
         leftovers = []
         while not self._queue.empty():
@@ -219,20 +233,23 @@ class Dispatcher:
             )
 
     async def _prefetch(self, rows: list[DeliveryRow]) -> None:
-        # Two queries for a claimed batch instead of two per delivery: the alert and event each one is about.
+        # A few queries for a claimed batch instead of a few per delivery: the alert and event each one is
+        # about, and what the prefetchers want (the approvals).
         alert_ids = {r.alert_id for r in rows if r.alert_id}
         event_ids = {r.event_id for r in rows if r.event_id}
-        if not alert_ids and not event_ids:
+        if not rows or (not alert_ids and not event_ids and not self.prefetchers):
             return
         async with self.db.sessions() as session:
-            alerts = {
-                row.id: alert_from_row(row)
-                for row in (await session.execute(select(AlertRow).where(AlertRow.id.in_(alert_ids)))).scalars()
-            }
-            events = {
-                row.id: event_from_row(row)
-                for row in (await session.execute(select(EventRow).where(EventRow.id.in_(event_ids)))).scalars()
-            }
+            alerts: dict[str, Alert] = {}
+            if alert_ids:
+                found = await session.execute(select(AlertRow).where(AlertRow.id.in_(alert_ids)))
+                alerts = {row.id: alert_from_row(row) for row in found.scalars()}
+            events: dict[str, Event] = {}
+            if event_ids:
+                happened = await session.execute(select(EventRow).where(EventRow.id.in_(event_ids)))
+                events = {row.id: event_from_row(row) for row in happened.scalars()}
+            for prefetch in self.prefetchers:
+                await prefetch(session, rows)
         for row in rows:
             self._prefetched[row.id] = (
                 alerts.get(row.alert_id) if row.alert_id else None,
@@ -363,16 +380,16 @@ class Dispatcher:
         channel = self.channels.get(row.channel)
         attempt = row.attempts + 1
         if isinstance(outcome, SendResult):
-            settled = await delivery_store.settle(
-                db=self.db,
-                delivery_id=row.id,
-                worker=self.worker_id,
-                started_at=started,
-                now=now,
-                outcome="sent",
-                status=DeliveryStatus.sent,
-                status_code=outcome.status_code,
-                message_ref=outcome.message_ref,
+            settled = await self._settle(
+                Settlement(
+                    delivery_id=row.id,
+                    started_at=started,
+                    now=now,
+                    outcome="sent",
+                    status=DeliveryStatus.sent,
+                    status_code=outcome.status_code,
+                    message_ref=outcome.message_ref,
+                )
             )
             if settled:
                 self.metrics.delivery_attempts.labels(channel=row.channel, result="sent").inc()
@@ -394,17 +411,17 @@ class Dispatcher:
                 self.metrics.rate_limited.labels(channel=row.channel).inc()
             delay = backoff(attempt=attempt, base=base, cap=cap, retry_after=retry_after)
             status, result, next_at = DeliveryStatus.failed, "retry", now + timedelta(seconds=delay)
-        settled = await delivery_store.settle(
-            db=self.db,
-            delivery_id=row.id,
-            worker=self.worker_id,
-            started_at=started,
-            now=now,
-            outcome="permanent" if status is DeliveryStatus.dead else "retry",
-            status=status,
-            next_attempt_at=next_at,
-            status_code=outcome.status_code,
-            error=error,
+        settled = await self._settle(
+            Settlement(
+                delivery_id=row.id,
+                started_at=started,
+                now=now,
+                outcome="permanent" if status is DeliveryStatus.dead else "retry",
+                status=status,
+                next_attempt_at=next_at,
+                status_code=outcome.status_code,
+                error=error,
+            )
         )
         if settled:
             self.metrics.delivery_attempts.labels(channel=row.channel, result=result).inc()
@@ -413,6 +430,32 @@ class Dispatcher:
                 log.error("delivery %s to %s is dead after %d attempts: %s", row.id, row.channel, attempt, error)
             else:
                 log.warning("delivery %s to %s failed (attempt %d), retrying: %s", row.id, row.channel, attempt, error)
+
+    async def _settle(self, settlement: Settlement) -> bool:
+        """Record an outcome; False if our lease was lost. Outcomes that arrive together share a transaction."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._settlements.append((settlement, future))
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.create_task(self._settle_batches(), name="ackbot-settler")
+        # Shielded: a worker cancelled at stop must not take the others' outcomes down with it.
+        return await asyncio.shield(future)
+
+    async def _settle_batches(self) -> None:
+        while self._settlements:
+            batch, self._settlements = self._settlements, []
+            try:
+                settled = await delivery_store.settle_many(
+                    db=self.db, worker=self.worker_id, settlements=[s for s, _ in batch]
+                )
+            except Exception as exc:
+                # Each waiting worker logs it; the deliveries are retried once their lease runs out.
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for settlement, future in batch:
+                if not future.done():
+                    future.set_result(settlement.delivery_id in settled)
 
     async def refresh_gauges(self) -> None:
         """Set the dead-letter gauge from the database, which every replica shares."""

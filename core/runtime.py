@@ -177,6 +177,7 @@ class Runtime:
                 public_url=self.public_url,
             ),
             enrichers=self.enrichers,
+            prefetchers=[self.approvals.prefetch],
         )
         if self.run_dispatcher:
             await self.dispatcher.start()

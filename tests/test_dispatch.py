@@ -8,10 +8,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
 
 from core.channels import signing
 from core.clock import ManualClock
+from core.models import DeliveryStatus
 from core.store import deliveries as delivery_store
 from core.store.tables import DeliveryAttemptRow, DeliveryRow
 from tests.conftest import API_KEY, AppFactory, auth, make_config
@@ -271,3 +272,85 @@ async def test_test_sends_are_not_taken_by_running_workers(app_factory: AppFacto
             outcome = await (await client.post("/api/v1/channels/hook/test", headers=auth())).json()
             assert outcome["ok"] is True, outcome
         assert len(sink.requests) == 10
+
+
+async def test_outcomes_are_recorded_together_and_a_lost_lease_is_refused(migrated_db: Any) -> None:
+    db = migrated_db
+    now = ManualClock().now()
+    async with db.transaction() as session:
+        for n in range(4):
+            key = f"batch-{n}"
+            session.add(delivery_store.new_delivery(tenant="acme", channel="hook", idempotency_key=key, now=now))
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split()[0].upper())
+
+    claimed = await delivery_store.claim(db=db, worker="w1", now=now, lease=timedelta(minutes=1), limit=10)
+    assert len(claimed) == 4
+    first, second, third, fourth = sorted(claimed, key=lambda r: r.idempotency_key)
+    # Another worker takes the fourth once our lease has run out: our outcome for it must not be recorded.
+    later = now + timedelta(minutes=2)
+    async with db.transaction() as session:
+        await session.execute(
+            update(DeliveryRow).where(DeliveryRow.id == fourth.id).values(lease_until=now - timedelta(seconds=1))
+        )
+    (taken,) = await delivery_store.claim(db=db, worker="w2", now=now, lease=timedelta(minutes=5), limit=10)
+    assert taken.id == fourth.id
+    settlements = [
+        delivery_store.Settlement(
+            delivery_id=first.id,
+            started_at=now,
+            now=later,
+            outcome="sent",
+            status=DeliveryStatus.sent,
+            status_code=200,
+            message_ref={"ts": "1"},
+        ),
+        delivery_store.Settlement(
+            delivery_id=second.id,
+            started_at=now,
+            now=later,
+            outcome="sent",
+            status=DeliveryStatus.sent,
+            status_code=200,
+            message_ref={"ts": "2"},
+        ),
+        delivery_store.Settlement(
+            delivery_id=third.id,
+            started_at=now,
+            now=later,
+            outcome="retry",
+            status=DeliveryStatus.failed,
+            next_attempt_at=later + timedelta(seconds=5),
+            status_code=503,
+            error="down",
+        ),
+        delivery_store.Settlement(
+            delivery_id=fourth.id,
+            started_at=now,
+            now=later,
+            outcome="sent",
+            status=DeliveryStatus.sent,
+            message_ref={"ts": "4"},
+        ),
+    ]
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        settled = await delivery_store.settle_many(db=db, worker="w1", settlements=settlements)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert settled == {first.id, second.id, third.id}
+    # The two sent ones in one UPDATE, the failure in its own, every attempt row in one INSERT.
+    assert [s for s in statements if s in ("UPDATE", "INSERT")] == ["UPDATE", "UPDATE", "INSERT"]
+    async with db.sessions() as session:
+        rows = {r.id: r for r in (await session.execute(select(DeliveryRow))).scalars()}
+        attempts = (await session.execute(select(DeliveryAttemptRow))).scalars().all()
+    assert rows[first.id].message_ref == {"ts": "1"} and rows[second.id].message_ref == {"ts": "2"}
+    assert rows[first.id].status == "sent" and rows[first.id].attempts == 1 and rows[first.id].claimed_by is None
+    assert rows[third.id].status == "failed" and rows[third.id].last_error == "down"
+    assert rows[fourth.id].status == "sending" and rows[fourth.id].claimed_by == "w2"
+    assert rows[fourth.id].message_ref is None
+    assert sorted((a.delivery_id, a.number, a.outcome) for a in attempts) == sorted(
+        [(first.id, 1, "sent"), (second.id, 1, "sent"), (third.id, 1, "retry")]
+    )

@@ -14,6 +14,7 @@ from typing import Any
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.cards import slack as slack_cards
 from core.channels.base import Notification
@@ -61,10 +62,26 @@ async def decided_message(runtime: Runtime, approval: Approval) -> dict[str, Any
     return slack_cards.render_decided(note)
 
 
-async def tell(respond: AsyncRespond, text: str) -> None:
+async def post_response(runtime: Runtime, respond: AsyncRespond, message: dict[str, Any]) -> None:
+    """Post a message to the click's response_url over the process's HTTP session.
+
+    Bolt's respond() would open a new HTTP session (and connection) for every click.
+    """
+    if respond.response_url is None:
+        raise ValueError("the click came without a response_url")
+    client = AsyncWebhookClient(
+        url=respond.response_url, session=runtime.http, proxy=respond.proxy, ssl=respond.ssl, retry_handlers=[]
+    )
+    response = await client.send_dict(message)
+    if response.status_code >= 300:
+        log.warning("the response_url answered %s: %s", response.status_code, str(response.body)[:200])
+
+
+async def tell(runtime: Runtime, respond: AsyncRespond, text: str) -> None:
     """An ephemeral note to the clicker only; the message they clicked stays as it is."""
     try:
-        await respond(response_type="ephemeral", replace_original=False, **slack_cards.render_text(text))
+        message = {"response_type": "ephemeral", "replace_original": False, **slack_cards.render_text(text)}
+        await post_response(runtime, respond, message)
     except Exception:
         log.exception("could not send an ephemeral reply through the response_url")
 
@@ -76,7 +93,7 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
         await ack()
         actor = slack_actor(body.get("user"))
         if actor is None:
-            await tell(respond, "Slack did not say who clicked; nothing was recorded.")
+            await tell(runtime, respond, "Slack did not say who clicked; nothing was recorded.")
             return
         # The button names the choice too; the service refuses a token minted for another choice.
         match = CHOICE_ACTION.match(str(action.get("action_id") or ""))
@@ -86,19 +103,21 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
             )
         except Exception:
             log.exception("deciding a Slack click by %s failed", actor.id)
-            await tell(respond, FAILED)
+            await tell(runtime, respond, FAILED)
             return
         if not result.ok or result.approval is None:
-            await tell(respond, result.message or "Your decision was not accepted.")
+            await tell(runtime, respond, result.message or "Your decision was not accepted.")
             return
         if result.approval.state is ApprovalState.pending:
             # A vote toward a quorum: the approval is still open and the others still need their buttons.
-            await tell(respond, result.message)
+            await tell(runtime, respond, result.message)
             return
         # The approvals service updates every message of this approval through the outbox; this edit only makes
         # the clicker's own copy show the outcome at once instead of after the next dispatch.
         try:
-            await respond(replace_original=True, **await decided_message(runtime, result.approval))
+            await post_response(
+                runtime, respond, {"replace_original": True, **await decided_message(runtime, result.approval)}
+            )
         except Exception:
             log.exception("could not update the clicked message of approval %s", result.approval.id)
 

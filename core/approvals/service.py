@@ -75,6 +75,8 @@ WAIT_POLL_SECONDS = 0.5
 WAIT_POLL_BATCH = 500
 SCHEDULER_BATCH = 100
 KEY_REFRESH_SECONDS = 30.0
+# At most this many prefetched approval rows are kept for deliveries not built yet.
+PREFETCH_LIMIT = 10_000
 # How many open approvals `list_pending_for` looks through before filtering by approver.
 PENDING_SCAN = 500
 # Spent nonces are forgotten this often (each replica), once their tokens can no longer verify.
@@ -161,6 +163,8 @@ class ApprovalService:
         self._releasing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._pruned_at: datetime | None = None
+        # Approval rows read for the dispatcher's claimed batch, by delivery id (see prefetch).
+        self._prefetched: dict[str, ApprovalRow] = {}
 
     # ------------------------------------------------------------ life cycle
 
@@ -631,11 +635,24 @@ class ApprovalService:
             )
         return out
 
+    async def prefetch(self, session: AsyncSession, rows: list[DeliveryRow]) -> None:
+        """Dispatcher prefetcher: read the approvals of a claimed batch in one query, for enrich."""
+        wanted = {row.approval_id for row in rows if row.approval_id}
+        if not wanted:
+            return
+        found = await session.execute(select(ApprovalRow).where(ApprovalRow.id.in_(wanted)))
+        approvals = {approval.id: approval for approval in found.scalars()}
+        if len(self._prefetched) > PREFETCH_LIMIT:
+            self._prefetched.clear()  # deliveries claimed but never built (a stop): their entries go
+        for row in rows:
+            if row.approval_id in approvals:
+                self._prefetched[row.id] = approvals[row.approval_id]
+
     async def enrich(self, session: AsyncSession, row: DeliveryRow, fields: dict[str, Any]) -> None:
         """Dispatcher enricher: attach the approval, and buttons with fresh tokens while it is open."""
         if not row.approval_id:
             return
-        approval_row = await session.get(ApprovalRow, row.approval_id)
+        approval_row = self._prefetched.pop(row.id, None) or await session.get(ApprovalRow, row.approval_id)
         if approval_row is None:
             return
         approval = approval_from_row(approval_row)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
@@ -73,18 +75,32 @@ async def claim(*, db: Database, worker: str, now: datetime, lease: timedelta, l
         if db.is_postgres:
             # Replicas skip each other's rows instead of waiting on them.
             candidates = candidates.with_for_update(skip_locked=True)
-        ids = list((await session.execute(candidates)).scalars())
-        if not ids:
-            return []
+        # One statement: the candidates are chosen (and locked) in a WITH, which PostgreSQL runs once.
+        chosen = candidates.cte("chosen")
         rows = (
             await session.execute(
                 update(DeliveryRow)
-                .where(DeliveryRow.id.in_(ids), due)
+                .where(DeliveryRow.id.in_(select(chosen.c.id)), due)
                 .values(status=DeliveryStatus.sending, lease_until=now + lease, claimed_by=worker, updated_at=now)
                 .returning(DeliveryRow)
             )
         ).scalars()
         return list(rows)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The outcome of one attempt at a claimed delivery, to be recorded."""
+
+    delivery_id: str
+    started_at: datetime
+    now: datetime
+    outcome: str
+    status: DeliveryStatus
+    next_attempt_at: datetime | None = None
+    status_code: int | None = None
+    error: str | None = None
+    message_ref: dict[str, Any] | None = None
 
 
 async def settle(
@@ -102,46 +118,97 @@ async def settle(
     message_ref: dict[str, Any] | None = None,
 ) -> bool:
     """Record one attempt and the delivery's new state; False if our lease was lost to another worker."""
+    settlement = Settlement(
+        delivery_id=delivery_id,
+        started_at=started_at,
+        now=now,
+        outcome=outcome,
+        status=status,
+        next_attempt_at=next_attempt_at,
+        status_code=status_code,
+        error=error,
+        message_ref=message_ref,
+    )
+    return delivery_id in await settle_many(db=db, worker=worker, settlements=[settlement])
+
+
+async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settlement]) -> set[str]:
+    """Record several attempts in one transaction; returns the ids settled (the others' leases were lost).
+
+    The sent ones, the common case, take one UPDATE together; all their attempt rows one INSERT.
+    """
+    numbers: dict[str, int] = {}
     async with db.transaction() as session:
-        values: dict[str, Any] = {
-            "status": status,
-            "attempts": DeliveryRow.attempts + 1,
-            "lease_until": None,
-            "claimed_by": None,
-            "updated_at": now,
-            "last_error": error,
-        }
-        if next_attempt_at is not None:
-            values["next_attempt_at"] = next_attempt_at
-        if message_ref is not None:
-            values["message_ref"] = message_ref
-        if status is DeliveryStatus.sent:
-            values["sent_at"] = now
-        result = await session.execute(
-            update(DeliveryRow)
-            .where(
-                DeliveryRow.id == delivery_id,
-                DeliveryRow.claimed_by == worker,
-                DeliveryRow.status == DeliveryStatus.sending,
+        ours = (DeliveryRow.claimed_by == worker, DeliveryRow.status == DeliveryStatus.sending)
+        sent = [s for s in settlements if s.status is DeliveryStatus.sent and s.error is None]
+        if sent:
+            when = max(s.now for s in sent)
+            refs = [(s.delivery_id, s.message_ref) for s in sent if s.message_ref is not None]
+            values: dict[str, Any] = {
+                "status": DeliveryStatus.sent,
+                "attempts": DeliveryRow.attempts + 1,
+                "lease_until": None,
+                "claimed_by": None,
+                "updated_at": when,
+                "last_error": None,
+                "sent_at": when,
+            }
+            if refs:
+                ref_type = DeliveryRow.__table__.c.message_ref.type
+                values["message_ref"] = case(
+                    *((DeliveryRow.id == id_, bindparam(None, ref, type_=ref_type)) for id_, ref in refs),
+                    else_=DeliveryRow.message_ref,
+                )
+            result = await session.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id.in_([s.delivery_id for s in sent]), *ours)
+                .values(**values)
+                .returning(DeliveryRow.id, DeliveryRow.attempts)
             )
-            .values(**values)
-            .returning(DeliveryRow.attempts)
-        )
-        number = result.scalar_one_or_none()
-        if number is None:
-            return False
-        session.add(
-            DeliveryAttemptRow(
-                delivery_id=delivery_id,
-                number=number,
-                started_at=started_at,
-                finished_at=now,
-                outcome=outcome,
-                status_code=status_code,
-                error=error,
-            )
-        )
-        return True
+            numbers.update({str(id_): int(number) for id_, number in result.all()})
+        for s in settlements:
+            if s in sent:
+                continue
+            values = {
+                "status": s.status,
+                "attempts": DeliveryRow.attempts + 1,
+                "lease_until": None,
+                "claimed_by": None,
+                "updated_at": s.now,
+                "last_error": s.error,
+            }
+            if s.next_attempt_at is not None:
+                values["next_attempt_at"] = s.next_attempt_at
+            if s.message_ref is not None:
+                values["message_ref"] = s.message_ref
+            if s.status is DeliveryStatus.sent:
+                values["sent_at"] = s.now
+            number = (
+                await session.execute(
+                    update(DeliveryRow)
+                    .where(DeliveryRow.id == s.delivery_id, *ours)
+                    .values(**values)
+                    .returning(DeliveryRow.attempts)
+                )
+            ).scalar_one_or_none()
+            if number is not None:
+                numbers[s.delivery_id] = int(number)
+        attempts = [
+            {
+                "delivery_id": s.delivery_id,
+                "number": numbers[s.delivery_id],
+                "started_at": s.started_at,
+                "finished_at": s.now,
+                "outcome": s.outcome,
+                "status_code": s.status_code,
+                "error": s.error,
+            }
+            for s in settlements
+            if s.delivery_id in numbers
+        ]
+        if attempts:
+            await session.execute(insert(DeliveryAttemptRow).values(attempts))
+    return set(numbers)
 
 
 async def get(*, session: AsyncSession, delivery_id: str) -> Delivery | None:
