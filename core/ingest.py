@@ -23,7 +23,6 @@ from core.clock import Clock
 from core.metrics import Metrics
 from core.models import Action, Alert, DeliveryPurpose, Event, EventIn, Rule
 from core.rulebook import RuleBook
-from core.silences import Silence
 from core.store import alerts as alert_store
 from core.store import noise as noise_store
 from core.store.alerts import AlertChange, Transition
@@ -186,6 +185,7 @@ class _Item:
     change: AlertChange | None = None
     rules: list[Rule] = field(default_factory=list)
     plans: list[ActionPlan] = field(default_factory=list)
+    silenced: bool = False
 
     @property
     def client_key(self) -> tuple[str, str] | None:
@@ -276,15 +276,26 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
         # the group is then stored again, and finds that event.
         await group.conn.execute(insert(table_of(EventRow)), [_event_values(_event_of(item)) for item in stored])
 
-    keys, resolving = _plan(group, stored)
-    if keys:
+    planned, resolving = _plan(group, stored)
+    if planned:
         if not group.silences_loaded:
             await deps.noise.matcher.refresh(session=session, now=now)
             group.silences_loaded = True
-        await group.ledger.load(keys=keys, resolving_alerts=resolving)
+        await group.ledger.load_waits(resolving_alerts=resolving)
+    # Every action first meets the checks before its throttle window; then all the windows of the run are
+    # admitted at once (identities are distinct in a run, so are their keys); then each action is concluded.
+    screened = {id(item): await _screen(group, item) for item in stored}
+    windows = {
+        plan.noise_key: plan.window
+        for found in screened.values()
+        for plan, first in found
+        if isinstance(first, noise.AwaitingWindow)
+    }
+    admitted = await group.ledger.admit_all(windows)
     deliveries: list[dict[str, Any]] = []
     for item in stored:
-        answered[(item.submission, item.position)] = await _decide_actions(group, item, deliveries)
+        result = await _conclude(group, item, screened[id(item)], admitted, deliveries)
+        answered[(item.submission, item.position)] = result
     if deliveries:
         # Approvals opened above are ORM rows the deliveries point at: written first.
         await session.flush()
@@ -305,12 +316,12 @@ def _change_of(item: _Item) -> AlertChange:
     return item.change
 
 
-def _plan(group: _Group, items: Sequence[_Item]) -> tuple[list[str], list[str]]:
-    """Match rules and plan each item's actions; the noise keys they touch and the alerts being resolved."""
+def _plan(group: _Group, items: Sequence[_Item]) -> tuple[bool, list[str]]:
+    """Match rules and plan each item's actions; whether any action is planned, and the alerts being resolved."""
     deps = group.deps
     ruleset = deps.rulebook.current()
     known_channels = deps.channel_names()
-    keys: list[str] = []
+    planned = False
     resolving: list[str] = []
     for item in items:
         event, change = _event_of(item), _change_of(item)
@@ -329,42 +340,71 @@ def _plan(group: _Group, items: Sequence[_Item]) -> tuple[list[str], list[str]]:
                 log.warning("rule %s names channel %s, which is not configured; skipped", plan.rule, plan.channel)
                 continue
             item.plans.append(plan)
-            keys.append(plan.noise_key)
+            planned = True
         if item.plans and change.transition is Transition.resolved and event.alert_id:
             resolving.append(event.alert_id)
-    return keys, resolving
+    return planned, resolving
 
 
-async def _decide_actions(group: _Group, item: _Item, deliveries: list[dict[str, Any]]) -> IngestResult:
+Screened = list[tuple[ActionPlan, noise.NoiseDecision | noise.AwaitingWindow]]
+
+
+async def _screen(group: _Group, item: _Item) -> Screened:
+    event = _event_of(item)
+    if not item.plans:
+        return []
+    # Silences are looked up once per event; a silenced event is recorded (event, alert) and notifies nobody.
+    matcher = group.deps.noise.matcher
+    silences = matcher.matching(event, matcher.in_force_as_loaded(tenant=event.tenant, now=group.now))
+    item.silenced = bool(silences)
+    rules_by_name = {rule.name: rule for rule in item.rules}
+    screened: Screened = []
+    for plan in item.plans:
+        rule = rules_by_name[plan.rule]
+        first = await noise.screen(
+            ledger=group.ledger,
+            event=event,
+            rule=rule,
+            action=rule.actions[plan.action_index],
+            action_index=plan.action_index,
+            purpose=plan.purpose,
+            silences=silences,
+            settings=group.deps.noise,
+            now=group.now,
+        )
+        screened.append((plan, first))
+    return screened
+
+
+async def _conclude(
+    group: _Group,
+    item: _Item,
+    screened: Screened,
+    admitted: dict[str, noise_store.WindowDecision],
+    deliveries: list[dict[str, Any]],
+) -> IngestResult:
     deps, now = group.deps, group.now
     event, change = _event_of(item), _change_of(item)
     matched = [rule.name for rule in item.rules]
     if change.transition is Transition.ignored:
         return IngestResult(event_id=event.id, matched_rules=matched, deliveries=0, duplicate=False)
-    # Silences are looked up once per event; a silenced event is recorded (event, alert) and notifies nobody.
-    silences: list[Silence] = []
-    if item.plans:
-        matcher = deps.noise.matcher
-        silences = matcher.matching(event, matcher.in_force_as_loaded(tenant=event.tenant, now=now))
     rules_by_name = {rule.name: rule for rule in item.rules}
     created = 0
     suppressed = 0
-    for plan in item.plans:
+    for plan, first in screened:
         rule = rules_by_name[plan.rule]
         action = rule.actions[plan.action_index]
-        decision = await noise.decide(
-            ledger=group.ledger,
-            event=event,
-            rule=rule,
-            action=action,
-            action_index=plan.action_index,
-            purpose=plan.purpose,
-            noise_key=plan.noise_key,
-            window=plan.window,
-            silences=silences,
-            settings=deps.noise,
-            now=now,
-        )
+        if isinstance(first, noise.AwaitingWindow):
+            decision = noise.conclude(
+                awaiting=first,
+                admitted=admitted[plan.noise_key],
+                action=action,
+                purpose=plan.purpose,
+                window=plan.window,
+                now=now,
+            )
+        else:
+            decision = first
         group.outcomes.append(decision.outcome)
         if decision.outcome == "suppress":
             suppressed += 1
@@ -410,7 +450,7 @@ async def _decide_actions(group: _Group, item: _Item, deliveries: list[dict[str,
         matched_rules=matched,
         deliveries=created,
         duplicate=created == 0 and suppressed > 0,
-        silenced=bool(silences) and bool(item.plans),
+        silenced=item.silenced,
     )
 
 

@@ -1,5 +1,8 @@
 """Noise control: for each rule action an event triggers, decide whether, when and how it notifies.
 
+screen() makes the decisions that come before the throttle window; the caller then admits every window of a
+run of events in one statement and conclude()s each.
+
 The decision, in order (the first that applies wins):
 
 1. silence      a silence in force matches the event: recorded, nobody is notified.
@@ -127,7 +130,14 @@ async def silences_for(*, session: AsyncSession, event: Event, now: datetime, se
     return settings.matcher.matching(event, in_force)
 
 
-async def decide(
+@dataclass(frozen=True)
+class AwaitingWindow:
+    """An action that passed every check but the last: whether it goes out depends on its throttle window."""
+
+    hold: QuietHold | None  # quiet hours that will hold it (release: end), if any
+
+
+async def screen(
     *,
     ledger: NoiseLedger,
     event: Event,
@@ -135,13 +145,12 @@ async def decide(
     action: Action,
     action_index: int,
     purpose: DeliveryPurpose,
-    noise_key: str,
-    window: timedelta,
     silences: Sequence[Silence],
     settings: NoiseSettings,
     now: datetime,
-) -> NoiseDecision:
-    """Decide what one rule action does with an event; its noise state goes to the ledger (saved with the event)."""
+) -> NoiseDecision | AwaitingWindow:
+    """The checks before the throttle window (silence, a resolve within for:, digest, quiet hours into a digest):
+    their decision, or what the window decides on. Writes go to the ledger (saved with the event)."""
     if silences:
         return NoiseDecision("silence", describe(silences[0]), until=max(s.ends_at for s in silences))
     channel = action.channel
@@ -180,14 +189,26 @@ async def decide(
             quiet_until=hold.until,
         )
         return await _into_digest(ledger, spec, event, settings, now, hold.describe())
-    admitted = ledger.admit(key=noise_key, window=window)
+    return AwaitingWindow(hold)
+
+
+def conclude(
+    *,
+    awaiting: AwaitingWindow,
+    admitted: noise_store.WindowDecision,
+    action: Action,
+    purpose: DeliveryPurpose,
+    window: timedelta,
+    now: datetime,
+) -> NoiseDecision:
+    """The decision once the throttle window has admitted the action or counted it."""
     if not admitted.admitted:
         reason = f"throttle {format_duration(window)}: {admitted.suppressed_now} suppressed in this window"
         return NoiseDecision("suppress", reason, until=admitted.window_until, window_until=admitted.window_until)
     return _timing(
         purpose=purpose,
         action=action,
-        hold=hold,
+        hold=awaiting.hold,
         now=now,
         suppressed_before=admitted.suppressed_before,
         window=window,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, insert, select, update
@@ -25,26 +25,40 @@ class WindowDecision:
 
 async def admit(*, session: AsyncSession, db: Database, key: str, window: timedelta, now: datetime) -> WindowDecision:
     """Let the first occurrence of key in a window through and count the others, atomically."""
-    until = now + window
+    conn = await session.connection()
+    return (await admit_many(conn=conn, db=db, windows={key: window}, now=now))[key]
+
+
+async def admit_many(
+    *, conn: AsyncConnection, db: Database, windows: dict[str, timedelta], now: datetime
+) -> dict[str, WindowDecision]:
+    """admit() for several distinct keys at once, in one statement: each key's first occurrence in its window
+    gets through, the others are counted. The row of a key is locked until commit, so replicas agree."""
+    if not windows:
+        return {}
     table = table_of(NoiseKeyRow)
+    excluded = db.insert(table).excluded  # type: ignore[attr-defined]
     open_window = table.c.window_until > now
     statement = (
         db.insert(table)
-        .values(key=key, window_until=until, suppressed=0, carried=0)
         .on_conflict_do_update(  # type: ignore[attr-defined]
             index_elements=[table.c.key],
             set_={
                 # Every right-hand side reads the row as it was before this update, on both backends.
                 "carried": case((open_window, table.c.carried), else_=table.c.suppressed),
                 "suppressed": case((open_window, table.c.suppressed + 1), else_=0),
-                "window_until": case((open_window, table.c.window_until), else_=until),
+                "window_until": case((open_window, table.c.window_until), else_=excluded.window_until),
             },
         )
-        .returning(table.c.window_until, table.c.suppressed, table.c.carried)
+        .returning(table.c.key, table.c.window_until, table.c.suppressed, table.c.carried)
     )
-    window_until, suppressed, carried = (await session.execute(statement)).one()
-    admitted = suppressed == 0
-    return WindowDecision(admitted, window_until, carried if admitted else 0, suppressed)
+    # Keys in order, the order PostgreSQL locks their rows in: two replicas cannot deadlock on them.
+    rows = [{"key": key, "window_until": now + windows[key], "suppressed": 0, "carried": 0} for key in sorted(windows)]
+    decisions = {}
+    for key, window_until, suppressed, carried in (await conn.execute(statement, rows)).all():
+        admitted = suppressed == 0
+        decisions[key] = WindowDecision(admitted, window_until, carried if admitted else 0, suppressed)
+    return decisions
 
 
 async def peek(*, session: AsyncSession, key: str, now: datetime) -> WindowDecision | None:
@@ -53,13 +67,6 @@ async def peek(*, session: AsyncSession, key: str, now: datetime) -> WindowDecis
     if row is None or row.window_until <= now:
         return None
     return WindowDecision(False, row.window_until, 0, row.suppressed)
-
-
-@dataclass
-class _Window:
-    until: datetime
-    suppressed: int
-    carried: int
 
 
 @dataclass(frozen=True)
@@ -73,77 +80,48 @@ class Wait:
     channel: str
 
 
-# A window that closed long ago: what a key that never had one starts from.
-_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 class NoiseLedger:
-    """The dedup windows and `for:` waits one group of events touches: read (and on PostgreSQL locked) once,
-    decided in memory with the same rules as admit(), and written back in a few statements by save()."""
+    """The dedup windows and `for:` waits one run of events touches: the pending waits of the alerts being resolved
+    are read once, the windows are admitted in one statement, and new waits and cancellations are written by save()."""
 
     def __init__(self, *, session: AsyncSession, conn: AsyncConnection, db: Database, now: datetime) -> None:
         self.session = session  # for what is stored through the ORM (digests)
         self.conn = conn  # the session's connection, for the ledger's own Core statements
         self.db = db
         self.now = now
-        self._windows: dict[str, _Window] = {}
-        self._changed: set[str] = set()
         self._waiting: dict[str, list[Wait]] = {}
         self._cancelled: list[str] = []
         self._new_waits: list[dict[str, Any]] = []
 
-    async def load(self, *, keys: Iterable[str], resolving_alerts: Iterable[str]) -> None:
-        """Read the windows of these keys and the pending waits of these alerts."""
-        wanted = sorted(set(keys) - self._windows.keys())
-        table = table_of(NoiseKeyRow)
-        if wanted:
-            if self.db.is_postgres:
-                # Every key gets a row first, so that the SELECT below can lock it: a key another replica is
-                # opening at this moment makes one of us wait for the other instead of both admitting.
-                empty = [{"key": key, "window_until": _NEVER, "suppressed": 0, "carried": 0} for key in wanted]
-                insert_missing = self.db.insert(table).on_conflict_do_nothing()  # type: ignore[attr-defined]
-                await self.conn.execute(insert_missing, empty)
-            query = select(table.c.key, table.c.window_until, table.c.suppressed, table.c.carried).where(
-                table.c.key.in_(wanted)
-            )
-            if self.db.is_postgres:
-                query = query.order_by(table.c.key).with_for_update()
-            for key, until, suppressed, carried in (await self.conn.execute(query)).all():
-                self._windows[key] = _Window(until, suppressed, carried)
-            for key in wanted:
-                self._windows.setdefault(key, _Window(_NEVER, 0, 0))
+    async def load_waits(self, *, resolving_alerts: Iterable[str]) -> None:
+        """Read the notifications of these alerts still waiting out `for:`."""
         alerts = sorted(set(resolving_alerts))
-        if alerts:
-            waits = table_of(NoiseWaitRow)
-            deliveries = table_of(DeliveryRow)
-            pending_waits = (
-                select(waits.c.delivery_id, waits.c.alert_id, waits.c.rule, waits.c.action_index, waits.c.channel)
-                .join(deliveries, deliveries.c.id == waits.c.delivery_id)
-                .where(
-                    waits.c.alert_id.in_(alerts),
-                    waits.c.until > self.now,
-                    # Only what no worker has claimed yet can still be cancelled.
-                    deliveries.c.status == DeliveryStatus.pending,
-                )
-                .order_by(waits.c.delivery_id)
+        if not alerts:
+            return
+        waits = table_of(NoiseWaitRow)
+        deliveries = table_of(DeliveryRow)
+        pending_waits = (
+            select(waits.c.delivery_id, waits.c.alert_id, waits.c.rule, waits.c.action_index, waits.c.channel)
+            .join(deliveries, deliveries.c.id == waits.c.delivery_id)
+            .where(
+                waits.c.alert_id.in_(alerts),
+                waits.c.until > self.now,
+                # Only what no worker has claimed yet can still be cancelled.
+                deliveries.c.status == DeliveryStatus.pending,
             )
-            if self.db.is_postgres:
-                pending_waits = pending_waits.with_for_update(of=deliveries)
-            for alert_id in alerts:
-                self._waiting[alert_id] = []  # read afresh: an earlier round may have added or cancelled some
-            for row in (await self.conn.execute(pending_waits)).all():
-                wait = Wait(*row)
-                self._waiting.setdefault(wait.alert_id, []).append(wait)
+            .order_by(waits.c.delivery_id)
+        )
+        if self.db.is_postgres:
+            pending_waits = pending_waits.with_for_update(of=deliveries)
+        for alert_id in alerts:
+            self._waiting[alert_id] = []  # read afresh: an earlier run may have added or cancelled some
+        for row in (await self.conn.execute(pending_waits)).all():
+            wait = Wait(*row)
+            self._waiting[wait.alert_id].append(wait)
 
-    def admit(self, *, key: str, window: timedelta) -> WindowDecision:
-        """Let the first occurrence of key in a window through and count the others (key must have been loaded)."""
-        state = self._windows[key]
-        self._changed.add(key)
-        if state.until > self.now:
-            state.suppressed += 1
-            return WindowDecision(False, state.until, 0, state.suppressed)
-        state.carried, state.suppressed, state.until = state.suppressed, 0, self.now + window
-        return WindowDecision(True, state.until, state.carried, 0)
+    async def admit_all(self, windows: dict[str, timedelta]) -> dict[str, WindowDecision]:
+        """Admit each key (distinct) in its window: see admit_many."""
+        return await admit_many(conn=self.conn, db=self.db, windows=windows, now=self.now)
 
     def cancel_waits(self, *, alert_id: str, rule: str, action_index: int, channel: str) -> int:
         """Cancel the notifications of this alert and rule action still waiting out `for:`; how many."""
@@ -170,20 +148,7 @@ class NoiseLedger:
         )
 
     async def save(self) -> None:
-        """Write the windows, the new waits (after their deliveries) and the cancellations."""
-        if self._changed:
-            table = table_of(NoiseKeyRow)
-            rows = [
-                {"key": k, "window_until": w.until, "suppressed": w.suppressed, "carried": w.carried}
-                for k, w in ((k, self._windows[k]) for k in sorted(self._changed))
-            ]
-            excluded = self.db.insert(table).excluded  # type: ignore[attr-defined]
-            upsert = self.db.insert(table).on_conflict_do_update(  # type: ignore[attr-defined]
-                index_elements=[table.c.key],
-                set_={c: excluded[c] for c in ("window_until", "suppressed", "carried")},
-            )
-            await self.conn.execute(upsert, rows)
-            self._changed.clear()
+        """Write the new waits (after their deliveries) and the cancellations."""
         if self._new_waits:
             await self.conn.execute(insert(table_of(NoiseWaitRow)), self._new_waits)
             self._new_waits = []
