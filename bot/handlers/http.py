@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -118,7 +118,7 @@ def _request_id(given: str | None) -> str:
     # A caller's id is kept so logs join across systems, but only if it is short and plain: it goes into logs.
     if given and len(given) <= 64 and all(c.isalnum() or c in "-_.:" for c in given):
         return given
-    return uuid.uuid4().hex[:16]
+    return secrets.token_hex(8)
 
 
 def runtime_of(request: web.Request) -> Runtime:
