@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.handlers.http import (
-    ApiError,
-    authenticate,
-    json_response,
-    parse_model,
-    read_json,
-    runtime_of,
-    validation_errors,
-)
+from bot.handlers.crud import NamedItems
+from bot.handlers.http import ApiError, authenticate, json_response, runtime_of, validation_errors
 from bot.handlers.openapi import documented
+from core.auth import Principal
 from core.commands import UnknownChannel, all_channel_health, channel_health, send_test
 from core.config import ApiScope, ChannelConfig
+from core.runtime import Runtime
 from core.store import channels as channel_store
 
 
@@ -72,15 +69,57 @@ def _describe(request: web.Request, config: ChannelConfig) -> ChannelView:
     )
 
 
-def _validate(request: web.Request, config: ChannelConfig) -> None:
-    registry = runtime_of(request).registry
-    if config.type not in registry.types():
-        known = ", ".join(sorted(registry.types()))
-        raise ApiError(422, "invalid channel", errors=[{"field": "type", "message": f"unknown type (known: {known})"}])
-    try:
-        registry.validate_settings(config.type, config.settings)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid channel", errors=validation_errors(exc, ("settings",))) from None
+class Channels(NamedItems[ChannelConfig]):
+    """Channels made through the API; the runtime builds them into senders on every replica."""
+
+    noun = "channel"
+    model = ChannelConfig
+    fixed = ("name", "type")
+
+    async def refresh(self, runtime: Runtime, *, force: bool = False) -> None:
+        await runtime.refresh_channels(force=force)
+
+    def exists(self, runtime: Runtime, name: str) -> bool:
+        return name in runtime.channel_configs
+
+    def from_config(self, runtime: Runtime, name: str) -> bool:
+        return name in runtime.config_channel_names
+
+    async def current(self, runtime: Runtime, name: str) -> ChannelConfig | None:
+        return runtime.channel_configs.get(name)
+
+    def check(self, request: web.Request, principal: Principal, item: ChannelConfig) -> None:
+        registry = runtime_of(request).registry
+        if item.type not in registry.types():
+            known = ", ".join(sorted(registry.types()))
+            errors = [{"field": "type", "message": f"unknown type (known: {known})"}]
+            raise ApiError(422, "invalid channel", errors=errors)
+        try:
+            registry.validate_settings(item.type, item.settings)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid channel", errors=validation_errors(exc, ("settings",))) from None
+
+    async def put(self, session: AsyncSession, item: ChannelConfig, now: datetime) -> None:
+        await channel_store.put(session=session, channel=item, now=now)
+
+    async def remove(self, session: AsyncSession, name: str) -> None:
+        await channel_store.remove(session=session, name=name)
+
+    def view(self, request: web.Request, item: ChannelConfig) -> ChannelView:
+        return _describe(request, item)
+
+    def merge(self, current: ChannelConfig, changes: dict[str, Any]) -> dict[str, Any]:
+        """Settings are merged key by key, so a PATCH can change one setting."""
+        merged = current.model_dump()
+        if "settings" in changes:
+            if not isinstance(changes["settings"], dict):
+                raise ApiError(422, "invalid request", errors=[{"field": "settings", "message": "expected an object"}])
+            merged["settings"] = {**current.settings, **changes["settings"]}
+        merged.update({key: value for key, value in changes.items() if key != "settings"})
+        return merged
+
+
+CHANNELS = Channels()
 
 
 def _known(request: web.Request, name: str) -> ChannelConfig:
@@ -107,15 +146,6 @@ async def get_channel(request: web.Request) -> web.Response:
     return json_response(_describe(request, _known(request, request.match_info["name"])))
 
 
-async def _save(request: web.Request, config: ChannelConfig, status: int) -> web.Response:
-    runtime = runtime_of(request)
-    _validate(request, config)
-    async with runtime.db.transaction() as session:
-        await channel_store.put(session=session, channel=config, now=runtime.clock.now())
-    await runtime.refresh_channels(force=True)
-    return json_response(_describe(request, config), status=status)
-
-
 @documented(
     summary="Create a channel, in service at once on every replica",
     scope=ApiScope.notify_admin,
@@ -125,19 +155,7 @@ async def _save(request: web.Request, config: ChannelConfig, status: int) -> web
 )
 async def create_channel(request: web.Request) -> web.Response:
     """POST /api/v1/channels: a new channel, in service at once on every replica."""
-    authenticate(request, ApiScope.notify_admin)
-    config = parse_model(ChannelConfig, await read_json(request))
-    await runtime_of(request).refresh_channels()
-    if config.name in runtime_of(request).channel_configs:
-        raise ApiError(409, f"a channel named {config.name!r} exists; PATCH it instead")
-    return await _save(request, config, 201)
-
-
-def _api_channel(request: web.Request, name: str) -> ChannelConfig:
-    config = _known(request, name)
-    if name in runtime_of(request).config_channel_names:
-        raise ApiError(409, f"channel {name!r} comes from the config file; change it there")
-    return config
+    return await CHANNELS.create(request)
 
 
 @documented(
@@ -149,22 +167,7 @@ def _api_channel(request: web.Request, name: str) -> ChannelConfig:
 )
 async def patch_channel(request: web.Request) -> web.Response:
     """PATCH /api/v1/channels/{name}: change enabled or settings (settings are merged key by key)."""
-    authenticate(request, ApiScope.notify_admin)
-    await runtime_of(request).refresh_channels()
-    current = _api_channel(request, request.match_info["name"])
-    changes = await read_json(request)
-    if not isinstance(changes, dict):
-        raise ApiError(422, "invalid request", errors=[{"field": "(body)", "message": "expected a JSON object"}])
-    for fixed in ("name", "type"):
-        if fixed in changes and changes[fixed] != getattr(current, fixed):
-            raise ApiError(422, "invalid request", errors=[{"field": fixed, "message": "cannot be changed"}])
-    merged = current.model_dump()
-    if "settings" in changes:
-        if not isinstance(changes["settings"], dict):
-            raise ApiError(422, "invalid request", errors=[{"field": "settings", "message": "expected an object"}])
-        merged["settings"] = {**current.settings, **changes.pop("settings")}
-    merged.update(changes)
-    return await _save(request, parse_model(ChannelConfig, merged), 200)
+    return await CHANNELS.patch(request)
 
 
 @documented(
@@ -175,15 +178,7 @@ async def patch_channel(request: web.Request) -> web.Response:
 )
 async def delete_channel(request: web.Request) -> web.Response:
     """DELETE /api/v1/channels/{name}; its pending deliveries dead-letter with a clear reason."""
-    authenticate(request, ApiScope.notify_admin)
-    runtime = runtime_of(request)
-    await runtime.refresh_channels()
-    name = request.match_info["name"]
-    _api_channel(request, name)
-    async with runtime.db.transaction() as session:
-        await channel_store.remove(session=session, name=name)
-    await runtime.refresh_channels(force=True)
-    return web.Response(status=204)
+    return await CHANNELS.delete(request)
 
 
 @documented(

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.handlers.http import (
-    ApiError,
-    authenticate,
-    json_response,
-    parse_model,
-    read_json,
-    runtime_of,
-    validation_errors,
-)
+from bot.handlers.crud import NamedItems
+from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
 from bot.handlers.openapi import documented
 from core import noise
 from core.auth import Principal
 from core.config import ApiScope
 from core.ingest import build_event, describe_plan, fingerprint, plan_actions
 from core.models import EventIn, Rule
+from core.runtime import Runtime
 from core.store import noise as noise_store
 from core.store import rules as rule_store
 from core.store.alerts import Transition
@@ -77,6 +73,45 @@ def _check_channels(request: web.Request, rule: Rule) -> None:
         raise ApiError(422, "invalid rule", errors=errors)
 
 
+class Rules(NamedItems[Rule]):
+    """Rules made through the API; each replica's rule book compiles them beside the config file's."""
+
+    noun = "rule"
+    model = Rule
+
+    async def refresh(self, runtime: Runtime, *, force: bool = False) -> None:
+        await runtime.rulebook.refresh(force=force)
+
+    def exists(self, runtime: Runtime, name: str) -> bool:
+        return any(rule.name == name for rule in runtime.rulebook.all_rules())
+
+    def from_config(self, runtime: Runtime, name: str) -> bool:
+        return runtime.rulebook.origin(name) == "config"
+
+    async def current(self, runtime: Runtime, name: str) -> Rule | None:
+        async with runtime.db.sessions() as session:
+            return await rule_store.get(session=session, name=name)
+
+    def check_access(self, principal: Principal, item: Rule) -> None:
+        _check_rule_tenant(principal, item)
+
+    def check(self, request: web.Request, principal: Principal, item: Rule) -> None:
+        _check_rule_tenant(principal, item)
+        _check_channels(request, item)
+
+    async def put(self, session: AsyncSession, item: Rule, now: datetime) -> None:
+        await rule_store.put(session=session, rule=item, now=now)
+
+    async def remove(self, session: AsyncSession, name: str) -> None:
+        await rule_store.remove(session=session, name=name)
+
+    def view(self, request: web.Request, item: Rule) -> dict[str, Any]:
+        return _rule_json(item, "api")
+
+
+RULES = Rules()
+
+
 @documented(summary="Every rule in force", scope=ApiScope.notify_read, responses={200: RulePage}, tags=("rules",))
 async def list_rules(request: web.Request) -> web.Response:
     """Every rule in force that the key may see, config rules first."""
@@ -106,16 +141,6 @@ async def get_rule(request: web.Request) -> web.Response:
     return json_response(_rule_json(rule, book.origin(name)))
 
 
-async def _save(request: web.Request, rule: Rule, principal: Principal, *, status: int) -> web.Response:
-    runtime = runtime_of(request)
-    _check_rule_tenant(principal, rule)
-    _check_channels(request, rule)
-    async with runtime.db.transaction() as session:
-        await rule_store.put(session=session, rule=rule, now=runtime.clock.now())
-    await runtime.rulebook.refresh(force=True)
-    return json_response(_rule_json(rule, "api"), status=status)
-
-
 @documented(
     summary="Create a rule",
     scope=ApiScope.notify_admin,
@@ -125,13 +150,7 @@ async def _save(request: web.Request, rule: Rule, principal: Principal, *, statu
 )
 async def create_rule(request: web.Request) -> web.Response:
     """POST /api/v1/rules: a new rule; 409 if the name is taken."""
-    principal = authenticate(request, ApiScope.notify_admin)
-    rule = parse_model(Rule, await read_json(request))
-    runtime = runtime_of(request)
-    await runtime.rulebook.refresh()
-    if any(r.name == rule.name for r in runtime.rulebook.all_rules()):
-        raise ApiError(409, f"a rule named {rule.name!r} exists; PATCH it instead")
-    return await _save(request, rule, principal, status=201)
+    return await RULES.create(request)
 
 
 @documented(
@@ -143,26 +162,7 @@ async def create_rule(request: web.Request) -> web.Response:
 )
 async def patch_rule(request: web.Request) -> web.Response:
     """PATCH /api/v1/rules/{name}: merge the given top-level fields into an API rule."""
-    principal = authenticate(request, ApiScope.notify_admin)
-    runtime = runtime_of(request)
-    name = request.match_info["name"]
-    if runtime.rulebook.origin(name) == "config":
-        raise ApiError(409, f"rule {name!r} comes from the config file; change it there")
-    changes = await read_json(request)
-    if not isinstance(changes, dict):
-        raise ApiError(422, "invalid request", errors=[{"field": "(body)", "message": "expected a JSON object"}])
-    if "name" in changes and changes["name"] != name:
-        raise ApiError(422, "invalid request", errors=[{"field": "name", "message": "a rule cannot be renamed"}])
-    async with runtime.db.sessions() as session:
-        current = await rule_store.get(session=session, name=name)
-    if current is None:
-        raise ApiError(404, f"no rule named {name!r}")
-    _check_rule_tenant(principal, current)
-    try:
-        rule = Rule.model_validate({**current.model_dump(mode="json"), **changes})
-    except ValidationError as exc:
-        raise ApiError(422, "invalid rule", errors=validation_errors(exc)) from None
-    return await _save(request, rule, principal, status=200)
+    return await RULES.patch(request)
 
 
 @documented(
@@ -173,19 +173,7 @@ async def patch_rule(request: web.Request) -> web.Response:
 )
 async def delete_rule(request: web.Request) -> web.Response:
     """DELETE /api/v1/rules/{name}."""
-    principal = authenticate(request, ApiScope.notify_admin)
-    runtime = runtime_of(request)
-    name = request.match_info["name"]
-    if runtime.rulebook.origin(name) == "config":
-        raise ApiError(409, f"rule {name!r} comes from the config file; remove it there")
-    async with runtime.db.transaction() as session:
-        current = await rule_store.get(session=session, name=name)
-        if current is None:
-            raise ApiError(404, f"no rule named {name!r}")
-        _check_rule_tenant(principal, current)
-        await rule_store.remove(session=session, name=name)
-    await runtime.rulebook.refresh(force=True)
-    return web.Response(status=204)
+    return await RULES.delete(request)
 
 
 @documented(
