@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,9 +16,18 @@ from slack_sdk.models.blocks import Block
 
 from bot.cards import samples, slack
 from core.channels.base import Button, Notification
-from core.models import Alert, AlertStatus, Approval, ApprovalState, DeliveryPurpose, Link, Scope, Severity
+from core.models import AlertStatus, Approval, DeliveryPurpose, Link, Scope
+from tests.card_checks import (
+    HOSTILE_VIEWS,
+    HUGE_NOTE_FIELDS,
+    assert_golden,
+    hostile_views,
+    huge_note,
+    many_alerts,
+    sample_views,
+    walk,
+)
 
-GOLDEN = Path(__file__).parent / "golden" / "cards" / "slack"
 CARDS_DIR = Path(__file__).resolve().parents[1] / "bot" / "cards"
 FORBIDDEN = ("aiohttp", "sqlalchemy", "slack_sdk.web", "slack_bolt", "botbuilder.core", "core.store")
 
@@ -27,49 +35,17 @@ NOTES = samples.notifications()
 
 
 def _outputs() -> dict[str, dict[str, Any]]:
-    """Every golden view: each sample notification through render(), plus the list views and replies."""
-    outputs = {name: slack.render(note) for name, note in NOTES.items()}
-    outputs["digest"] = slack.render_digest(**samples.digest_args())
-    outputs["alert_list"] = slack.render_alert_list(samples.alert_list(), "Open alerts")
-    outputs["alert_list_empty"] = slack.render_alert_list([], "Open alerts")
-    outputs["approval_list"] = slack.render_approval_list(samples.approval_list())
-    outputs["approval_list_empty"] = slack.render_approval_list([])
-    outputs["text"] = slack.render_text("Muted *payments* for 1h & told <@U123>.")
-    return outputs
+    """Every golden view."""
+    return sample_views(slack, "Muted *payments* for 1h & told <@U123>.")
 
 
 OUTPUTS = _outputs()
 
 
-def assert_golden(name: str, actual: dict[str, Any]) -> None:
-    """Compare with the golden file; ACKBOT_UPDATE_GOLDEN=1 rewrites it instead."""
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(actual, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
-    if os.environ.get("ACKBOT_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        return
-    assert path.exists(), f"missing golden file {path}; run with ACKBOT_UPDATE_GOLDEN=1 to create it"
-    assert json.loads(path.read_text(encoding="utf-8")) == json.loads(text), f"{name} differs from {path}"
-
-
-def _walk(node: Any) -> list[dict[str, Any]]:
-    """Every dict inside node, depth first."""
-    found: list[dict[str, Any]] = []
-    if isinstance(node, dict):
-        found.append(node)
-        for value in node.values():
-            found.extend(_walk(value))
-    elif isinstance(node, list):
-        for item in node:
-            found.extend(_walk(item))
-    return found
-
-
 def mrkdwn_texts(message: dict[str, Any]) -> list[str]:
     """All mrkdwn strings Slack will parse, including the top-level fallback text."""
     texts = [message["text"]]
-    texts.extend(d["text"] for d in _walk(message) if d.get("type") == "mrkdwn")
+    texts.extend(d["text"] for d in walk(message) if d.get("type") == "mrkdwn")
     return texts
 
 
@@ -88,7 +64,7 @@ def assert_valid(message: dict[str, Any]) -> None:
         assert parsed is not None, raw
         parsed.validate_json()
     action_ids: list[str] = []
-    for d in _walk(message):
+    for d in walk(message):
         kind = d.get("type")
         if kind == "header":
             assert len(d["text"]["text"]) <= slack.HEADER_TEXT_MAX
@@ -117,7 +93,7 @@ def assert_valid(message: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", sorted(OUTPUTS))
 def test_golden(name: str) -> None:
-    assert_golden(name, OUTPUTS[name])
+    assert_golden("slack", name, OUTPUTS[name])
 
 
 @pytest.mark.parametrize("name", sorted(OUTPUTS))
@@ -247,29 +223,9 @@ def test_notice_without_alert_or_approval() -> None:
 # ---------------------------------------------------------------- truncation with huge inputs
 
 
-def _huge_note() -> Notification:
-    labels = {f"label_{i:03d}": "v" * 1024 for i in range(300)}
-    scope = Scope.model_construct(namespace="n" * 256, repo="r" * 512, digest="d" * 256, labels=labels)
-    alert = samples.alert(
-        title="T" * 10_000,
-        summary="S" * 100_000,
-        scope=scope,
-        links=[Link(title="L" * 200, url="https://example.com/" + "p" * 1900) for _ in range(20)],
-    )
-    approval = samples.approval(
-        title="A" * 10_000,
-        summary="Z" * 100_000,
-        requester="q" * 5000,
-        approvers=[f"approver{i}" for i in range(500)],
-        context={f"key{i}": "x" * 3000 for i in range(300)},
-    )
-    return samples.note(alert=alert, approval=approval, buttons=samples.buttons("x" * 1900), suppressed_count=10**6)
-
-
 @pytest.mark.parametrize("view", ["render_alert", "render_approval", "render_decided", "render"])
 def test_huge_notification_is_truncated_not_rejected(view: str) -> None:
-    note = _huge_note()
-    message = getattr(slack, view)(note)
+    message = getattr(slack, view)(huge_note())
     assert_valid(message)
     text = json.dumps(message, ensure_ascii=False)
     assert "more labels" in text or "more details" in text
@@ -277,23 +233,16 @@ def test_huge_notification_is_truncated_not_rejected(view: str) -> None:
 
 
 def test_huge_alert_without_approval_lists_how_many_labels_were_left_out() -> None:
-    note = _huge_note().model_copy(update={"approval": None})
+    note = huge_note().model_copy(update={"approval": None})
     message = slack.render_alert(note)
     assert_valid(message)
     shown = sum(len(b.get("fields", [])) for b in message["blocks"] if b["type"] == "section")
     hidden = int(re.search(r"and (\d+) more labels", json.dumps(message))[1])  # type: ignore[index]
-    assert shown + hidden == 303  # namespace, repo, digest and 300 labels
-
-
-def _alerts(n: int) -> list[Alert]:
-    return [
-        samples.alert(id=f"al_{i:04d}", title=f"Alert {i} " + "t" * 300, severity=list(Severity)[i % 5])
-        for i in range(n)
-    ]
+    assert shown + hidden == HUGE_NOTE_FIELDS
 
 
 def test_500_alert_list_stays_valid_and_counts_the_rest() -> None:
-    message = slack.render_alert_list(_alerts(500), "All alerts")
+    message = slack.render_alert_list(many_alerts(500), "All alerts")
     assert_valid(message)
     rows = sum(b["text"]["text"].count("\n") + 1 for b in message["blocks"] if b["type"] == "section")
     hidden = int(re.search(r"and (\d+) more alerts", json.dumps(message))[1])  # type: ignore[index]
@@ -309,7 +258,7 @@ def test_500_approval_list_stays_valid() -> None:
 
 def test_huge_digest_stays_valid() -> None:
     groups = {f"group-{i}": i for i in range(300)}
-    message = slack.render_digest("Digest " + "d" * 500, groups, _alerts(500), 10_000, "https://a.example/d")
+    message = slack.render_digest("Digest " + "d" * 500, groups, many_alerts(500), 10_000, "https://a.example/d")
     assert_valid(message)
     text = json.dumps(message)
     assert "more groups" in text and "more alerts" in text and "*10000* alerts" in text
@@ -361,27 +310,9 @@ def _hostile_note() -> Notification:
     return samples.note(alert=alert, approval=approval, buttons=samples.buttons("h"))
 
 
-def _all_hostile_outputs() -> list[dict[str, Any]]:
-    note = _hostile_note()
-    approval = note.approval
-    assert approval is not None
-    decided = note.model_copy(update={"approval": approval.model_copy(update={"state": ApprovalState.denied})})
-    alert_only = note.model_copy(update={"approval": None, "purpose": DeliveryPurpose.update})
-    return [
-        slack.render_alert(note),
-        slack.render_approval(note),
-        slack.render_decided(decided),
-        slack.render_decided(alert_only),
-        slack.render_alert_list([note.alert] if note.alert else [], INJECTIONS),
-        slack.render_approval_list([approval]),
-        slack.render_digest(INJECTIONS, {INJECTIONS: 1}, [note.alert] if note.alert else [], 1, None),
-        slack.render_text(INJECTIONS),
-    ]
-
-
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(HOSTILE_VIEWS))
 def test_event_text_cannot_inject_mentions_links_or_formatting(index: int) -> None:
-    message = _all_hostile_outputs()[index]
+    message = hostile_views(slack, _hostile_note(), INJECTIONS)[index]
     assert_valid(message)
     for text in mrkdwn_texts(message):
         leftover = OUR_MARKUP.sub("", text)
@@ -392,7 +323,7 @@ def test_event_text_cannot_inject_mentions_links_or_formatting(index: int) -> No
             assert marker not in text, (marker, text)
         assert "\n&gt;" not in text  # no block quote either
         assert re.search(r"&(?!amp;|lt;|gt;)", text) is None, text  # every & is an entity
-    for plain in (d["text"] for d in _walk(message) if d.get("type") == "plain_text"):
+    for plain in (d["text"] for d in walk(message) if d.get("type") == "plain_text"):
         assert re.search(r"<[!@#h]", plain) is None, plain
         assert "@here" not in plain and "@channel" not in plain, plain
 

@@ -3,99 +3,56 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
 from bot.cards import samples, teams
 from core.channels.base import Button, Notification
-from core.models import Alert, AlertStatus, ApprovalState, DeliveryPurpose, Link, Scope, Severity
+from core.models import AlertStatus, DeliveryPurpose, Scope
+from tests.card_checks import (
+    HOSTILE_VIEWS,
+    HUGE_NOTE_FIELDS,
+    adaptive_card_validator,
+    assert_golden,
+    hostile_views,
+    huge_note,
+    many_alerts,
+    sample_views,
+    walk,
+)
 
-GOLDEN = Path(__file__).parent / "golden" / "cards" / "teams"
 NOTES = samples.notifications()
 
 
-def _schema_dir() -> Path:
-    """../shared/schemas next to the repository, or ACKBOT_SHARED_DIR (the shared dir or its schemas dir)."""
-    env = os.environ.get("ACKBOT_SHARED_DIR")
-    if env:
-        base = Path(env)
-        return base / "schemas" if (base / "schemas").is_dir() else base
-    return Path(__file__).resolve().parents[2] / "shared" / "schemas"
-
-
-@cache
-def _validator() -> jsonschema.Draft6Validator:
-    path = _schema_dir() / "adaptive-card-1.5.json"
-    if not path.exists():
-        pytest.skip(f"Adaptive Card schema not found at {path} (set ACKBOT_SHARED_DIR)")
-    schema = json.loads(path.read_text(encoding="utf-8"))
-    jsonschema.Draft6Validator.check_schema(schema)
-    return jsonschema.Draft6Validator(schema)
-
-
 def _outputs() -> dict[str, dict[str, Any]]:
-    """Every golden card: each sample notification through render(), plus the list views and replies."""
-    outputs = {name: teams.render(note) for name, note in NOTES.items()}
+    """Every golden card, and the alert card with link buttons (as webhooks get it)."""
+    outputs = sample_views(teams, "Muted **payments** for 1h.\nSee [the docs](https://x.example).")
     outputs["alert_firing_link_buttons"] = teams.render(NOTES["alert_firing"], link_buttons=True)
-    outputs["digest"] = teams.render_digest(**samples.digest_args())
-    outputs["alert_list"] = teams.render_alert_list(samples.alert_list(), "Open alerts")
-    outputs["alert_list_empty"] = teams.render_alert_list([], "Open alerts")
-    outputs["approval_list"] = teams.render_approval_list(samples.approval_list())
-    outputs["approval_list_empty"] = teams.render_approval_list([])
-    outputs["text"] = teams.render_text("Muted **payments** for 1h.\nSee [the docs](https://x.example).")
     return outputs
 
 
 OUTPUTS = _outputs()
 
 
-def assert_golden(name: str, actual: dict[str, Any]) -> None:
-    """Compare with the golden file; ACKBOT_UPDATE_GOLDEN=1 rewrites it instead."""
-    path = GOLDEN / f"{name}.json"
-    text = json.dumps(actual, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
-    if os.environ.get("ACKBOT_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        return
-    assert path.exists(), f"missing golden file {path}; run with ACKBOT_UPDATE_GOLDEN=1 to create it"
-    assert json.loads(path.read_text(encoding="utf-8")) == json.loads(text), f"{name} differs from {path}"
-
-
-def _walk(node: Any) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    if isinstance(node, dict):
-        found.append(node)
-        for value in node.values():
-            found.extend(_walk(value))
-    elif isinstance(node, list):
-        for item in node:
-            found.extend(_walk(item))
-    return found
-
-
 def assert_valid(card: dict[str, Any], max_bytes: int = teams.DEFAULT_MAX_BYTES) -> None:
     """What Teams would check: the 1.5 schema (unknown properties rejected) and the size limit."""
-    errors = sorted(_validator().iter_errors(card), key=lambda e: list(e.path))
+    errors = sorted(adaptive_card_validator().iter_errors(card), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message[:300]}" for e in errors[:5])
     assert card["type"] == "AdaptiveCard" and card["version"] == "1.5"
     assert card["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
     assert len(json.dumps(card)) <= max_bytes
     assert len(json.dumps(card)) <= teams.BOT_MESSAGE_MAX_BYTES
-    ids = [d["id"] for d in _walk(card.get("actions", [])) if "id" in d]
+    ids = [d["id"] for d in walk(card.get("actions", [])) if "id" in d]
     assert len(ids) == len(set(ids))
 
 
 def markdown_texts(card: dict[str, Any]) -> list[str]:
     """Every string Teams runs through markdown: TextBlocks and facts."""
-    texts = [d["text"] for d in _walk(card) if d.get("type") == "TextBlock"]
-    for d in _walk(card):
+    texts = [d["text"] for d in walk(card) if d.get("type") == "TextBlock"]
+    for d in walk(card):
         if d.get("type") == "FactSet":
             for fact in d["facts"]:
                 texts.extend((fact["title"], fact["value"]))
@@ -107,7 +64,7 @@ def markdown_texts(card: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(OUTPUTS))
 def test_golden(name: str) -> None:
-    assert_golden(name, OUTPUTS[name])
+    assert_golden("teams", name, OUTPUTS[name])
 
 
 @pytest.mark.parametrize("name", sorted(OUTPUTS))
@@ -124,8 +81,8 @@ def test_each_view_function_validates_for_every_sample(name: str) -> None:
 def test_schema_catches_what_it_should() -> None:
     # Guards the guard: an unknown property or a wrong type fails validation.
     card = dict(OUTPUTS["alert_firing"], msteams={"width": "Full"})
-    assert list(_validator().iter_errors(card))
-    assert list(_validator().iter_errors(dict(OUTPUTS["alert_firing"], body="nope")))
+    assert list(adaptive_card_validator().iter_errors(card))
+    assert list(adaptive_card_validator().iter_errors(dict(OUTPUTS["alert_firing"], body="nope")))
 
 
 def test_rendering_is_deterministic() -> None:
@@ -214,9 +171,9 @@ def test_acknowledged_alert_first_notification_is_an_alert_view() -> None:
 
 def test_alert_card_shows_facts_links_and_suppressed() -> None:
     card = OUTPUTS["alert_firing"]
-    facts = {f["title"]: f["value"] for d in _walk(card) if d.get("type") == "FactSet" for f in d["facts"]}
+    facts = {f["title"]: f["value"] for d in walk(card) if d.get("type") == "FactSet" for f in d["facts"]}
     assert facts["Namespace"] == "payments" and facts["service_name"] == "payments_api"
-    links = [d for d in _walk(card) if d.get("type") == "Action.OpenUrl"]
+    links = [d for d in walk(card) if d.get("type") == "Action.OpenUrl"]
     assert [link["title"] for link in links] == ["Runbook", "Dashboard"]
     assert "🔕 3 similar notifications suppressed" in markdown_texts(card)
 
@@ -236,29 +193,10 @@ def test_decided_card_uses_localised_date() -> None:
 # ---------------------------------------------------------------- size and truncation
 
 
-def _huge_note() -> Notification:
-    labels = {f"label_{i:03d}": "v" * 1024 for i in range(300)}
-    scope = Scope.model_construct(namespace="n" * 256, repo="r" * 512, digest="d" * 256, labels=labels)
-    alert = samples.alert(
-        title="T" * 10_000,
-        summary="S" * 100_000,
-        scope=scope,
-        links=[Link(title="L" * 200, url="https://example.com/" + "p" * 1900) for _ in range(20)],
-    )
-    approval = samples.approval(
-        title="A" * 10_000,
-        summary="Z" * 100_000,
-        requester="q" * 5000,
-        approvers=[f"approver{i}" for i in range(500)],
-        context={f"key{i}": "x" * 3000 for i in range(300)},
-    )
-    return samples.note(alert=alert, approval=approval, buttons=samples.buttons("x" * 1900), suppressed_count=10**6)
-
-
 @pytest.mark.parametrize("view", ["render_alert", "render_approval", "render_decided", "render"])
 @pytest.mark.parametrize("max_bytes", [teams.DEFAULT_MAX_BYTES, teams.WORKFLOWS_CARD_MAX_BYTES])
 def test_huge_notification_fits(view: str, max_bytes: int) -> None:
-    card = getattr(teams, view)(_huge_note(), max_bytes=max_bytes)
+    card = getattr(teams, view)(huge_note(), max_bytes=max_bytes)
     assert_valid(card, max_bytes)
     assert "more" in json.dumps(card)
     if view != "render_decided":
@@ -266,7 +204,7 @@ def test_huge_notification_fits(view: str, max_bytes: int) -> None:
 
 
 def test_workflows_message_stays_under_28_kb() -> None:
-    card = teams.render_for_workflows(_huge_note())
+    card = teams.render_for_workflows(huge_note())
     assert_valid(card, teams.WORKFLOWS_CARD_MAX_BYTES)
     assert "refresh" not in card and {a["type"] for a in card["actions"]} == {"Action.OpenUrl"}
     wrapped = teams.wrap_for_workflows(card)
@@ -275,29 +213,22 @@ def test_workflows_message_stays_under_28_kb() -> None:
 
 
 def test_huge_alert_counts_the_labels_left_out() -> None:
-    card = teams.render_alert(_huge_note().model_copy(update={"approval": None}))
+    card = teams.render_alert(huge_note().model_copy(update={"approval": None}))
     assert_valid(card)
-    shown = sum(len(d["facts"]) for d in _walk(card) if d.get("type") == "FactSet")
+    shown = sum(len(d["facts"]) for d in walk(card) if d.get("type") == "FactSet")
     hidden = int(re.search(r"and (\d+) more labels", json.dumps(card))[1])  # type: ignore[index]
-    assert shown + hidden == 303
+    assert shown + hidden == HUGE_NOTE_FIELDS
 
 
 def test_absurdly_small_limit_still_gives_a_valid_card() -> None:
-    card = teams.render(_huge_note(), max_bytes=600)
+    card = teams.render(huge_note(), max_bytes=600)
     assert_valid(card, max_bytes=teams.DEFAULT_MAX_BYTES)
     assert "too large to show in full" in json.dumps(card)
 
 
-def _alerts(n: int) -> list[Alert]:
-    return [
-        samples.alert(id=f"al_{i:04d}", title=f"Alert {i} " + "t" * 300, severity=list(Severity)[i % 5])
-        for i in range(n)
-    ]
-
-
 @pytest.mark.parametrize("max_bytes", [teams.DEFAULT_MAX_BYTES, teams.WORKFLOWS_CARD_MAX_BYTES])
 def test_500_item_lists_fit(max_bytes: int) -> None:
-    alert_list = teams.render_alert_list(_alerts(500), "All alerts", max_bytes=max_bytes)
+    alert_list = teams.render_alert_list(many_alerts(500), "All alerts", max_bytes=max_bytes)
     assert_valid(alert_list, max_bytes)
     rows = [t for t in markdown_texts(alert_list) if "**Alert" in t]
     hidden = int(re.search(r"and (\d+) more alerts", json.dumps(alert_list))[1])  # type: ignore[index]
@@ -309,7 +240,9 @@ def test_500_item_lists_fit(max_bytes: int) -> None:
     assert "more approvals" in json.dumps(approval_list)
 
     groups = {f"group-{i}": i for i in range(300)}
-    digest = teams.render_digest("D" * 500, groups, _alerts(500), 10_000, "https://a.example/d", max_bytes=max_bytes)
+    digest = teams.render_digest(
+        "D" * 500, groups, many_alerts(500), 10_000, "https://a.example/d", max_bytes=max_bytes
+    )
     assert_valid(digest, max_bytes)
     assert "more groups" in json.dumps(digest) and "more alerts" in json.dumps(digest)
 
@@ -343,26 +276,9 @@ def _hostile_note() -> Notification:
     return samples.note(alert=alert, approval=approval, buttons=samples.buttons("h"))
 
 
-def _hostile_cards() -> list[dict[str, Any]]:
-    note = _hostile_note()
-    assert note.approval is not None and note.alert is not None
-    denied = note.model_copy(update={"approval": note.approval.model_copy(update={"state": ApprovalState.denied})})
-    alert_only = note.model_copy(update={"approval": None, "purpose": DeliveryPurpose.update})
-    return [
-        teams.render_alert(note),
-        teams.render_approval(note),
-        teams.render_decided(denied),
-        teams.render_decided(alert_only),
-        teams.render_alert_list([note.alert], INJECTIONS),
-        teams.render_approval_list([note.approval]),
-        teams.render_digest(INJECTIONS, {INJECTIONS: 1}, [note.alert], 1, None),
-        teams.render_text(INJECTIONS),
-    ]
-
-
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(HOSTILE_VIEWS))
 def test_event_text_cannot_add_links_or_styling(index: int) -> None:
-    card = _hostile_cards()[index]
+    card = hostile_views(teams, _hostile_note(), INJECTIONS)[index]
     assert_valid(card)
     for text in markdown_texts(card):
         # Every markdown-active character from the event is preceded by a backslash.

@@ -8,11 +8,9 @@ import json
 import logging
 import os
 import threading
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
@@ -27,6 +25,7 @@ from core.models import DeliveryPurpose
 from core.runtime import Runtime
 from core.store import conversations as conversation_store
 from core.store.tables import DeliveryRow
+from tests.card_checks import adaptive_card_validator
 from tests.conftest import TENANT_KEY, AppFactory, auth, make_config
 from tests.peers.fake_connector import (
     ALICE,
@@ -60,26 +59,10 @@ def teams_config(database_url: str, **overrides: Any) -> AckbotConfig:
     return make_config(database_url, **data)
 
 
-def _schema_dir() -> Path:
-    env = os.environ.get("ACKBOT_SHARED_DIR")
-    if env:
-        base = Path(env)
-        return base / "schemas" if (base / "schemas").is_dir() else base
-    return Path(__file__).resolve().parents[2] / "shared" / "schemas"
-
-
-@cache
-def _validator() -> jsonschema.Draft6Validator:
-    path = _schema_dir() / "adaptive-card-1.5.json"
-    if not path.exists():
-        pytest.skip(f"Adaptive Card schema not found at {path} (set ACKBOT_SHARED_DIR)")
-    return jsonschema.Draft6Validator(json.loads(path.read_text(encoding="utf-8")))
-
-
 def assert_valid_card(card: dict[str, Any]) -> None:
     """An Adaptive Card 1.5 that the official schema accepts."""
     assert card["type"] == "AdaptiveCard" and card["version"] == "1.5"
-    errors = sorted(_validator().iter_errors(card), key=lambda e: list(e.path))
+    errors = sorted(adaptive_card_validator().iter_errors(card), key=lambda e: list(e.path))
     assert not errors, "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
 
 
