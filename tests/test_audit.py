@@ -12,6 +12,7 @@ from sqlalchemy import delete, select, update
 from bot import cli
 from core import audit
 from core.clock import ManualClock
+from core.store import audit as audit_store
 from core.store import migrate
 from core.store.db import Database
 from core.store.tables import AuditHeadRow, AuditRow
@@ -40,6 +41,24 @@ async def test_concurrent_appends_form_one_unbroken_chain(migrated_db: Database)
     assert all(rows[i].prev_hash == rows[i - 1].hash for i in range(1, 40))
     # Whatever a caller passes, values under secret-sounding keys are not kept.
     assert all("token" not in r.data for r in rows)
+
+
+async def test_the_database_hashes_what_python_verifies(migrated_db: Database) -> None:
+    # The appender has the database hash the row's canonical JSON around the seq it takes from the head: nested
+    # "seq" and "tenant" keys, quotes, non-ASCII text and every column must come out as Python's hash of the row.
+    tricky = {"seq": -1, "tenant": 'x","seq":-1,', "nested": {"seq": -1, "tenant": "ü"}, "list": [1, "é", None]}
+    first = await audit.record_now(
+        db=migrated_db, type="a.b", at=NOW, tenant="ünï", approval_id="apr_1", alert_id="alr_1", data=tricky
+    )
+    second = await audit.record_now(db=migrated_db, type="a.c", at=NOW, actor="p", actor_platform="slack")
+    assert (first.seq, second.seq, second.prev_hash) == (1, 2, first.hash)
+    async with migrated_db.sessions() as session:
+        rows = list((await session.execute(select(AuditRow).order_by(AuditRow.seq))).scalars())
+    assert [r.hash for r in rows] == [first.hash, second.hash]
+    assert rows[0].hash == audit_store.row_hash(audit_store.GENESIS_HASH, rows[0])
+    assert rows[1].hash == audit_store.row_hash(rows[0].hash, rows[1])
+    report = await audit.verify_chain(db=migrated_db)
+    assert report.ok and report.head_seq == 2 and report.head_hash == second.hash, report
 
 
 async def _tamper(db: Database, statement: Any) -> None:

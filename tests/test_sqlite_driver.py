@@ -53,3 +53,24 @@ async def test_each_statement_is_one_trip_with_the_same_results(db: Database, mo
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 3
         streamed = await conn.stream(text("SELECT name FROM t ORDER BY id"))
         assert [row.name async for row in streamed] == ["a", "b", "c"]
+
+
+async def test_a_committed_transaction_is_not_rolled_back_on_its_way_back_to_the_pool(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    async with db.transaction() as session:
+        await session.execute(text("INSERT INTO t (name, n) VALUES ('z', 1)"))
+    # BEGIN IMMEDIATE, the INSERT, COMMIT: the pool's reset finds no transaction open and makes no trip.
+    assert trips == ["_run", "_run", "commit"]
+    trips.clear()
+    async with db.sessions() as session:
+        await session.execute(text("SELECT n FROM t"))
+    assert trips == ["_run", "_run", "rollback"]  # a read's BEGIN is still open when it goes back

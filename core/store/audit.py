@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, Text, bindparam, func, insert, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.store.db import Database
@@ -41,11 +42,54 @@ def row_hash(prev_hash: str, row: AuditRow) -> str:
 
 _AUDIT = cast(Table, AuditRow.__table__)
 _HEAD = cast(Table, AuditHeadRow.__table__)
-# Takes the next seq and returns it with the previous row's hash: the UPDATE holds the head row's lock (PostgreSQL;
-# SQLite's BEGIN IMMEDIATE already serializes writers) until commit, so concurrent appends queue and never fork.
-_TAKE_NEXT = (
-    update(_HEAD).where(_HEAD.c.id == _HEAD_ID).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
-)
+# The columns the appender fills from its parameters; seq, prev_hash and hash come from the head row.
+_GIVEN = ("at", "tenant", "type", "approval_id", "alert_id", "actor", "actor_platform", "data")
+# SQLite has no sha256: the SQLite driver registers this function on every connection (core/store/sqlite_driver.py).
+SQLITE_SHA256 = "ackbot_sha256"
+
+
+def _appender(postgres: bool) -> Any:
+    """The statement that chains a row to the head: (seq, prev_hash, hash) of the row it inserted, or no row.
+
+    The database computes the row's hash, sha256(prev hash + canonical JSON), from the head it reads, with the
+    canonical JSON given as the text before and after the seq (the only part the head decides). On PostgreSQL one
+    statement locks the head, inserts the row and moves the head; on SQLite (one writer at a time already) the
+    insert reads the head and the caller moves it.
+    """
+    given = [bindparam(name, type_=_AUDIT.c[name].type) for name in _GIVEN]
+    before, after = bindparam("before_seq", type_=Text()), bindparam("after_seq", type_=Text())
+    columns = ["seq", *_GIVEN, "prev_hash", "hash"]
+    if postgres:
+        head = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == _HEAD_ID).with_for_update().cte("head")
+        seq = head.c.seq + 1
+        text_ = head.c.hash + before + sql_cast(seq, Text) + after
+        digest = func.encode(func.sha256(func.convert_to(text_, "UTF8")), "hex")
+        appended = (
+            insert(_AUDIT)
+            .from_select(columns, select(seq, *given, head.c.hash, digest))
+            .returning(_AUDIT.c.seq, _AUDIT.c.prev_hash, _AUDIT.c.hash)
+            .cte("appended")
+        )
+        return (
+            update(_HEAD)
+            # Any version of the head this statement can see has a smaller seq than the row it appended (an
+            # equality would be tested against the version the statement started from, not the locked one).
+            .where(_HEAD.c.id == _HEAD_ID, _HEAD.c.seq < appended.c.seq)
+            .values(seq=appended.c.seq, hash=appended.c.hash)
+            .returning(appended.c.seq, appended.c.prev_hash, appended.c.hash)
+        )
+    seq = _HEAD.c.seq + 1
+    digest = getattr(func, SQLITE_SHA256)(_HEAD.c.hash + before + sql_cast(seq, Text) + after)
+    return (
+        insert(_AUDIT)
+        .from_select(columns, select(seq, *given, _HEAD.c.hash, digest).where(_HEAD.c.id == _HEAD_ID))
+        .returning(_AUDIT.c.seq, _AUDIT.c.prev_hash, _AUDIT.c.hash)
+    )
+
+
+_APPEND = {True: _appender(True), False: _appender(False)}
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == _HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+_SEQ_MARK = -1
 
 
 async def append(
@@ -63,24 +107,14 @@ async def append(
 ) -> AuditRow:
     """Append one row inside the caller's transaction, chained to the last one.
 
-    Three statements (two on PostgreSQL): take the next seq and the previous hash from the head row, which
-    locks it until commit; then insert the row and record its hash in the head. Call it last in a transaction:
-    other appends wait for the head row until this one commits.
+    One statement on PostgreSQL, two on SQLite (see _appender). The head row stays locked until commit (FOR
+    UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers), so concurrent appends queue and
+    the chain never forks. Call it last in a transaction: other appends wait for the head until this one commits.
     """
-    taken = (await session.execute(_TAKE_NEXT)).first()
-    if taken is None:
-        # The first append ever: create the head, then take it (two first appends meet on its primary key).
-        await session.execute(
-            db.insert(_HEAD)
-            .values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH)
-            .on_conflict_do_nothing(index_elements=[_HEAD.c.id])  # type: ignore[attr-defined]
-        )
-        taken = (await session.execute(_TAKE_NEXT)).one()
-    seq, prev_hash = int(taken[0]), str(taken[1])
     # Round-trip the data through JSON now, so the hash is computed over exactly what the database returns.
     stored = json.loads(json.dumps(data or {}, default=str))
     row = AuditRow(
-        seq=seq,
+        seq=_SEQ_MARK,
         at=at,
         tenant=tenant,
         type=type,
@@ -89,19 +123,28 @@ async def append(
         actor=actor,
         actor_platform=actor_platform,
         data=stored,
-        prev_hash=prev_hash,
+        prev_hash="",
         hash="",
     )
-    row.hash = row_hash(prev_hash, row)
-    values = {column.key: getattr(row, column.key) for column in _AUDIT.columns}
-    insert_row = insert(_AUDIT).values(**values)
-    set_hash = update(_HEAD).where(_HEAD.c.id == _HEAD_ID).values(hash=row.hash)
-    if db.is_postgres:
-        # One round trip while the head is locked: the insert rides along as a data-modifying WITH.
-        await session.execute(set_hash.add_cte(insert_row.cte("appended")))
-    else:
-        await session.execute(insert_row)
-        await session.execute(set_hash)
+    # The canonical JSON around the seq: keys are sorted, so the top-level seq is the last one, before "tenant".
+    before, mark, after = canonical_json(row).rpartition(f'"seq":{_SEQ_MARK},')
+    if not mark:
+        raise AssertionError("the canonical JSON of an audit row has no top-level seq")
+    params = {name: getattr(row, name) for name in _GIVEN}
+    params.update(before_seq=before + '"seq":', after_seq="," + after)
+    statement = _APPEND[db.is_postgres]
+    chained = (await session.execute(statement, params)).first()
+    if chained is None:
+        # The first append ever: create the head, then append (two first appends meet on its primary key).
+        await session.execute(
+            db.insert(_HEAD)
+            .values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH)
+            .on_conflict_do_nothing(index_elements=[_HEAD.c.id])  # type: ignore[attr-defined]
+        )
+        chained = (await session.execute(statement, params)).one()
+    row.seq, row.prev_hash, row.hash = int(chained[0]), str(chained[1]), str(chained[2])
+    if not db.is_postgres:
+        await session.execute(_MOVE_HEAD, {"new_seq": row.seq, "new_hash": row.hash})
     return row
 
 

@@ -14,6 +14,7 @@ Server-side cursors (stream results) keep SQLAlchemy's own class. Database passe
 from __future__ import annotations
 
 import collections
+import hashlib
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -25,8 +26,15 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util import immutabledict
+from sqlalchemy.util.concurrency import await_
 
 _Outcome = tuple[Any, list[Any], int, int | None]
+# The name the audit appender calls (core/store/audit.py: SQLITE_SHA256).
+SQLITE_SHA256 = "ackbot_sha256"
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
@@ -108,6 +116,15 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
+
+    def rollback(self) -> None:
+        # The pool rolls back every connection it takes back, committed or not: with no transaction open (the
+        # flag is a plain read, safe from this thread) there is nothing to roll back and no trip to make.
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        if connection._connection is not None and not connection._conn.in_transaction:
+            return
+        super().rollback()
+
     _cursor_cls: type[AsyncAdapt_aiosqlite_cursor] = OneTripCursor
 
 
@@ -116,7 +133,10 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
 
     def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
         adapted = super().connect(*arg, **kw)
-        return OneTripConnection(self, adapted._connection)
+        connection = OneTripConnection(self, adapted._connection)
+        # The audit log's appender has SQLite compute each row's hash (core/store/audit.py).
+        await_(adapted._connection.create_function(SQLITE_SHA256, 1, _sha256_hex, deterministic=True))
+        return connection
 
 
 def dbapi() -> OneTripDBAPI:
