@@ -206,6 +206,7 @@ class SlackChannel(BaseChannel):
         # conversation: "#ops" and "C0OPS" (the posts and the edits of the same channel) share one bucket.
         self._dm: dict[str, str] = {}
         self._ids: dict[str, str] = {}
+        self._web_client: AsyncWebClient | None = None
 
     @classmethod
     def for_config(cls, config: AckbotConfig) -> builtins.type[SlackChannel]:
@@ -221,8 +222,15 @@ class SlackChannel(BaseChannel):
         reference = self.settings.token or self.app_config.bot_token
         if reference is None:
             raise PermanentChannelError(f"{self.label}: no bot token (set slack.bot_token or the channel's token)")
+        # Resolved at every send (a rotated token takes effect at once); the client is kept while it stays the same,
+        # as building one reads the proxy settings from the environment and sets up its handlers every time.
         token = self.resolve_secret(reference)
-        return web_client(self.app_config, token, session=self.context.http, timeout=self.settings.timeout)
+        cached = self._web_client
+        if cached is None or cached.token != token or (cached.session is not None and cached.session.closed):
+            cached = self._web_client = web_client(
+                self.app_config, token, session=self.context.http, timeout=self.settings.timeout
+            )
+        return cached
 
     async def _call(self, method: str, call: Awaitable[AsyncSlackResponse]) -> dict[str, Any]:
         """Await one Web API call; every failure comes out as a PermanentChannelError or a TransientChannelError."""

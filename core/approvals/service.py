@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
@@ -54,11 +54,12 @@ from core.store import approvals as approval_store
 from core.store import nonces as nonce_store
 from core.store.approvals import approval_from_row
 from core.store.db import Database, new_id
-from core.store.deliveries import new_delivery
+from core.store.deliveries import delivery_values, new_delivery
 from core.store.tables import ApprovalRow, DeliveryRow
 from core.tokens import CLOCK_SKEW_SECONDS, TokenClaims, TokenError
 
 log = logging.getLogger("ackbot.approvals")
+_DELIVERIES = cast(Table, DeliveryRow.__table__)
 
 CHOICE_LABELS = {Choice.acknowledge: "Acknowledge", Choice.deny: "Deny", Choice.escalate: "Escalate"}
 FOLLOW_UP_HOOKS = {
@@ -1234,14 +1235,15 @@ class ApprovalService:
 
     async def _enqueue_updates(self, session: AsyncSession, row: ApprovalRow, *, now: datetime, stage: str) -> int:
         shown = await approval_store.shown_on(session=session, approval_id=row.id)
+        updates = []
         for channel, target, extra, message_ref in shown:
             person = extra.get("person")
             update_extra: dict[str, Any] = {"person": person} if person else {}
             if message_ref is not None:
                 # What the update edits, known now: the dispatcher need not look it up again.
                 update_extra["message_ref"] = message_ref
-            session.add(
-                new_delivery(
+            updates.append(
+                delivery_values(
                     tenant=row.tenant,
                     channel=channel,
                     idempotency_key=_key("approval", row.id, "update", stage, channel, target or ""),
@@ -1255,6 +1257,9 @@ class ApprovalService:
                     extra=update_extra or None,
                 )
             )
+        if updates:
+            # A Core insert: no ORM unit of work for rows this transaction never reads back.
+            await session.execute(insert(_DELIVERIES), updates)
         return len(shown)
 
     def _follow_ups(self, session: AsyncSession, row: ApprovalRow, *, hook: str, now: datetime, stage: str) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
@@ -16,6 +17,34 @@ from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow
 
 OPEN_STATES = (ApprovalState.pending.value, ApprovalState.escalated.value)
 _INTERNAL = ("event_id", "created_by", "created_audited", "updated_at", "next_due_at")
+_VOTES = cast(Table, ApprovalVoteRow.__table__)
+
+# The statements of a decision, built once: a click then spends no time composing SQL, only executing it.
+# populate_existing: a row read earlier in the session must not hide a newer committed state.
+_GET_ROW = (
+    select(ApprovalRow).where(ApprovalRow.id == bindparam("approval_id")).execution_options(populate_existing=True)
+)
+_GET_ROW_LOCKED = _GET_ROW.with_for_update()
+_VOTE = {
+    postgres: (postgresql.insert(_VOTES) if postgres else sqlite.insert(_VOTES)).on_conflict_do_nothing(
+        index_elements=[_VOTES.c.approval_id, _VOTES.c.person]
+    )
+    for postgres in (True, False)
+}
+_LIST_VOTES = (
+    select(ApprovalVoteRow).where(ApprovalVoteRow.approval_id == bindparam("approval_id")).order_by(ApprovalVoteRow.id)
+)
+_SHOWN_ON = (
+    select(DeliveryRow.channel, DeliveryRow.target, DeliveryRow.extra, DeliveryRow.status, DeliveryRow.message_ref)
+    .where(
+        DeliveryRow.approval_id == bindparam("approval_id"),
+        DeliveryRow.purpose == DeliveryPurpose.notify,
+        DeliveryRow.status.in_((DeliveryStatus.sent, DeliveryStatus.sending)),
+    )
+    .order_by(DeliveryRow.created_at)
+)
+# Conditional moves, one statement per shape (which columns change, and which conditions apply).
+_TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Any] = {}
 
 
 def approval_from_row(row: ApprovalRow) -> Approval:
@@ -31,11 +60,8 @@ async def get_row(*, session: AsyncSession, db: Database, approval_id: str, lock
 
     On SQLite every write transaction already holds the database lock (BEGIN IMMEDIATE), so no more is needed.
     """
-    query = select(ApprovalRow).where(ApprovalRow.id == approval_id)
-    if lock and db.is_postgres:
-        query = query.with_for_update()
-    # populate_existing: a row read earlier in this session must not hide a newer committed state.
-    return (await session.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+    query = _GET_ROW_LOCKED if lock and db.is_postgres else _GET_ROW
+    return (await session.execute(query, {"approval_id": approval_id})).scalar_one_or_none()
 
 
 async def get(*, session: AsyncSession, approval_id: str) -> Approval | None:
@@ -82,21 +108,25 @@ async def transition(
     Returns the updated row, or None when another transaction got there first: that is how two clicks, two
     replicas or two scheduler runs produce exactly one decision or one escalation step.
     """
-    conditions = [ApprovalRow.id == approval_id, ApprovalRow.state.in_(OPEN_STATES)]
-    if from_level is not None:
-        conditions.append(ApprovalRow.escalation_level == from_level)
-    if check_due:
-        conditions.append(
-            ApprovalRow.next_due_at == from_due if from_due is not None else ApprovalRow.next_due_at.is_(None)
+    shape = (tuple(sorted(values)), from_level is not None, check_due, from_due is not None)
+    statement = _TRANSITIONS.get(shape)
+    if statement is None:
+        conditions = [ApprovalRow.id == bindparam("w_id"), ApprovalRow.state.in_(OPEN_STATES)]
+        if from_level is not None:
+            conditions.append(ApprovalRow.escalation_level == bindparam("w_level"))
+        if check_due:
+            due = ApprovalRow.next_due_at
+            conditions.append(due == bindparam("w_due", type_=due.type) if from_due is not None else due.is_(None))
+        statement = _TRANSITIONS[shape] = (
+            update(ApprovalRow)
+            .where(*conditions)
+            .values({key: bindparam(f"v_{key}", type_=ApprovalRow.__table__.c[key].type) for key in shape[0]})
+            .returning(ApprovalRow)
+            .execution_options(synchronize_session=False, populate_existing=True)
         )
-    statement = (
-        update(ApprovalRow)
-        .where(*conditions)
-        .values(**values)
-        .returning(ApprovalRow)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
+    params: dict[str, Any] = {f"v_{key}": value for key, value in values.items()}
+    params.update(w_id=approval_id, w_level=from_level, w_due=from_due)
+    return (await session.execute(statement, params)).scalar_one_or_none()
 
 
 async def final_ids(*, session: AsyncSession, approval_ids: list[str]) -> list[str]:
@@ -168,21 +198,16 @@ async def add_vote(
     now: datetime,
 ) -> bool:
     """Record one person's vote; False if this person has voted on this approval already."""
-    table = ApprovalVoteRow.__table__
-    statement = (
-        db.insert(table)
-        .values(
-            approval_id=approval_id,
-            person=person,
-            choice=choice,
-            actor_platform=actor_platform,
-            actor_id=actor_id,
-            channel=channel,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[table.c.approval_id, table.c.person])  # type: ignore[attr-defined]
-    )
-    result = await session.execute(statement)
+    vote = {
+        "approval_id": approval_id,
+        "person": person,
+        "choice": choice,
+        "actor_platform": actor_platform,
+        "actor_id": actor_id,
+        "channel": channel,
+        "created_at": now,
+    }
+    result = await session.execute(_VOTE[db.is_postgres], vote)
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -194,9 +219,7 @@ async def count_votes(*, session: AsyncSession, approval_id: str, choice: str) -
 
 async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, Any]]:
     """Every vote on an approval, oldest first, as JSON-ready dicts."""
-    rows = await session.execute(
-        select(ApprovalVoteRow).where(ApprovalVoteRow.approval_id == approval_id).order_by(ApprovalVoteRow.id)
-    )
+    rows = await session.execute(_LIST_VOTES, {"approval_id": approval_id})
     return [
         {
             "person": r.person,
@@ -219,15 +242,7 @@ async def shown_on(
     message_ref is the first sent message's reference in that conversation (what the update edits), or None
     while none is known yet.
     """
-    rows = await session.execute(
-        select(DeliveryRow.channel, DeliveryRow.target, DeliveryRow.extra, DeliveryRow.status, DeliveryRow.message_ref)
-        .where(
-            DeliveryRow.approval_id == approval_id,
-            DeliveryRow.purpose == DeliveryPurpose.notify,
-            DeliveryRow.status.in_((DeliveryStatus.sent, DeliveryStatus.sending)),
-        )
-        .order_by(DeliveryRow.created_at)
-    )
+    rows = await session.execute(_SHOWN_ON, {"approval_id": approval_id})
     shown: dict[tuple[str, str | None], tuple[dict[str, Any], dict[str, Any] | None]] = {}
     for channel, target, extra, status, ref in rows.all():
         if (extra or {}).get("follow_up"):

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.store.db import Database
 from core.store.tables import SpentNonceRow
+
+_NONCES = cast(Table, SpentNonceRow.__table__)
+# Built once per backend: spending a nonce is on every click's path.
+_SPEND = {
+    postgres: (postgresql.insert(_NONCES) if postgres else sqlite.insert(_NONCES)).on_conflict_do_nothing(
+        index_elements=[_NONCES.c.nonce]
+    )
+    for postgres in (True, False)
+}
 
 
 async def spend(
     *, session: AsyncSession, db: Database, nonce: str, approval_id: str, now: datetime, expires_at: datetime
 ) -> bool:
     """Spend a nonce inside the caller's transaction; False if it was spent before (a replay)."""
-    table = SpentNonceRow.__table__
-    statement = (
-        db.insert(table)
-        .values(nonce=nonce, approval_id=approval_id, spent_at=now, expires_at=expires_at)
-        .on_conflict_do_nothing(index_elements=[table.c.nonce])  # type: ignore[attr-defined]
-    )
-    result = await session.execute(statement)
+    values = {"nonce": nonce, "approval_id": approval_id, "spent_at": now, "expires_at": expires_at}
+    result = await session.execute(_SPEND[db.is_postgres], values)
     return bool(getattr(result, "rowcount", 0))
 
 
