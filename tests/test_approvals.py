@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from itsdangerous.encoding import base64_decode, base64_encode
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bot.app import build_runtime, create_app
+from core import audit
 from core.approvals import DecisionReason
 from core.channels.base import BaseChannel, Notification, SendResult
 from core.clock import ManualClock
@@ -274,6 +275,80 @@ async def test_messages_carry_fresh_tokens_bound_to_delivery_channel_and_person(
             assert claims.approval_id == created["id"] and claims.tenant == "acme" and claims.choice == button.choice
             assert claims.subject == ("carol" if target == "carol@example.com" else None)
             assert claims.expires_at <= note.approval.expires_at
+
+
+async def test_long_polls_share_one_watcher_get_the_decided_view_and_end_at_shutdown(
+    harness: HarnessFactory,
+) -> None:
+    h = await harness()
+    created = [await h.create(targets=["chat"], approvers=["alice"]) for _ in range(6)]
+    await h.dispatch()
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    async def poll(approval_id: str) -> tuple[float, dict[str, Any]]:
+        answer = await h.client.get(f"/api/v1/approvals/{approval_id}?wait=30", headers=auth())
+        assert answer.status == 200
+        document: dict[str, Any] = await answer.json()
+        return asyncio.get_running_loop().time(), document
+
+    loop = asyncio.get_running_loop()
+    polls = [asyncio.create_task(poll(c["id"])) for c in created]
+    await asyncio.sleep(0.3)  # every poll has read its approval once and waits
+    engine = h.runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        await asyncio.sleep(1.6)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    # Three ticks of the one watcher (every 0.5 s), not two reads per waiting poll per tick.
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert 1 <= len(reads) <= 4 and all("approvals.id IN" in s for s in reads), reads
+
+    # A click decided here answers its poll with the view the decision committed, the same as a fresh read.
+    first = created[0]["id"]
+    token = h.buttons(first)["acknowledge"]
+    started = loop.time()
+    result = await h.runtime.approvals.decide(token=token, actor=ALICE)
+    assert result.ok
+    answered_at, document = await asyncio.wait_for(polls[0], 5)
+    assert answered_at - started < 0.5 and document["state"] == "acknowledged"
+    fresh = await (await h.client.get(f"/api/v1/approvals/{first}", headers=auth())).json()
+    assert document == fresh and [v["person"] for v in document["votes"]] == ["alice"]
+
+    # A shutdown answers the polls still waiting at once (they would otherwise hold the stop for 30 s).
+    started = loop.time()
+    await h.client.server.close()
+    answers = await asyncio.wait_for(asyncio.gather(*polls[1:]), 10)
+    assert all(doc["state"] == "pending" for _, doc in answers) and loop.time() - started < 5
+
+
+async def test_a_decision_takes_few_statements(harness: HarnessFactory) -> None:
+    h = await harness()
+    created = await h.create(targets=["chat"], approvers=["alice"])
+    await h.dispatch()
+    token = h.buttons(created["id"])["acknowledge"]
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()[:3]))
+
+    engine = h.runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        result = await h.runtime.approvals.decide(token=token, actor=ALICE)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert result.ok and result.approval is not None and result.approval.state is ApprovalState.acknowledged
+    # Read and lock the approval, spend the nonce, record the vote, move it, read the messages that show it,
+    # queue their update, chain the audit row (one statement on PostgreSQL; SQLite also moves the head and
+    # sends its BEGIN IMMEDIATE as a statement).
+    expected = 7 if h.runtime.db.is_postgres else 9
+    assert len(statements) == expected, "\n".join(statements)
+    report = await audit.verify_chain(db=h.runtime.db)
+    assert report.ok, report
 
 
 async def test_dsse_tokens_fit_a_slack_button(harness: HarnessFactory) -> None:
