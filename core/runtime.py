@@ -120,12 +120,15 @@ class Runtime:
             previous = self.remove_channel(name)
             if previous is not None:
                 await previous.close()
-            if channel_config.enabled:
-                try:
-                    self.add_channel(channel_config)
-                except Exception as exc:
-                    log.error("API channel %r cannot be built and is out of service: %s", name, exc)
-                    self.channel_configs[name] = channel_config
+            if not channel_config.enabled:
+                # Known (listed, changeable, enabled again through the API) but out of service.
+                self.channel_configs[name] = channel_config
+                continue
+            try:
+                self.add_channel(channel_config)
+            except Exception as exc:
+                log.error("API channel %r cannot be built and is out of service: %s", name, exc)
+                self.channel_configs[name] = channel_config
         self._channels_version = stamp
         return True
 
@@ -154,6 +157,8 @@ class Runtime:
         for channel_config in self.config.channels:
             if channel_config.enabled:
                 self.add_channel(channel_config)
+            else:
+                self.channel_configs[channel_config.name] = channel_config  # listed, out of service
         await self.refresh_channels(force=True)
         await self.rulebook.refresh(force=True)
         if CALLBACK_CHANNEL in self.channel_configs:

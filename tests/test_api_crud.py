@@ -85,6 +85,25 @@ async def test_a_channel_keeps_its_type_and_merges_settings(app_factory: AppFact
     assert (await merged.json())["settings"] == {**HOOK_SETTINGS, "method": "PUT"}
 
 
+async def test_a_disabled_channel_stays_known_and_can_be_enabled_again(
+    app_factory: AppFactory, database_url: str
+) -> None:
+    client, runtime = await app_factory(run_dispatcher=False)
+    hook = {"name": "hook", "type": "webhook", "settings": HOOK_SETTINGS}
+    assert (await client.post("/api/v1/channels", json=hook, headers=auth())).status == 201
+    off = await client.patch("/api/v1/channels/hook", json={"enabled": False}, headers=auth())
+    assert off.status == 200 and (await off.json())["enabled"] is False
+    # Out of service (no delivery goes to it), but still listed and changeable.
+    assert "hook" not in runtime.channels
+    shown = await client.get("/api/v1/channels/hook", headers=auth())
+    assert shown.status == 200 and (await shown.json())["enabled"] is False
+    listed = await (await client.get("/api/v1/channels", headers=auth())).json()
+    assert "hook" in [c["name"] for c in listed["items"]]
+    on = await client.patch("/api/v1/channels/hook", json={"enabled": True}, headers=auth())
+    assert on.status == 200 and (await on.json())["enabled"] is True
+    assert "hook" in runtime.channels
+
+
 async def test_a_tenant_key_changes_only_its_tenants_rules(app_factory: AppFactory, database_url: str) -> None:
     keys = [
         {"name": "admin", "key": "env:ACKBOT_TEST_ADMIN_KEY", "tenant": "*", "scopes": ["notify.admin"]},
