@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -232,15 +232,21 @@ def _duplicate_of(event_id: str, alert_id: str | None) -> IngestResult:
     return IngestResult(event_id=event_id, alert_id=alert_id, matched_rules=[], deliveries=0, duplicate=True)
 
 
+_EVENTS = table_of(EventRow)
+# Built once: building a statement costs more than running it (SQLAlchemy's coercions and cache key).
+_CLIENT_IDS = select(_EVENTS.c.tenant, _EVENTS.c.client_id, _EVENTS.c.id, _EVENTS.c.alert_id).where(
+    _EVENTS.c.client_id.in_(bindparam("client_ids", expanding=True))
+)
+_INSERT_EVENTS = insert(_EVENTS)
+_INSERT_DELIVERIES = insert(table_of(DeliveryRow))
+
+
 async def _look_up_client_ids(group: _Group, items: Sequence[_Item]) -> None:
     wanted = {key for item in items if (key := item.client_key) is not None and key not in group.client_ids}
     if not wanted:
         return
-    table = table_of(EventRow)
-    query = select(table.c.tenant, table.c.client_id, table.c.id, table.c.alert_id).where(
-        table.c.client_id.in_({client_id for _, client_id in wanted})
-    )
-    for tenant, client_id, event_id, alert_id in (await group.conn.execute(query)).all():
+    params = {"client_ids": sorted({client_id for _, client_id in wanted})}
+    for tenant, client_id, event_id, alert_id in (await group.conn.execute(_CLIENT_IDS, params)).all():
         if (tenant, client_id) in wanted:
             group.client_ids[(tenant, client_id)] = _duplicate_of(event_id, alert_id)
 
@@ -274,7 +280,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
     if stored:
         # A concurrent request with the same client id on another connection makes this raise IntegrityError;
         # the group is then stored again, and finds that event.
-        await group.conn.execute(insert(table_of(EventRow)), [_event_values(_event_of(item)) for item in stored])
+        await group.conn.execute(_INSERT_EVENTS, [_event_values(_event_of(item)) for item in stored])
 
     planned, resolving = _plan(group, stored)
     if planned:
@@ -299,7 +305,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
     if deliveries:
         # Approvals opened above are ORM rows the deliveries point at: written first.
         await session.flush()
-        await group.conn.execute(insert(table_of(DeliveryRow)), deliveries)
+        await group.conn.execute(_INSERT_DELIVERIES, deliveries)
     await group.ledger.save()
     return answered
 

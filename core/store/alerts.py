@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, literal_column, select, update
+from sqlalchemy import Select, bindparam, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import Alert, AlertStatus, Event, EventStatus, Severity
@@ -59,7 +61,6 @@ class AlertBook:
     async def _fire(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
         if not events:
             return {}
-        table = table_of(AlertRow)
         rows = []
         for event, fingerprint in sorted(events, key=lambda pair: (pair[0].tenant, pair[1])):
             row = {
@@ -76,21 +77,7 @@ class AlertBook:
             }
             _refresh_from_event(row, event)
             rows.append(row)
-        excluded = self.db.insert(table).excluded  # type: ignore[attr-defined]
-        upsert = (
-            self.db.insert(table)
-            # The active alert of the identity, if there is one, is updated in place (and stays acknowledged if it
-            # was); rows are in identity order, the order PostgreSQL locks them in, so two replicas cannot deadlock.
-            .on_conflict_do_update(  # type: ignore[attr-defined]
-                index_elements=[table.c.tenant, table.c.fingerprint],
-                index_where=table.c.status != literal_column("'resolved'"),
-                set_={
-                    "event_count": table.c.event_count + 1,
-                    **{column: excluded[column] for column in _REFRESHED},
-                },
-            )
-            .returning(*table.c)
-        )
+        upsert = _fire_statement(self.db.dialect)
         ours = {row["id"] for row in rows}
         changes = {}
         for stored in (await self.conn.execute(upsert, rows)).mappings():
@@ -102,22 +89,11 @@ class AlertBook:
     async def _resolve(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
         if not events:
             return {}
-        table = table_of(AlertRow)
         wanted = {(event.tenant, fp) for event, fp in events}
-        query = (
-            select(table)
-            .where(
-                table.c.tenant.in_({tenant for tenant, _ in wanted}),
-                table.c.fingerprint.in_({fingerprint for _, fingerprint in wanted}),
-                table.c.status != AlertStatus.resolved,
-            )
-            # Locked in identity order, as the upsert above locks them.
-            .order_by(table.c.tenant, table.c.fingerprint)
-        )
-        if self.db.is_postgres:
-            query = query.with_for_update()
+        query = _active_statement(self.db.dialect)
+        params = {"tenants": sorted({t for t, _ in wanted}), "fingerprints": sorted({fp for _, fp in wanted})}
         active = {}
-        for row in (await self.conn.execute(query)).mappings():
+        for row in (await self.conn.execute(query, params)).mappings():
             if (row["tenant"], row["fingerprint"]) in wanted:
                 active[(row["tenant"], row["fingerprint"])] = dict(row)
         changes = {}
@@ -133,12 +109,47 @@ class AlertBook:
             closed.append(columns)
             changes[(event.tenant, fingerprint)] = AlertChange(columns, Transition.resolved)
         if closed:
-            changing = (*_REFRESHED, "event_count", "status", "resolved_at")
-            await self.conn.execute(
-                update(table).where(table.c.id == bindparam("b_id")).values({c: bindparam(f"b_{c}") for c in changing}),
-                [{"b_id": row["id"], **{f"b_{c}": row[c] for c in changing}} for row in closed],
-            )
+            rows = [{"b_id": row["id"], **{f"b_{c}": row[c] for c in _CLOSING}} for row in closed]
+            await self.conn.execute(_close_statement(), rows)
         return changes
+
+
+# The statements are built once: building one costs more than running it (SQLAlchemy's coercions and cache key).
+@functools.cache
+def _fire_statement(dialect: str) -> Any:
+    table = table_of(AlertRow)
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    return (
+        # The active alert of the identity, if there is one, is updated in place (and stays acknowledged if it
+        # was); rows are in identity order, the order PostgreSQL locks them in, so two replicas cannot deadlock.
+        insert.on_conflict_do_update(
+            index_elements=[table.c.tenant, table.c.fingerprint],
+            index_where=table.c.status != literal_column("'resolved'"),
+            set_={"event_count": table.c.event_count + 1, **{column: insert.excluded[column] for column in _REFRESHED}},
+        ).returning(*table.c)
+    )
+
+
+@functools.cache
+def _active_statement(dialect: str) -> Select[Any]:
+    table = table_of(AlertRow)
+    query = (
+        select(table)
+        .where(
+            table.c.tenant.in_(bindparam("tenants", expanding=True)),
+            table.c.fingerprint.in_(bindparam("fingerprints", expanding=True)),
+            table.c.status != AlertStatus.resolved,
+        )
+        # Locked in identity order, as the upsert locks them.
+        .order_by(table.c.tenant, table.c.fingerprint)
+    )
+    return query.with_for_update() if dialect == "postgresql" else query
+
+
+@functools.cache
+def _close_statement() -> Any:
+    table = table_of(AlertRow)
+    return update(table).where(table.c.id == bindparam("b_id")).values({c: bindparam(f"b_{c}") for c in _CLOSING})
 
 
 # What every event sets on its alert (besides counting itself).
@@ -153,6 +164,9 @@ _REFRESHED = (
     "payload",
     "links",
 )
+
+
+_CLOSING = (*_REFRESHED, "event_count", "status", "resolved_at")
 
 
 def _refresh_from_event(row: dict[str, Any], event: Event) -> None:

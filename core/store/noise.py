@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import DeliveryStatus
@@ -36,22 +37,7 @@ async def admit_many(
     gets through, the others are counted. The row of a key is locked until commit, so replicas agree."""
     if not windows:
         return {}
-    table = table_of(NoiseKeyRow)
-    excluded = db.insert(table).excluded  # type: ignore[attr-defined]
-    open_window = table.c.window_until > now
-    statement = (
-        db.insert(table)
-        .on_conflict_do_update(  # type: ignore[attr-defined]
-            index_elements=[table.c.key],
-            set_={
-                # Every right-hand side reads the row as it was before this update, on both backends.
-                "carried": case((open_window, table.c.carried), else_=table.c.suppressed),
-                "suppressed": case((open_window, table.c.suppressed + 1), else_=0),
-                "window_until": case((open_window, table.c.window_until), else_=excluded.window_until),
-            },
-        )
-        .returning(table.c.key, table.c.window_until, table.c.suppressed, table.c.carried)
-    )
+    statement = _admit_statement(db.dialect, now)
     # Keys in order, the order PostgreSQL locks their rows in: two replicas cannot deadlock on them.
     rows = [{"key": key, "window_until": now + windows[key], "suppressed": 0, "carried": 0} for key in sorted(windows)]
     decisions = {}
@@ -59,6 +45,22 @@ async def admit_many(
         admitted = suppressed == 0
         decisions[key] = WindowDecision(admitted, window_until, carried if admitted else 0, suppressed)
     return decisions
+
+
+def _admit_statement(dialect: str, now: datetime) -> Any:
+    # Built per call: `now` cannot be a parameter of its own in a many-row INSERT ... RETURNING.
+    table = table_of(NoiseKeyRow)
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    open_window = table.c.window_until > now
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.key],
+        set_={
+            # Every right-hand side reads the row as it was before this update, on both backends.
+            "carried": case((open_window, table.c.carried), else_=table.c.suppressed),
+            "suppressed": case((open_window, table.c.suppressed + 1), else_=0),
+            "window_until": case((open_window, table.c.window_until), else_=insert.excluded.window_until),
+        },
+    ).returning(table.c.key, table.c.window_until, table.c.suppressed, table.c.carried)
 
 
 async def peek(*, session: AsyncSession, key: str, now: datetime) -> WindowDecision | None:

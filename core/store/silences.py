@@ -26,9 +26,13 @@ async def _bump(session: AsyncSession, db: Database) -> None:
     )
 
 
+# Read before every group of events that has actions: built once (building a statement costs more than running it).
+_REVISION_QUERY = select(SilenceRevisionRow.revision).where(SilenceRevisionRow.id == _REVISION_ROW)
+
+
 async def revision(*, session: AsyncSession) -> int:
     """A number that changes whenever any silence is created or ended (0 before the first)."""
-    value = await session.scalar(select(SilenceRevisionRow.revision).where(SilenceRevisionRow.id == _REVISION_ROW))
+    value = await session.scalar(_REVISION_QUERY)
     return int(value or 0)
 
 
