@@ -19,9 +19,9 @@ due time:
 
 - ack: the HTTP answer of /slack/events (Bolt acknowledges before the listener decides);
 - decided: the answer of a long poll GET /api/v1/approvals/{id}?wait=30 sent --lead seconds before the click (0:
-  with it), answered when the decision commits in this process; its state must be "acknowledged". Each waiting
-  poll re-reads the approval every 0.5 s (the service's WAIT_POLL_SECONDS), so once decisions fall behind, the
-  polls add load; --no-wait leaves them out;
+  with it), answered when the decision commits in this process; its state must be "acknowledged". A poll reads
+  its approval once when it starts; while it waits, one watcher per process looks for decisions taken elsewhere
+  (one query every 0.5 s, the service's WAIT_POLL_SECONDS, for all the waiting polls); --no-wait leaves them out;
 - replaced: the listener's response_url post (replace_original) arriving at the fake Slack: it is sent after the
   decision committed, so it bounds click-to-decision from above without adding any request;
 - updated: the outbox's chat.update of the posted message arriving at the fake Slack (the approvals service enqueues
