@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStat
 from core.store.convert import attempt_from_row, delivery_from_row
 from core.store.db import Database, new_id
 from core.store.pagination import decode_cursor
-from core.store.tables import DeliveryAttemptRow, DeliveryRow
+from core.store.tables import DeliveryAttemptRow, DeliveryRow, table_of
 
 CLAIMABLE = (DeliveryStatus.pending, DeliveryStatus.failed)
 
@@ -66,26 +67,68 @@ def new_delivery(**columns: Any) -> DeliveryRow:
 
 async def claim(*, db: Database, worker: str, now: datetime, lease: timedelta, limit: int) -> list[DeliveryRow]:
     """Take up to limit due deliveries: pending or failed ones that are due, and sending ones whose lease ran out."""
+    params = {"now": now, "b_lease_until": now + lease, "worker": worker, "limit": limit}
+    async with db.transaction() as session:
+        # The ORM's session synchronisation is not needed: the rows come back from RETURNING.
+        rows = await session.execute(
+            _claim_statement(db.is_postgres), params, execution_options={"synchronize_session": False}
+        )
+        return list(rows.scalars())
+
+
+# Built once: building a statement costs more than running it (SQLAlchemy's coercions and cache key).
+@functools.cache
+def _claim_statement(postgres: bool) -> Any:
+    table = table_of(DeliveryRow)
+    now = bindparam("now", type_=table.c.next_attempt_at.type)
     due = or_(
         and_(DeliveryRow.status.in_(CLAIMABLE), DeliveryRow.next_attempt_at <= now),
         and_(DeliveryRow.status == DeliveryStatus.sending, DeliveryRow.lease_until < now),
     )
-    async with db.transaction() as session:
-        candidates = select(DeliveryRow.id).where(due).order_by(DeliveryRow.next_attempt_at).limit(limit)
-        if db.is_postgres:
-            # Replicas skip each other's rows instead of waiting on them.
-            candidates = candidates.with_for_update(skip_locked=True)
-        # One statement: the candidates are chosen (and locked) in a WITH, which PostgreSQL runs once.
-        chosen = candidates.cte("chosen")
-        rows = (
-            await session.execute(
-                update(DeliveryRow)
-                .where(DeliveryRow.id.in_(select(chosen.c.id)), due)
-                .values(status=DeliveryStatus.sending, lease_until=now + lease, claimed_by=worker, updated_at=now)
-                .returning(DeliveryRow)
-            )
-        ).scalars()
-        return list(rows)
+    candidates = select(DeliveryRow.id).where(due).order_by(DeliveryRow.next_attempt_at).limit(bindparam("limit"))
+    if postgres:
+        # Replicas skip each other's rows instead of waiting on them.
+        candidates = candidates.with_for_update(skip_locked=True)
+    # One statement: the candidates are chosen (and locked) in a WITH, which PostgreSQL runs once.
+    chosen = candidates.cte("chosen")
+    return (
+        update(DeliveryRow)
+        .where(DeliveryRow.id.in_(select(chosen.c.id)), due)
+        .values(
+            status=DeliveryStatus.sending,
+            lease_until=bindparam("b_lease_until", type_=table.c.lease_until.type),
+            claimed_by=bindparam("worker"),
+            updated_at=now,
+        )
+        .returning(DeliveryRow)
+    )
+
+
+@functools.cache
+def _settle_sent_statement() -> Any:
+    table = table_of(DeliveryRow)
+    when = bindparam("when", type_=table.c.updated_at.type)
+    return (
+        update(table)
+        .where(
+            table.c.id.in_(bindparam("ids", expanding=True)),
+            table.c.claimed_by == bindparam("worker"),
+            table.c.status == DeliveryStatus.sending,
+        )
+        .values(
+            status=DeliveryStatus.sent,
+            attempts=table.c.attempts + 1,
+            lease_until=None,
+            claimed_by=None,
+            updated_at=when,
+            last_error=None,
+            sent_at=when,
+        )
+        .returning(table.c.id, table.c.attempts)
+    )
+
+
+_INSERT_ATTEMPTS = insert(table_of(DeliveryAttemptRow))
 
 
 @dataclass(frozen=True)
@@ -141,7 +184,11 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
     async with db.transaction() as session:
         ours = (DeliveryRow.claimed_by == worker, DeliveryRow.status == DeliveryStatus.sending)
         sent = [s for s in settlements if s.status is DeliveryStatus.sent and s.error is None]
-        if sent:
+        if sent and all(s.message_ref is None for s in sent):
+            params = {"ids": [s.delivery_id for s in sent], "worker": worker, "when": max(s.now for s in sent)}
+            result = await session.execute(_settle_sent_statement(), params)
+            numbers.update({str(id_): int(number) for id_, number in result.all()})
+        elif sent:
             when = max(s.now for s in sent)
             refs = [(s.delivery_id, s.message_ref) for s in sent if s.message_ref is not None]
             values: dict[str, Any] = {
@@ -207,7 +254,7 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
             if s.delivery_id in numbers
         ]
         if attempts:
-            await session.execute(insert(DeliveryAttemptRow).values(attempts))
+            await session.execute(_INSERT_ATTEMPTS, attempts)
     return set(numbers)
 
 
