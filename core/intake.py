@@ -41,12 +41,16 @@ class IngestQueue:
         self._writers = max(1, writers)
         self._waiting: deque[_Waiting] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Writers still in their loop. A finished writer's task leaves _tasks only in a done callback, a loop turn
+        # later; counting it there could leave a request just submitted with no writer.
+        self._running = 0
 
     async def submit(self, *, events: Sequence[EventIn], tenants: Sequence[str], source: str) -> list[IngestResult]:
         """Store the events (each accepted for its tenant) and the deliveries they cause; return after the commit."""
         answer: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(Submission(events, tenants, source), answer))
-        if len(self._tasks) < self._writers:
+        if self._running < self._writers:
+            self._running += 1
             task = asyncio.create_task(self._write(), name="ackbot-intake")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -73,6 +77,8 @@ class IngestQueue:
                 # Let the requests whose handlers are ready to run submit first: under load, one turn of the event
                 # loop makes the group larger at the cost of microseconds.
                 await asyncio.sleep(0)
+                if not self._waiting:
+                    break  # another writer took them meanwhile
                 group = [w for w in self._take_group() if not w.answer.done()]  # a cancelled request stays unstored
                 if group:
                     await self._store(group)
@@ -85,6 +91,9 @@ class IngestQueue:
                 _settle(waiting, error=stopped)
             self._waiting.clear()
             raise
+        finally:
+            # In the same step as the last look at the queue: a submit after this starts a writer.
+            self._running -= 1
 
     async def _store(self, group: list[_Waiting]) -> None:
         deps = self._deps()

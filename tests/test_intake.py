@@ -171,3 +171,29 @@ async def test_noise_outcomes_and_group_sizes_are_counted(migrated_db: Database)
     assert 'ackbot_noise_decisions_total{outcome="deliver"} 2.0' in exposition
     assert 'ackbot_noise_decisions_total{outcome="suppress"} 2.0' in exposition
     assert "ackbot_intake_group_events_sum 4.0" in exposition
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+async def test_bursts_and_pauses_leave_no_request_behind(migrated_db: Database, writers: int) -> None:
+    # Writers start and finish as bursts come and go: a request that arrives as the last writer leaves must still
+    # be stored, and no writer may fail on a queue another one emptied.
+    db = migrated_db
+    queue = IngestQueue(lambda: deps_for(db), writers=writers)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        sent = 0
+        for burst in range(30):
+            size = 1 + burst % 4
+            await asyncio.wait_for(
+                asyncio.gather(*(submit_one(queue, disk(f"b{burst}-{n}")) for n in range(size))), timeout=30
+            )
+            sent += size
+            if burst % 3 == 0:
+                await asyncio.sleep(0)  # the writers finish between some bursts and not others
+        await queue.drain()
+    finally:
+        loop.set_exception_handler(None)
+    assert unhandled == []
+    assert await count(db, EventRow) == sent
