@@ -851,17 +851,8 @@ class ApprovalService:
                 updated = await self._finish(
                     session, row, state=ApprovalState.cancelled, choice=None, person=by, channel="api", now=now
                 )
-                await self._audit_creation(session, row=updated)
-                await audit.record(
-                    session=session,
-                    db=self.db,
-                    type="approval.cancelled",
-                    at=now,
-                    tenant=updated.tenant,
-                    approval_id=updated.id,
-                    alert_id=updated.alert_id,
-                    actor=by,
-                    actor_platform="api",
+                await self._audit_transition(
+                    session, updated, "approval.cancelled", at=now, actor=by, actor_platform="api"
                 )
                 result = DecisionResult(
                     ok=True,
@@ -1147,15 +1138,11 @@ class ApprovalService:
                     person,
                 )
             )
-        await self._audit_creation(session, row=updated)
-        await audit.record(
-            session=session,
-            db=self.db,
-            type="approval.escalated",
+        await self._audit_transition(
+            session,
+            updated,
+            "approval.escalated",
             at=now,
-            tenant=updated.tenant,
-            approval_id=updated.id,
-            alert_id=updated.alert_id,
             actor=person.name,
             actor_platform=channel,
             data={**details, "level": updated.escalation_level},
@@ -1406,18 +1393,8 @@ class ApprovalService:
                     },
                 )
                 return False
-            await self._audit_creation(session, row=updated)
-            await audit.record(
-                session=session,
-                db=self.db,
-                type=kind,
-                at=now,
-                tenant=updated.tenant,
-                approval_id=updated.id,
-                alert_id=updated.alert_id,
-                actor="scheduler",
-                actor_platform="ackbot",
-                data=data,
+            await self._audit_transition(
+                session, updated, kind, at=now, actor="scheduler", actor_platform="ackbot", data=data
             )
         return True
 
@@ -1433,18 +1410,40 @@ class ApprovalService:
         now: datetime,
         details: dict[str, Any],
     ) -> None:
+        await self._audit_transition(
+            session,
+            row,
+            kind,
+            at=now,
+            actor=person.name,
+            actor_platform=actor.platform,
+            data={**details, "actor_id": actor.id, "state": row.state},
+        )
+
+    async def _audit_transition(
+        self,
+        session: AsyncSession,
+        row: ApprovalRow,
+        kind: str,
+        *,
+        at: datetime,
+        actor: str,
+        actor_platform: str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Audit what just happened to an approval (after its deferred creation row, if still unwritten)."""
         await self._audit_creation(session, row=row)
         await audit.record(
             session=session,
             db=self.db,
             type=kind,
-            at=now,
+            at=at,
             tenant=row.tenant,
             approval_id=row.id,
             alert_id=row.alert_id,
-            actor=person.name,
-            actor_platform=actor.platform,
-            data={**details, "actor_id": actor.id, "state": row.state},
+            actor=actor,
+            actor_platform=actor_platform,
+            data=data,
         )
 
     async def _audit_refusal(
