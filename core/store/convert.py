@@ -14,9 +14,12 @@ def _columns(row: Any) -> dict[str, Any]:
 
 def event_from_row(row: EventRow) -> Event:
     """The stored event as a domain model."""
-    data = _columns(row)
-    data["client_id"] = data.pop("client_id")
-    return Event.model_validate(data)
+    return event_from_columns(_columns(row))
+
+
+def event_from_columns(columns: dict[str, Any]) -> Event:
+    """An event's columns (as read with Core) as a domain model."""
+    return Event.model_validate(columns)
 
 
 def alert_from_row(row: AlertRow) -> Alert:
