@@ -290,18 +290,17 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
         await group.ledger.load_waits(resolving_alerts=resolving)
     # Every action first meets the checks before its throttle window; then all the windows of the run are
     # admitted at once (identities are distinct in a run, so are their keys); then each action is concluded.
-    screened = {id(item): await _screen(group, item) for item in stored}
+    screened = [await _screen(group, item) for item in stored]
     windows = {
         plan.noise_key: plan.window
-        for found in screened.values()
+        for found in screened
         for plan, first in found
         if isinstance(first, noise.AwaitingWindow)
     }
     admitted = await group.ledger.admit_all(windows)
     deliveries: list[dict[str, Any]] = []
-    for item in stored:
-        result = await _conclude(group, item, screened[id(item)], admitted, deliveries)
-        answered[(item.submission, item.position)] = result
+    for item, found in zip(stored, screened, strict=True):
+        answered[(item.submission, item.position)] = await _conclude(group, item, found, admitted, deliveries)
     if deliveries:
         # Approvals opened above are ORM rows the deliveries point at: written first.
         await session.flush()
