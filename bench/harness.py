@@ -322,10 +322,10 @@ async def wait_ready(
 # (every 2 ms of the process's CPU time) whose handler, which runs in the main (event loop) thread, records the
 # Python stack it interrupted; SIGUSR2 stops it and writes the summary to OUT. Samples that land in select() are CPU
 # spent by other threads (aiosqlite's connection threads, the resolver) while the loop waited. SQLAlchemy's sync
-# code runs in greenlets, whose stacks end at the greenlet, so "by package" (the frame that was running) is exact
-# while "inclusive" undercounts the ackbot callers of database work.
+# code runs in greenlets: "inclusive" follows each greenlet's parent, so database work counts toward its callers.
 SAMPLER = r"""
 import collections, runpy, signal, sys
+import greenlet
 out, root = sys.argv[1], sys.argv[2] + "/"
 sys.argv = ["bot.cli", *sys.argv[3:]]
 by_package, by_function, inclusive, total = collections.Counter(), collections.Counter(), collections.Counter(), [0]
@@ -346,23 +346,29 @@ def where(code):
     return "stdlib " + package, f"{rel}:{code.co_name}"
 
 
+def frames(frame):
+    # A greenlet's stack ends at the greenlet: SQLAlchemy's sync code runs in one whose parent is the coroutine
+    # that awaits it, so the walk goes on into the parent's suspended stack.
+    current = greenlet.getcurrent()
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+        if frame is None and current is not None and current.parent is not None:
+            current = current.parent
+            frame = current.gr_frame
+
+
 def sample(signum, frame):
     total[0] += 1
     package, function = where(frame.f_code)
     by_package[package] += 1
     by_function[function] += 1
     seen = set()
-    in_loop = False
-    while frame is not None:
+    for frame in frames(frame):
         package, function = where(frame.f_code)
-        if function.startswith("bot/cli.py"):
-            in_loop = True
-        elif package in ("core", "bot") and function not in seen:
+        if package in ("core", "bot") and function not in seen and not function.startswith("bot/cli.py"):
             seen.add(function)
             inclusive[function] += 1
-        frame = frame.f_back
-    if not in_loop:
-        inclusive["(in a greenlet: SQLAlchemy's sync ORM and Core code)"] += 1
 
 
 def start(*_):
@@ -379,8 +385,8 @@ def dump(*_):
     lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in by_package.most_common(12)]
     lines += ["top functions (running frame):"]
     lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in by_function.most_common(12)]
-    lines += ["ackbot functions on the stack (inclusive; work in greenlets is not attributed to its caller):"]
-    lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in inclusive.most_common(15)]
+    lines += ["ackbot functions on the stack (inclusive):"]
+    lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in inclusive.most_common(30)]
     with open(out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 

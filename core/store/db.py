@@ -31,10 +31,10 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     # Let SQLAlchemy, not the driver, emit BEGIN: needed for SAVEPOINT and for BEGIN IMMEDIATE below.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
+    # WAL lets readers run beside the one writer. A writer that meets another's lock waits in the driver
+    # (sqlite_driver: busy_timeout stays 0 there, so SQLite never sleeps on the event loop's thread).
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -61,7 +61,7 @@ class Database:
         # A SQLite file has no server to lose: checking each connection would only cost four thread hand-offs of
         # aiosqlite per transaction.
         if url.startswith("sqlite+aiosqlite"):
-            # One hand-off to aiosqlite's thread per statement instead of three or four (see sqlite_driver).
+            # Statements run on the event loop's thread, not as trips to aiosqlite's (see sqlite_driver).
             kwargs.update(module=sqlite_driver.dbapi())
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
@@ -108,7 +108,7 @@ class Database:
     def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
         # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in growing
         # steps while the lock sits free; queueing this process's writers on an asyncio lock hands it over
-        # at once. (Other processes, such as a CLI command, still meet busy_timeout.)
+        # at once. (Other processes, such as a CLI command, still meet the driver's retries.)
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
 
     async def ping(self) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -64,6 +65,8 @@ class Received:
     query: str
     headers: CIMultiDictProxy[str]
     body: bytes
+    # When its headers had arrived (time.monotonic()): what a receiver's rate limit counts.
+    at: float = 0.0
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -160,12 +163,10 @@ class HttpSink:
     # ------------------------------------------------------------ serving
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        at = time.monotonic()
         body = await request.read()
-        self.requests.append(
-            Received(
-                request.method, request.path, request.query_string, CIMultiDictProxy(CIMultiDict(request.headers)), body
-            )
-        )
+        headers = CIMultiDictProxy(CIMultiDict(request.headers))
+        self.requests.append(Received(request.method, request.path, request.query_string, headers, body, at))
         async with self._arrived:
             self._arrived.notify_all()
         reply = self._reply_for(request.method, request.path)
