@@ -512,6 +512,7 @@ class Result:
     states: dict[str, int]
     refused: dict[str, int]
     cpu: tuple[float, float, float]
+    cpu_seconds: float
     load_avg: str
     max_lag: float
     setup: str = ""
@@ -638,6 +639,7 @@ async def run_one(
         states=clicks.states,
         refused=clicks.refused,
         cpu=after.since(before),
+        cpu_seconds=after.server_seconds(before),
         load_avg=load_avg,
         max_lag=clicks.max_lag,
         setup=setup,
@@ -672,7 +674,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
                     print(f"{rate:>7g}  {r.system:<10}{what:<10}{figures(values)}")
             indent = " " * 9
             print(
-                f"{indent}{r.clicks} clicks; server cpu {r.cpu[0]:.0f}+{r.cpu[1]:.0f}%, bench {r.cpu[2]:.0f}%; "
+                f"{indent}{r.clicks} clicks; server cpu {r.cpu[0]:.0f}+{r.cpu[1]:.0f}% "
+                f"({1000 * r.cpu_seconds / max(1, r.clicks):.2f} ms a click), bench {r.cpu[2]:.0f}%; "
                 f"generator lag max {r.max_lag * 1000:.0f} ms; load average {r.load_avg}"
             )
             if r.setup:
@@ -713,7 +716,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         "decided = answer of GET /api/v1/approvals/{id}?wait=30 (sent --lead s before the click) with state\n"
         "acknowledged; replaced = the listener's response_url post at the fake Slack, sent after the decision\n"
         "committed; updated = the outbox's chat.update at the fake Slack; LOST = not within the drain. cpu: the\n"
-        "server's event-loop thread + other threads, and this process, in % of one core, during the clicks."
+        "server's event-loop thread + other threads, and this process, in % of one core, during the clicks;\n"
+        "ms a click: the server's CPU time in that span over the number of clicks."
     )
     for r in results:
         if r.profile:

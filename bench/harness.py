@@ -117,6 +117,10 @@ class CpuSample:
         rest = sum(v - start.threads.get(t, 0.0) for t, v in self.threads.items() if t != self.pid)
         return 100 * main / wall, 100 * rest / wall, 100 * (self.own - start.own) / wall
 
+    def server_seconds(self, start: CpuSample) -> float:
+        """CPU seconds the server used since start, all its threads."""
+        return sum(v - start.threads.get(t, 0.0) for t, v in self.threads.items())
+
 
 def proc_status(pid: int) -> dict[str, int]:
     """The kB figures of /proc/<pid>/status (VmRSS, VmHWM, RssAnon, ...); empty if the process is gone."""
@@ -324,11 +328,13 @@ async def wait_ready(
 # spent by other threads (aiosqlite's connection threads, the resolver) while the loop waited. SQLAlchemy's sync
 # code runs in greenlets: "inclusive" follows each greenlet's parent, so database work counts toward its callers.
 SAMPLER = r"""
-import collections, runpy, signal, sys
+import collections, os, runpy, signal, sys
 import greenlet
 out, root = sys.argv[1], sys.argv[2] + "/"
 sys.argv = ["bot.cli", *sys.argv[3:]]
 by_package, by_function, inclusive, total = collections.Counter(), collections.Counter(), collections.Counter(), [0]
+# BENCH_PROFILE_STACKS=FILE also writes every sampled stack, folded (flamegraph.pl's input: "a;b;c count").
+stacks_out, stacks = os.environ.get("BENCH_PROFILE_STACKS"), collections.Counter()
 
 
 def where(code):
@@ -364,15 +370,19 @@ def sample(signum, frame):
     by_package[package] += 1
     by_function[function] += 1
     seen = set()
+    stack = []
     for frame in frames(frame):
         package, function = where(frame.f_code)
+        stack.append(function)
         if package in ("core", "bot") and function not in seen and not function.startswith("bot/cli.py"):
             seen.add(function)
             inclusive[function] += 1
+    if stacks_out:
+        stacks[";".join(reversed(stack))] += 1
 
 
 def start(*_):
-    by_package.clear(), by_function.clear(), inclusive.clear()
+    by_package.clear(), by_function.clear(), inclusive.clear(), stacks.clear()
     total[0] = 0
     signal.signal(signal.SIGPROF, sample)
     signal.setitimer(signal.ITIMER_PROF, 0.002, 0.002)
@@ -389,6 +399,9 @@ def dump(*_):
     lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in inclusive.most_common(30)]
     with open(out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
+    if stacks_out:
+        with open(stacks_out, "w") as fh:
+            fh.writelines(f"{stack} {count}\n" for stack, count in stacks.items())
 
 
 signal.signal(signal.SIGUSR1, start)

@@ -52,7 +52,7 @@ from core.models import (
 from core.store import alerts as alert_store
 from core.store import approvals as approval_store
 from core.store import nonces as nonce_store
-from core.store.approvals import approval_from_row
+from core.store.approvals import ApprovalRecord, approval_from_row
 from core.store.db import Database, new_id
 from core.store.deliveries import delivery_values, new_delivery
 from core.store.tables import ApprovalRow, DeliveryRow
@@ -165,7 +165,7 @@ class ApprovalService:
         self._tasks: list[asyncio.Task[None]] = []
         self._pruned_at: datetime | None = None
         # Approval rows read for the dispatcher's claimed batch, by delivery id (see prefetch).
-        self._prefetched: dict[str, ApprovalRow] = {}
+        self._prefetched: dict[str, ApprovalRecord] = {}
 
     # ------------------------------------------------------------ life cycle
 
@@ -346,7 +346,7 @@ class ApprovalService:
                 log.warning("approval %s: target %r skipped: %s", approval_id, target, exc.message)
         return plans
 
-    def _notify_delivery(self, row: ApprovalRow, plan: TargetPlan, *, stage: str, now: datetime) -> DeliveryRow:
+    def _notify_delivery(self, row: ApprovalRecord, plan: TargetPlan, *, stage: str, now: datetime) -> DeliveryRow:
         return new_delivery(
             tenant=row.tenant,
             channel=plan.channel,
@@ -482,7 +482,7 @@ class ApprovalService:
         return row.id
 
     async def _audit_creation(
-        self, session: AsyncSession, *, approval_id: str | None = None, row: ApprovalRow | None = None
+        self, session: AsyncSession, *, approval_id: str | None = None, row: ApprovalRecord | None = None
     ) -> int:
         """Write the deferred "approval.created" rows (of one approval, or of a batch); each exactly once.
 
@@ -518,7 +518,7 @@ class ApprovalService:
     async def view(self, *, approval_id: str) -> ApprovalView | None:
         """One approval with its votes and next due time, as the API shows it."""
         async with self.db.sessions() as session:
-            row = await session.get(ApprovalRow, approval_id)
+            row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id)
             if row is None:
                 return None
             # Votes exist only toward a quorum above one, or as the one acknowledgement that decided: a vote that
@@ -641,8 +641,7 @@ class ApprovalService:
         wanted = {row.approval_id for row in rows if row.approval_id}
         if not wanted:
             return
-        found = await session.execute(select(ApprovalRow).where(ApprovalRow.id.in_(wanted)))
-        approvals = {approval.id: approval for approval in found.scalars()}
+        approvals = {row.id: row for row in await approval_store.get_rows(session=session, approval_ids=wanted)}
         if len(self._prefetched) > PREFETCH_LIMIT:
             self._prefetched.clear()  # deliveries claimed but never built (a stop): their entries go
         for row in rows:
@@ -653,7 +652,9 @@ class ApprovalService:
         """Dispatcher enricher: attach the approval, and buttons with fresh tokens while it is open."""
         if not row.approval_id:
             return
-        approval_row = self._prefetched.pop(row.id, None) or await session.get(ApprovalRow, row.approval_id)
+        approval_row = self._prefetched.pop(row.id, None) or await approval_store.get_row(
+            session=session, db=self.db, approval_id=row.approval_id
+        )
         if approval_row is None:
             return
         approval = approval_from_row(approval_row)
@@ -754,7 +755,7 @@ class ApprovalService:
             refusal = DecisionResult(ok=False, reason=DecisionReason.wrong_choice, message="Not a choice ackbot knows.")
             return Preview(refusal=refusal, claims=claims)
         async with self.db.sessions() as session:
-            row = await session.get(ApprovalRow, claims.approval_id)
+            row = await approval_store.get_row(session=session, db=self.db, approval_id=claims.approval_id)
             spent = await nonce_store.is_spent(session=session, nonce=claims.nonce)
         if row is None:
             refusal = DecisionResult(ok=False, reason=DecisionReason.not_found, message="No such approval.")
@@ -1043,7 +1044,7 @@ class ApprovalService:
     async def _acknowledge(
         self,
         session: AsyncSession,
-        row: ApprovalRow,
+        row: ApprovalRecord,
         *,
         person: Person,
         actor: Actor,
@@ -1120,7 +1121,7 @@ class ApprovalService:
     async def _escalate_by(
         self,
         session: AsyncSession,
-        row: ApprovalRow,
+        row: ApprovalRecord,
         *,
         person: Person,
         channel: str,
@@ -1160,14 +1161,14 @@ class ApprovalService:
     async def _finish(
         self,
         session: AsyncSession,
-        row: ApprovalRow,
+        row: ApprovalRecord,
         *,
         state: ApprovalState,
         choice: Choice | None,
         person: str | None,
         channel: str | None,
         now: datetime,
-    ) -> ApprovalRow:
+    ) -> ApprovalRecord:
         updated = await approval_store.transition(
             session=session,
             approval_id=row.id,
@@ -1188,7 +1189,7 @@ class ApprovalService:
         await self._resume(session, updated, now=now)
         return updated
 
-    async def _resume(self, session: AsyncSession, row: ApprovalRow, *, now: datetime) -> None:
+    async def _resume(self, session: AsyncSession, row: ApprovalRecord, *, now: datetime) -> None:
         """A final state: update every message, queue the signed callback and the rule's follow-ups."""
         state = ApprovalState(row.state)
         await self._enqueue_updates(session, row, now=now, stage=state.value)
@@ -1220,7 +1221,7 @@ class ApprovalService:
         if hook is not None:
             self._follow_ups(session, row, hook=hook, now=now, stage=state.value)
 
-    async def _enqueue_updates(self, session: AsyncSession, row: ApprovalRow, *, now: datetime, stage: str) -> int:
+    async def _enqueue_updates(self, session: AsyncSession, row: ApprovalRecord, *, now: datetime, stage: str) -> int:
         shown = await approval_store.shown_on(session=session, approval_id=row.id)
         updates = []
         for channel, target, extra, message_ref in shown:
@@ -1249,7 +1250,7 @@ class ApprovalService:
             await session.execute(insert(_DELIVERIES), updates)
         return len(shown)
 
-    def _follow_ups(self, session: AsyncSession, row: ApprovalRow, *, hook: str, now: datetime, stage: str) -> None:
+    def _follow_ups(self, session: AsyncSession, row: ApprovalRecord, *, hook: str, now: datetime, stage: str) -> None:
         if not row.rule:
             return
         rule = next((r for r in self._rules() if r.name == row.rule), None)
@@ -1278,8 +1279,8 @@ class ApprovalService:
             )
 
     async def _fire_step(
-        self, session: AsyncSession, row: ApprovalRow, *, now: datetime, by: str
-    ) -> ApprovalRow | None:
+        self, session: AsyncSession, row: ApprovalRecord, *, now: datetime, by: str
+    ) -> ApprovalRecord | None:
         """Run the next escalation step: widen the approvers, message the step's targets, update the others."""
         steps = [EscalationStep.model_validate(s) for s in row.escalation]
         level = row.escalation_level
@@ -1357,6 +1358,7 @@ class ApprovalService:
                 return False  # another replica has it, or got there first
             steps = [EscalationStep.model_validate(s) for s in row.escalation]
             level = row.escalation_level
+            updated: ApprovalRecord | None
             if now >= row.expires_at:
                 updated = await approval_store.transition(
                     session=session,
@@ -1376,10 +1378,9 @@ class ApprovalService:
                 await self._resume(session, updated, now=now)
                 kind, data = "approval.expired", {"level": level}
             elif level < len(steps) and row.created_at + steps[level].after <= now:
-                fired = await self._fire_step(session, row, now=now, by="the scheduler")
-                if fired is None:
+                updated = await self._fire_step(session, row, now=now, by="the scheduler")
+                if updated is None:
                     return False
-                updated = fired
                 kind, data = "approval.escalated", {"level": updated.escalation_level, "timeout": True}
             else:
                 # The due time was early (the row was edited by hand, say): set it right and move on.
@@ -1403,7 +1404,7 @@ class ApprovalService:
     async def _audit_decision(
         self,
         session: AsyncSession,
-        row: ApprovalRow,
+        row: ApprovalRecord,
         kind: str,
         person: Person,
         actor: Actor,
@@ -1423,7 +1424,7 @@ class ApprovalService:
     async def _audit_transition(
         self,
         session: AsyncSession,
-        row: ApprovalRow,
+        row: ApprovalRecord,
         kind: str,
         *,
         at: datetime,

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeAlias
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
 from core.store.db import Database
 from core.store.pagination import decode_cursor
-from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow
+from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow, table_of
+
+# An approval as stored: a new ORM row, or a row read with a Core statement (same attribute names). Reads and
+# conditional updates return Core rows: no ORM identity map or instance state for rows nothing modifies in place,
+# which made each of them cost several times what its SQL did.
+ApprovalRecord: TypeAlias = ApprovalRow | Row[Any]
 
 OPEN_STATES = (ApprovalState.pending.value, ApprovalState.escalated.value)
 _INTERNAL = ("event_id", "created_by", "created_audited", "updated_at", "next_due_at")
-_VOTES = cast(Table, ApprovalVoteRow.__table__)
+_APPROVALS = table_of(ApprovalRow)
+_VOTES = table_of(ApprovalVoteRow)
+_DELIVERIES = table_of(DeliveryRow)
+_COLUMNS = tuple(column.key for column in _APPROVALS.columns)
 
 # The statements of a decision, built once: a click then spends no time composing SQL, only executing it.
-# populate_existing: a row read earlier in the session must not hide a newer committed state.
-_GET_ROW = (
-    select(ApprovalRow).where(ApprovalRow.id == bindparam("approval_id")).execution_options(populate_existing=True)
-)
+_GET_ROW = select(_APPROVALS).where(_APPROVALS.c.id == bindparam("approval_id"))
 _GET_ROW_LOCKED = _GET_ROW.with_for_update()
 _VOTE = {
     postgres: (postgresql.insert(_VOTES) if postgres else sqlite.insert(_VOTES)).on_conflict_do_nothing(
@@ -31,42 +37,52 @@ _VOTE = {
     )
     for postgres in (True, False)
 }
-_LIST_VOTES = (
-    select(ApprovalVoteRow).where(ApprovalVoteRow.approval_id == bindparam("approval_id")).order_by(ApprovalVoteRow.id)
-)
+_LIST_VOTES = select(_VOTES).where(_VOTES.c.approval_id == bindparam("approval_id")).order_by(_VOTES.c.id)
 _SHOWN_ON = (
-    select(DeliveryRow.channel, DeliveryRow.target, DeliveryRow.extra, DeliveryRow.status, DeliveryRow.message_ref)
-    .where(
-        DeliveryRow.approval_id == bindparam("approval_id"),
-        DeliveryRow.purpose == DeliveryPurpose.notify,
-        DeliveryRow.status.in_((DeliveryStatus.sent, DeliveryStatus.sending)),
+    select(
+        _DELIVERIES.c.channel,
+        _DELIVERIES.c.target,
+        _DELIVERIES.c.extra,
+        _DELIVERIES.c.status,
+        _DELIVERIES.c.message_ref,
     )
-    .order_by(DeliveryRow.created_at)
+    .where(
+        _DELIVERIES.c.approval_id == bindparam("approval_id"),
+        _DELIVERIES.c.purpose == DeliveryPurpose.notify,
+        _DELIVERIES.c.status.in_((DeliveryStatus.sent, DeliveryStatus.sending)),
+    )
+    .order_by(_DELIVERIES.c.created_at)
 )
 # Conditional moves, one statement per shape (which columns change, and which conditions apply).
 _TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Any] = {}
 
 
-def approval_from_row(row: ApprovalRow) -> Approval:
+def approval_from_row(row: ApprovalRecord) -> Approval:
     """The stored approval as a domain model (bookkeeping columns left out)."""
-    data = {column.key: getattr(row, column.key) for column in ApprovalRow.__table__.columns}
+    data = row._asdict() if isinstance(row, Row) else {key: getattr(row, key) for key in _COLUMNS}
     for key in _INTERNAL:
         data.pop(key)
     return Approval.model_validate(data)
 
 
-async def get_row(*, session: AsyncSession, db: Database, approval_id: str, lock: bool = False) -> ApprovalRow | None:
+async def get_row(*, session: AsyncSession, db: Database, approval_id: str, lock: bool = False) -> Row[Any] | None:
     """One approval row; lock=True holds its row lock to the end of the transaction (PostgreSQL).
 
     On SQLite every write transaction already holds the database lock (BEGIN IMMEDIATE), so no more is needed.
     """
     query = _GET_ROW_LOCKED if lock and db.is_postgres else _GET_ROW
-    return (await session.execute(query, {"approval_id": approval_id})).scalar_one_or_none()
+    return (await session.execute(query, {"approval_id": approval_id})).first()
+
+
+async def get_rows(*, session: AsyncSession, approval_ids: Iterable[str]) -> list[Row[Any]]:
+    """The approval rows of these ids that exist, in one query."""
+    query = select(_APPROVALS).where(_APPROVALS.c.id.in_(list(approval_ids)))
+    return list((await session.execute(query)).all())
 
 
 async def get(*, session: AsyncSession, approval_id: str) -> Approval | None:
     """One approval by id."""
-    row = await session.get(ApprovalRow, approval_id)
+    row = (await session.execute(_GET_ROW, {"approval_id": approval_id})).first()
     return approval_from_row(row) if row is not None else None
 
 
@@ -80,16 +96,16 @@ async def list_approvals(
     cursor: str | None = None,
 ) -> tuple[list[Approval], str | None]:
     """Approvals newest first; returns the page and the last id when there is more (ValueError for a bad cursor)."""
-    query = select(ApprovalRow)
+    query = select(_APPROVALS)
     if tenants is not None:
-        query = query.where(ApprovalRow.tenant.in_(tenants))
+        query = query.where(_APPROVALS.c.tenant.in_(tenants))
     if states is not None:
-        query = query.where(ApprovalRow.state.in_(list(states)))
+        query = query.where(_APPROVALS.c.state.in_(list(states)))
     if alert_id is not None:
-        query = query.where(ApprovalRow.alert_id == alert_id)
+        query = query.where(_APPROVALS.c.alert_id == alert_id)
     if cursor is not None:
-        query = query.where(ApprovalRow.id < decode_cursor(cursor))
-    rows = (await session.execute(query.order_by(ApprovalRow.id.desc()).limit(limit + 1))).scalars().all()
+        query = query.where(_APPROVALS.c.id < decode_cursor(cursor))
+    rows = (await session.execute(query.order_by(_APPROVALS.c.id.desc()).limit(limit + 1))).all()
     page = [approval_from_row(r) for r in rows[:limit]]
     return page, (page[-1].id if len(rows) > limit else None)
 
@@ -102,7 +118,7 @@ async def transition(
     from_due: datetime | None = None,
     check_due: bool = False,
     values: dict[str, Any],
-) -> ApprovalRow | None:
+) -> Row[Any] | None:
     """Conditionally move an open approval: UPDATE ... WHERE state IN (pending, escalated) [AND the same step].
 
     Returns the updated row, or None when another transaction got there first: that is how two clicks, two
@@ -111,22 +127,21 @@ async def transition(
     shape = (tuple(sorted(values)), from_level is not None, check_due, from_due is not None)
     statement = _TRANSITIONS.get(shape)
     if statement is None:
-        conditions = [ApprovalRow.id == bindparam("w_id"), ApprovalRow.state.in_(OPEN_STATES)]
+        conditions = [_APPROVALS.c.id == bindparam("w_id"), _APPROVALS.c.state.in_(OPEN_STATES)]
         if from_level is not None:
-            conditions.append(ApprovalRow.escalation_level == bindparam("w_level"))
+            conditions.append(_APPROVALS.c.escalation_level == bindparam("w_level"))
         if check_due:
-            due = ApprovalRow.next_due_at
+            due = _APPROVALS.c.next_due_at
             conditions.append(due == bindparam("w_due", type_=due.type) if from_due is not None else due.is_(None))
         statement = _TRANSITIONS[shape] = (
-            update(ApprovalRow)
+            update(_APPROVALS)
             .where(*conditions)
-            .values({key: bindparam(f"v_{key}", type_=ApprovalRow.__table__.c[key].type) for key in shape[0]})
-            .returning(ApprovalRow)
-            .execution_options(synchronize_session=False, populate_existing=True)
+            .values({key: bindparam(f"v_{key}", type_=_APPROVALS.c[key].type) for key in shape[0]})
+            .returning(*_APPROVALS.c)
         )
     params: dict[str, Any] = {f"v_{key}": value for key, value in values.items()}
     params.update(w_id=approval_id, w_level=from_level, w_due=from_due)
-    return (await session.execute(statement, params)).scalar_one_or_none()
+    return (await session.execute(statement, params)).first()
 
 
 async def final_ids(*, session: AsyncSession, approval_ids: list[str]) -> list[str]:
@@ -148,19 +163,19 @@ async def due_ids(*, session: AsyncSession, db: Database, now: datetime, limit: 
     return list((await session.execute(query)).scalars())
 
 
-async def lock_if_due(*, session: AsyncSession, db: Database, approval_id: str, now: datetime) -> ApprovalRow | None:
+async def lock_if_due(*, session: AsyncSession, db: Database, approval_id: str, now: datetime) -> Row[Any] | None:
     """Take one due approval for this transaction, or None if it is not due or another replica holds it."""
-    query = select(ApprovalRow).where(
-        ApprovalRow.id == approval_id, ApprovalRow.state.in_(OPEN_STATES), ApprovalRow.next_due_at <= now
+    query = select(_APPROVALS).where(
+        _APPROVALS.c.id == approval_id, _APPROVALS.c.state.in_(OPEN_STATES), _APPROVALS.c.next_due_at <= now
     )
     if db.is_postgres:
         query = query.with_for_update(skip_locked=True)
-    return (await session.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+    return (await session.execute(query)).first()
 
 
 async def take_unaudited(
     *, session: AsyncSession, db: Database, approval_id: str | None = None, limit: int = 100
-) -> list[ApprovalRow]:
+) -> list[Row[Any]]:
     """Mark approvals whose creation is not audited yet as audited, and return them (exactly once each).
 
     With approval_id, only that one (the caller holds its row lock); otherwise up to limit of them, skipping
@@ -176,13 +191,12 @@ async def take_unaudited(
         if not ids:
             return []
     statement = (
-        update(ApprovalRow)
-        .where(ApprovalRow.id.in_(ids), ApprovalRow.created_audited.is_(False))
+        update(_APPROVALS)
+        .where(_APPROVALS.c.id.in_(ids), _APPROVALS.c.created_audited.is_(False))
         .values(created_audited=True)
-        .returning(ApprovalRow)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*_APPROVALS.c)
     )
-    return list((await session.execute(statement)).scalars())
+    return list((await session.execute(statement)).all())
 
 
 async def add_vote(
@@ -228,7 +242,7 @@ async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, An
             "channel": r.channel,
             "at": r.created_at.isoformat(),
         }
-        for r in rows.scalars()
+        for r in rows.all()
     ]
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
@@ -128,6 +128,16 @@ def _settle_sent_statement() -> Any:
     )
 
 
+@functools.cache
+def _set_message_ref_statement() -> Any:
+    table = table_of(DeliveryRow)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(message_ref=bindparam("b_ref", type_=table.c.message_ref.type))
+    )
+
+
 _INSERT_ATTEMPTS = insert(table_of(DeliveryAttemptRow))
 
 
@@ -184,35 +194,18 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
     async with db.transaction() as session:
         ours = (DeliveryRow.claimed_by == worker, DeliveryRow.status == DeliveryStatus.sending)
         sent = [s for s in settlements if s.status is DeliveryStatus.sent and s.error is None]
-        if sent and all(s.message_ref is None for s in sent):
+        if sent:
             params = {"ids": [s.delivery_id for s in sent], "worker": worker, "when": max(s.now for s in sent)}
             result = await session.execute(_settle_sent_statement(), params)
             numbers.update({str(id_): int(number) for id_, number in result.all()})
-        elif sent:
-            when = max(s.now for s in sent)
-            refs = [(s.delivery_id, s.message_ref) for s in sent if s.message_ref is not None]
-            values: dict[str, Any] = {
-                "status": DeliveryStatus.sent,
-                "attempts": DeliveryRow.attempts + 1,
-                "lease_until": None,
-                "claimed_by": None,
-                "updated_at": when,
-                "last_error": None,
-                "sent_at": when,
-            }
+            refs = [
+                {"b_id": s.delivery_id, "b_ref": s.message_ref}
+                for s in sent
+                if s.message_ref is not None and s.delivery_id in numbers
+            ]
             if refs:
-                ref_type = DeliveryRow.__table__.c.message_ref.type
-                values["message_ref"] = case(
-                    *((DeliveryRow.id == id_, bindparam(None, ref, type_=ref_type)) for id_, ref in refs),
-                    else_=DeliveryRow.message_ref,
-                )
-            result = await session.execute(
-                update(DeliveryRow)
-                .where(DeliveryRow.id.in_([s.delivery_id for s in sent]), *ours)
-                .values(**values)
-                .returning(DeliveryRow.id, DeliveryRow.attempts)
-            )
-            numbers.update({str(id_): int(number) for id_, number in result.all()})
+                # Both statements are built once: a CASE over the batch's refs would be compiled anew each time.
+                await session.execute(_set_message_ref_statement(), refs)
         for s in settlements:
             if s in sent:
                 continue
