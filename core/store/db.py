@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.dml import Insert
 
 from core.store import sqlite_driver
@@ -41,6 +41,44 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
 
 WRITE = "ackbot_write"
 
+# A pooled PostgreSQL connection idle longer than this is pinged before use (see _ping_when_idle).
+IDLE_PING_SECONDS = 1.0
+_RETURNED_AT = "ackbot_returned_at"
+
+
+def _ping_when_idle(dialect: Dialect) -> dict[str, Any]:
+    """Pool listeners, by event name, that ping a connection only when it sat idle in the pool.
+
+    A server restart leaves pooled connections dead, and SQLAlchemy's pool_pre_ping finds them by pinging every
+    connection at every checkout: one more round trip per transaction, the cost of a small statement. A
+    connection that was in use within the last IDLE_PING_SECONDS is trusted instead; one that fails anyway is
+    invalidated with the whole pool by SQLAlchemy's disconnect handling, so only the requests in flight at the
+    moment of the restart see the error (a 503, which senders retry), and every later one gets a fresh
+    connection.
+    """
+
+    def connect(_dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    def checkin(_dbapi_connection: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    def checkout(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is not None and time.monotonic() - returned_at < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            if not dialect.is_disconnect(error, dbapi_connection, None):  # type: ignore[arg-type]
+                raise
+            alive = False
+        if not alive:
+            # The pool discards this connection and checks out a new one.
+            raise exc.DisconnectionError("a pooled connection did not answer its ping")
+
+    return {"connect": connect, "checkin": checkin, "checkout": checkout}
+
 
 def _sqlite_begin(conn: Connection) -> None:
     # A write transaction takes the write lock up front: a deferred one that reads, then writes, fails with
@@ -56,14 +94,17 @@ class Database:
         self.url = url
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("postgresql"):
-            # A server restart leaves pooled connections dead: each is checked as it is taken out.
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         # A SQLite file has no server to lose: checking each connection would only cost four thread hand-offs of
         # aiosqlite per transaction.
         if url.startswith("sqlite+aiosqlite"):
             # Statements run on the event loop's thread, not as trips to aiosqlite's (see sqlite_driver).
             kwargs.update(module=sqlite_driver.dbapi())
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.engine.dialect.name == "postgresql":
+            # A server restart leaves pooled connections dead: one idle for a while is checked as it is taken out.
+            for name, listener in _ping_when_idle(self.engine.dialect).items():
+                event.listen(self.engine.sync_engine.pool, name, listener)
         if self.engine.dialect.name == "sqlite":
             self._ensure_sqlite_dir(url)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
