@@ -176,6 +176,45 @@ async def test_a_burst_to_one_destination_is_paced_and_nothing_is_lost(
         assert arrived[-1] - arrived[0] >= (300 / rate) - 1.2
 
 
+async def test_a_stream_of_work_is_claimed_in_spaced_batches_and_a_lone_event_at_once(
+    app_factory: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[int] = []
+    real_claim = delivery_store.claim
+
+    async def counted_claim(**kwargs: Any) -> list[DeliveryRow]:
+        rows = await real_claim(**kwargs)
+        if rows:
+            claims.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(delivery_store, "claim", counted_claim)
+    async with HttpSink(Reply(200)) as sink:
+        client, _runtime = await app_factory(
+            config_with(
+                database_url,
+                [webhook("hook", sink.url("/in"), rate_per_second=1000)],  # no pacing: each row is claimed once
+                dispatch={"workers": 8, "poll_interval": 1},
+            )
+        )
+        # After a quiet spell, one event goes out at once (long before the 1 s poll).
+        started = asyncio.get_running_loop().time()
+        assert (await client.post("/api/v1/events", json={**EVENT, "dedup_key": "lone"}, headers=auth())).status == 202
+        async with asyncio.timeout(10):
+            await sink.wait_for(1)
+        assert asyncio.get_running_loop().time() - started < 0.5
+        # A stream: every commit wakes the claimer, but claims are at least CLAIM_SPACING apart.
+        claims.clear()
+        for n in range(40):
+            body = {**EVENT, "dedup_key": f"stream-{n}"}
+            assert (await client.post("/api/v1/events", json=body, headers=auth())).status == 202
+            await asyncio.sleep(0.005)
+        async with asyncio.timeout(10):
+            await sink.wait_for(41)
+        assert sum(claims) == 40
+        assert len(claims) < 30, claims
+
+
 async def test_restart_resumes_retries_and_reclaims_abandoned_work(database_url: str) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 

@@ -143,3 +143,48 @@ async def test_a_lock_held_past_the_budget_fails_the_statement(
     # The connection that gave up is usable again.
     async with db.transaction() as session:
         await session.execute(text("INSERT INTO t (name, n) VALUES ('later', 3)"))
+
+
+def size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def test_commits_leave_the_wal_to_the_checkpoint_on_a_worker_thread(db: Database, path: Path) -> None:
+    before = size(path)
+    for n in range(1200):
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO t (name, n) VALUES (:name, :n)"), {"name": f"row {n}", "n": n})
+    # Each commit adds a few pages to the WAL: past SQLite's own threshold of 1000 pages, yet no commit copied
+    # the WAL into the database file.
+    wal = path.with_name(path.name + "-wal")
+    assert size(wal) > 1000 * 4096
+    assert size(path) == before
+    await db.checkpoint()
+    assert size(path) > before
+    async with db.sessions() as session:
+        assert (await session.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1200
+
+
+async def test_the_runtime_checkpoints_the_wal_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.app import build_runtime
+    from core import runtime as runtime_module
+    from tests.conftest import make_config
+
+    monkeypatch.setattr(runtime_module, "CHECKPOINT_SECONDS", 0.05)
+    path = tmp_path / "ackbot.db"
+    runtime = build_runtime(make_config(f"sqlite+aiosqlite:///{path}"), run_dispatcher=False)
+    await runtime.start()
+    try:
+        async with runtime.db.transaction() as session:
+            await session.execute(text("CREATE TABLE big (body TEXT)"))
+        before = size(path)
+        for _ in range(50):
+            async with runtime.db.transaction() as session:
+                await session.execute(text("INSERT INTO big (body) VALUES (:body)"), {"body": "y" * 8000})
+        for _ in range(250):
+            if size(path) >= before + 50 * 8000:
+                break
+            await asyncio.sleep(0.02)
+        assert size(path) >= before + 50 * 8000
+    finally:
+        await runtime.stop()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,7 +37,18 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Checkpoints belong to Database.checkpoint, off the event loop's thread; this only backs it up.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
     cursor.close()
+
+
+# A commit that finds the WAL past SQLite's automatic threshold (1000 pages) copies it into the database file and
+# fsyncs it, milliseconds spent inside that commit; with statements on the event loop's thread (sqlite_driver)
+# every request waiting on the loop would pay for them. Database.checkpoint does the copy from a worker thread
+# every CHECKPOINT_SECONDS instead (the runtime schedules it), and a commit checkpoints only if the WAL reaches
+# WAL_BACKSTOP_PAGES (about 40 MiB), should those checkpoints stop keeping up.
+CHECKPOINT_SECONDS = 1.0
+WAL_BACKSTOP_PAGES = 10000
 
 
 WRITE = "ackbot_write"
@@ -87,6 +99,23 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
 
+class Session(AsyncSession):
+    """An AsyncSession whose `async with` ends in the calling task when ending cannot wait on the database.
+
+    AsyncSession's own exit hands close() to a task of its own, so that a cancellation cannot cut it short while
+    it waits on the database; that costs every transaction and every read a turn of the event loop, and in a
+    busy process a turn is milliseconds. Closing waits on nothing after a commit or rollback, or on SQLite at all
+    (its statements run on the loop's thread, see sqlite_driver), so only a PostgreSQL session still inside a
+    transaction (a read: closing rolls it back over the network) keeps the protected path.
+    """
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        if self.in_transaction() and self.bind is not None and self.bind.dialect.name != "sqlite":
+            await super().__aexit__(type_, value, traceback)
+        else:
+            await self.close()
+
+
 class Database:
     """One per process: owns the engine and hands out sessions."""
 
@@ -105,19 +134,24 @@ class Database:
             # A server restart leaves pooled connections dead: one idle for a while is checked as it is taken out.
             for name, listener in _ping_when_idle(self.engine.dialect).items():
                 event.listen(self.engine.sync_engine.pool, name, listener)
+        self._sqlite_file: str | None = None
+        self._checkpointer: sqlite3.Connection | None = None
         if self.engine.dialect.name == "sqlite":
-            self._ensure_sqlite_dir(url)
+            self._sqlite_file = self._ensure_sqlite_dir(url)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = async_sessionmaker(self.engine, class_=Session, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @staticmethod
-    def _ensure_sqlite_dir(url: str) -> None:
+    def _ensure_sqlite_dir(url: str) -> str | None:
+        """Make the database file's directory; returns the file's path (None in memory)."""
         path = url.split(":///", 1)[-1].split("?", 1)[0]
-        if path and path != ":memory:":
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
+        if not path or path == ":memory:":
+            return None
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        return path
 
     @property
     def dialect(self) -> str:
@@ -157,5 +191,21 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def checkpoint(self) -> None:
+        """SQLite: copy the WAL into the database file from a worker thread; elsewhere nothing.
+
+        PASSIVE: it copies what no reader still needs and waits for nobody, so writers and readers go on meanwhile.
+        """
+        if self._sqlite_file is not None:
+            await asyncio.to_thread(self._checkpoint_now, self._sqlite_file)
+
+    def _checkpoint_now(self, path: str) -> None:
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            await asyncio.to_thread(checkpointer.close)
