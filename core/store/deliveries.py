@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, bindparam, func, insert, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
@@ -81,19 +81,27 @@ async def claim(*, db: Database, worker: str, now: datetime, lease: timedelta, l
 def _claim_statement(postgres: bool) -> Any:
     table = table_of(DeliveryRow)
     now = bindparam("now", type_=table.c.next_attempt_at.type)
-    due = or_(
-        and_(DeliveryRow.status.in_(CLAIMABLE), DeliveryRow.next_attempt_at <= now),
-        and_(DeliveryRow.status == DeliveryStatus.sending, DeliveryRow.lease_until < now),
-    )
-    candidates = select(DeliveryRow.id).where(due).order_by(DeliveryRow.next_attempt_at).limit(bindparam("limit"))
-    if postgres:
-        # Replicas skip each other's rows instead of waiting on them.
-        candidates = candidates.with_for_update(skip_locked=True)
-    # One statement: the candidates are chosen (and locked) in a WITH, which PostgreSQL runs once.
-    chosen = candidates.cte("chosen")
+    limit = bindparam("limit", type_=Integer())
+    waiting = table.c.status.in_(CLAIMABLE) & (table.c.next_attempt_at <= now)
+    abandoned = (table.c.status == DeliveryStatus.sending) & (table.c.lease_until < now)
+    # The two kinds of due row are looked up apart, each on the (status, next_attempt_at) index, and merged: one
+    # WHERE with an OR of both cannot use the index, and scanned every delivery ever made at every poll.
+    kinds = []
+    for name, condition in (("waiting", waiting), ("abandoned", abandoned)):
+        candidates = (
+            select(table.c.id, table.c.next_attempt_at).where(condition).order_by(table.c.next_attempt_at).limit(limit)
+        )
+        if postgres:
+            # Replicas skip each other's rows instead of waiting on them.
+            candidates = candidates.with_for_update(skip_locked=True)
+        found = candidates.cte(name)
+        kinds.append(select(found.c.id, found.c.next_attempt_at))
+    due = union_all(*kinds).subquery("due")
+    # One statement: the candidates are chosen (and locked) in WITHs, which PostgreSQL runs once.
+    chosen = select(due.c.id).order_by(due.c.next_attempt_at).limit(limit)
     return (
         update(DeliveryRow)
-        .where(DeliveryRow.id.in_(select(chosen.c.id)), due)
+        .where(DeliveryRow.id.in_(chosen), or_(waiting, abandoned))
         .values(
             status=DeliveryStatus.sending,
             lease_until=bindparam("b_lease_until", type_=table.c.lease_until.type),
