@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bot import logs
-from bot.app import build_registry, build_runtime, create_app
+from bot.app import build_registry, build_runtime, create_app, freeze_after_startup
 from core.config import (
     AckbotConfig,
     ConfigError,
@@ -157,6 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     runtime = build_runtime(config)
     app = create_app(runtime)
+    freeze_after_startup(app)  # added last: it runs once everything else has started
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     print(
