@@ -200,7 +200,6 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
     """
     numbers: dict[str, int] = {}
     async with db.transaction() as session:
-        ours = (DeliveryRow.claimed_by == worker, DeliveryRow.status == DeliveryStatus.sending)
         sent = [s for s in settlements if s.status is DeliveryStatus.sent and s.error is None]
         if sent:
             params = {"ids": [s.delivery_id for s in sent], "worker": worker, "when": max(s.now for s in sent)}
@@ -234,7 +233,11 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
             number = (
                 await session.execute(
                     update(DeliveryRow)
-                    .where(DeliveryRow.id == s.delivery_id, *ours)
+                    .where(
+                        DeliveryRow.id == s.delivery_id,
+                        DeliveryRow.claimed_by == worker,
+                        DeliveryRow.status == DeliveryStatus.sending,
+                    )
                     .values(**values)
                     .returning(DeliveryRow.attempts)
                 )
