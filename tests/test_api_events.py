@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from bot.handlers.http import validation_errors
+from core.models import EventIn
 from core.store.tables import DeliveryRow, EventRow
 from tests.conftest import API_KEY, READ_KEY, TENANT_KEY, AppFactory, auth
 
@@ -55,6 +59,7 @@ async def test_one_event_is_accepted_after_commit(app_factory: AppFactory) -> No
     assert await _count(runtime, EventRow) == 1
     assert await _count(runtime, DeliveryRow) == 1
     assert resp.headers["X-Request-Id"]
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
 
 
 async def test_tenant_defaults_to_the_keys_tenant(app_factory: AppFactory) -> None:
@@ -86,6 +91,32 @@ async def test_bad_input_names_the_field_and_never_500(app_factory: AppFactory) 
     assert resp.status == 422
     # Nothing of a refused batch was stored.
     assert await _count(runtime, EventRow) == 0
+
+
+async def test_one_event_is_read_as_any_json_reader_would(app_factory: AppFactory) -> None:
+    # A single event is validated from the body's bytes by pydantic; what pydantic's parser refuses is read again
+    # as before, so JSON it does not take (UTF-16) still passes and a bad body gets the same answer.
+    client, runtime = await app_factory(run_dispatcher=False)
+    resp = await client.post("/api/v1/events", data=json.dumps(EVENT).encode("utf-16"), headers=auth())
+    assert resp.status == 202, await resp.text()
+    assert await _count(runtime, EventRow) == 1
+    broken = json.dumps(EVENT).encode() + b" trailing"
+    try:
+        json.loads(broken)
+    except ValueError as exc:
+        expected = f"request body is not valid JSON: {exc}"
+    resp = await client.post("/api/v1/events", data=broken, headers=auth())
+    assert resp.status == 400 and (await resp.json())["error"]["message"] == expected
+    scope = {"namespace": "prod", "labels": {"team": 7}}
+    bad = {**EVENT, "ts": "yesterday", "scope": scope, "links": [{"url": 1}]}
+    resp = await client.post("/api/v1/events", data=json.dumps(bad).encode(), headers=auth())
+    assert resp.status == 422
+    fields = (await resp.json())["error"]["fields"]
+    assert [f["field"] for f in fields] == ["ts", "scope.labels.team", "links[0].url"]
+    with pytest.raises(ValidationError) as refused:
+        EventIn.model_validate(bad)
+    assert fields == validation_errors(refused.value)  # the messages of validating the parsed document
+    assert await _count(runtime, EventRow) == 1
 
 
 async def test_body_limits(app_factory: AppFactory) -> None:
