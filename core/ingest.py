@@ -269,18 +269,20 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
         fresh.append((item, event))
 
     book = alert_store.AlertBook(conn=group.conn, db=deps.db)
-    changes = await book.apply([(event, item.identity) for item, event in fresh])
+    changes = await book.apply([(event, item.identity) for item, event in fresh], store_events=True)
     for (item, event), change in zip(fresh, changes, strict=True):
         if change.alert_id is not None:
-            event = event.model_copy(update={"alert_id": change.alert_id})
+            event.alert_id = change.alert_id  # built for this group: nobody else holds it yet
             if item.client_key is not None:
                 group.client_ids[item.client_key] = _duplicate_of(event.id, event.alert_id)
         item.event, item.change = event, change
     stored = [item for item, _ in fresh]
-    if stored:
-        # A concurrent request with the same client id on another connection makes this raise IntegrityError;
-        # the group is then stored again, and finds that event.
-        await group.conn.execute(_INSERT_EVENTS, [_event_values(_event_of(item)) for item in stored])
+    unstored = [item for item in stored if not _change_of(item).event_stored]
+    if unstored:
+        # A concurrent request with the same client id on another connection makes this (or the statement that
+        # stored the others with their alerts) raise IntegrityError; the group is then stored again, and finds
+        # that event.
+        await group.conn.execute(_INSERT_EVENTS, [_event_values(_event_of(item)) for item in unstored])
 
     planned, resolving = _plan(group, stored)
     if planned:
@@ -469,20 +471,20 @@ class GroupOutcome:
     def count(self, *, metrics: Metrics, submissions: Sequence[Submission]) -> None:
         """Count what the committed group accepted."""
         for rule in self.group.rules_matched:
-            metrics.rules_matched.labels(rule=rule).inc()
+            metrics.labelled(metrics.rules_matched, rule).inc()
         for channel in self.group.deliveries_by_channel:
-            metrics.deliveries.labels(channel=channel, status="pending").inc()
+            metrics.labelled(metrics.deliveries, channel, "pending").inc()
         if self.group.suppressed:
             metrics.suppressed.inc(self.group.suppressed)
         for outcome in self.group.outcomes:
-            metrics.noise_decisions.labels(outcome=outcome).inc()
+            metrics.labelled(metrics.noise_decisions, outcome).inc()
         metrics.intake_group_events.observe(sum(len(submission.events) for submission in submissions))
         for submission, results in zip(submissions, self.results, strict=True):
             for incoming, result in zip(submission.events, results, strict=True):
                 if result.duplicate:
                     metrics.events_duplicate.inc()
                 else:
-                    metrics.events_received.labels(kind=incoming.kind, source=submission.source).inc()
+                    metrics.labelled(metrics.events_received, incoming.kind, submission.source).inc()
 
 
 async def store_group(*, session: AsyncSession, deps: IngestDeps, submissions: Sequence[Submission]) -> GroupOutcome:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, bindparam, literal_column, select, update
+from sqlalchemy import DateTime, Integer, Select, Text, bindparam, literal_column, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import Alert, AlertStatus, Event, EventStatus, Severity
@@ -32,6 +34,7 @@ class AlertChange:
 
     columns: dict[str, Any] | None
     transition: Transition
+    event_stored: bool = False  # the event's own row was written by the statement that made the change
 
     @property
     def alert_id(self) -> str | None:
@@ -51,39 +54,36 @@ class AlertBook:
         self.conn = conn
         self.db = db
 
-    async def apply(self, events: Sequence[tuple[Event, str]]) -> list[AlertChange]:
-        """Open, update or resolve the alert of each (event, fingerprint); the changes in the same order."""
+    async def apply(self, events: Sequence[tuple[Event, str]], *, store_events: bool = False) -> list[AlertChange]:
+        """Open, update or resolve the alert of each (event, fingerprint); the changes in the same order. With
+        store_events, a backend that can write the events in the same statement as their alerts (PostgreSQL, for
+        firings) does, and says so in AlertChange.event_stored; the caller stores the others."""
         firing = [(event, fp) for event, fp in events if event.status is not EventStatus.resolved]
         resolving = [(event, fp) for event, fp in events if event.status is EventStatus.resolved]
-        changes = {**await self._fire(firing), **await self._resolve(resolving)}
+        fired = await self._fire(firing, store_events=store_events and self.db.is_postgres)
+        changes = {**fired, **await self._resolve(resolving)}
         return [changes[(event.tenant, fp)] for event, fp in events]
 
-    async def _fire(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
+    async def _fire(
+        self, events: Sequence[tuple[Event, str]], *, store_events: bool
+    ) -> dict[tuple[str, str], AlertChange]:
         if not events:
             return {}
-        rows = []
-        for event, fingerprint in sorted(events, key=lambda pair: (pair[0].tenant, pair[1])):
-            row = {
-                "id": new_id("alr"),
-                "tenant": event.tenant,
-                "fingerprint": fingerprint,
-                "kind": event.kind,
-                "status": AlertStatus.open,
-                "first_seen": event.received_at,
-                "resolved_at": None,
-                "acknowledged_by": None,
-                "acknowledged_at": None,
-                "event_count": 1,
-            }
-            _refresh_from_event(row, event)
-            rows.append(row)
-        upsert = _fire_statement(self.db.dialect)
-        ours = {row["id"] for row in rows}
+        ordered = sorted(events, key=lambda pair: (pair[0].tenant, pair[1]))
+        rows = [_opening_row(event, fingerprint) for event, fingerprint in ordered]
+        if store_events:
+            result = await self.conn.execute(_FIRE_AND_STORE, _fire_and_store_arrays(ordered, rows))
+        else:
+            result = await self.conn.execute(_fire_statement(self.db.dialect), rows)
+        sent = {(row["tenant"], row["fingerprint"]): row for row in rows}
         changes = {}
-        for stored in (await self.conn.execute(upsert, rows)).mappings():
-            columns = dict(stored)
-            transition = Transition.opened if columns["id"] in ours else Transition.updated
-            changes[(columns["tenant"], columns["fingerprint"])] = AlertChange(columns, transition)
+        for stored in result.mappings():
+            key = (stored["tenant"], stored["fingerprint"])
+            row = sent[key]
+            # The refreshed columns are the ones just sent; the database says only what it decided.
+            columns = {**row, **stored}
+            transition = Transition.opened if stored["id"] == row["id"] else Transition.updated
+            changes[key] = AlertChange(columns, transition, event_stored=store_events)
         return changes
 
     async def _resolve(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
@@ -114,6 +114,24 @@ class AlertBook:
         return changes
 
 
+def _opening_row(event: Event, fingerprint: str) -> dict[str, Any]:
+    # The alert a firing opens, if its identity has no active alert.
+    row = {
+        "id": new_id("alr"),
+        "tenant": event.tenant,
+        "fingerprint": fingerprint,
+        "kind": event.kind,
+        "status": AlertStatus.open,
+        "first_seen": event.received_at,
+        "resolved_at": None,
+        "acknowledged_by": None,
+        "acknowledged_at": None,
+        "event_count": 1,
+    }
+    _refresh_from_event(row, event)
+    return row
+
+
 # The statements are built once: building one costs more than running it (SQLAlchemy's coercions and cache key).
 @functools.cache
 def _fire_statement(dialect: str) -> Any:
@@ -126,7 +144,10 @@ def _fire_statement(dialect: str) -> Any:
             index_elements=[table.c.tenant, table.c.fingerprint],
             index_where=table.c.status != literal_column("'resolved'"),
             set_={"event_count": table.c.event_count + 1, **{column: insert.excluded[column] for column in _REFRESHED}},
-        ).returning(*table.c)
+        )
+        # Not the refreshed columns: they are what was sent, and reading them back (the JSON documents above all)
+        # cost more than the rest of the statement.
+        .returning(*(table.c[column] for column in _DECIDED))
     )
 
 
@@ -167,6 +188,108 @@ _REFRESHED = (
 
 
 _CLOSING = (*_REFRESHED, "event_count", "status", "resolved_at")
+
+# What the upsert leaves as the active alert had it (or, for a new alert, as sent), and the identity it is keyed by.
+_DECIDED = (
+    "id",
+    "tenant",
+    "fingerprint",
+    "kind",
+    "status",
+    "first_seen",
+    "resolved_at",
+    "acknowledged_by",
+    "acknowledged_at",
+    "event_count",
+)
+
+# PostgreSQL: a run's firings upsert their alerts and store themselves in one statement, which takes one array per
+# column whatever the number of events. Against the upsert and the INSERT of events in two statements, it saves a
+# statement and a round trip per group, and SQLAlchemy's work per row and per value (the arrays go to asyncpg as
+# they are; each JSON document is written once, for both rows). Rows are upserted in identity order, the order
+# the two-statement upsert locks them in. The upsert is _fire_statement's: the test of this module's statements
+# checks that both leave the same rows.
+_FIRE_AND_STORE_ARRAYS: dict[str, Any] = {
+    "alert_id": ARRAY(Text),
+    "event_id": ARRAY(Text),
+    "tenant": ARRAY(Text),
+    "fingerprint": ARRAY(Text),
+    "kind": ARRAY(Text),
+    "severity": ARRAY(Text),
+    "severity_rank": ARRAY(Integer),
+    "title": ARRAY(Text),
+    "summary": ARRAY(Text),
+    "scope": ARRAY(Text),
+    "payload": ARRAY(Text),
+    "links": ARRAY(Text),
+    "received_at": ARRAY(DateTime(timezone=True)),
+    "client_id": ARRAY(Text),
+    "ts": ARRAY(DateTime(timezone=True)),
+    "status": ARRAY(Text),
+    "dedup_key": ARRAY(Text),
+    "source": ARRAY(Text),
+}
+_SQL_TYPES = {"severity_rank": "integer", "received_at": "timestamptz", "ts": "timestamptz"}
+_FIRE_AND_STORE = (
+    text(
+        "WITH incoming AS (SELECT * FROM unnest("
+        + ", ".join(f"CAST(:{name} AS {_SQL_TYPES.get(name, 'text')}[])" for name in _FIRE_AND_STORE_ARRAYS)
+        + ") WITH ORDINALITY AS i("
+        + ", ".join(_FIRE_AND_STORE_ARRAYS)
+        + ", ord)), "
+        "upserted AS ("
+        "INSERT INTO alerts (id, tenant, fingerprint, kind, status, severity, severity_rank, title, summary, scope, "
+        "payload, links, first_seen, last_seen, resolved_at, acknowledged_by, acknowledged_at, event_count, "
+        "last_event_id) "
+        "SELECT alert_id, tenant, fingerprint, kind, 'open', severity, severity_rank, title, summary, "
+        "CAST(scope AS jsonb), CAST(payload AS jsonb), CAST(links AS jsonb), received_at, received_at, NULL, NULL, "
+        "NULL, 1, event_id FROM incoming ORDER BY ord "
+        "ON CONFLICT (tenant, fingerprint) WHERE status != 'resolved' DO UPDATE SET "
+        "event_count = alerts.event_count + 1, "
+        + ", ".join(f"{column} = excluded.{column}" for column in _REFRESHED)
+        + " RETURNING "
+        + ", ".join(f"alerts.{column}" for column in _DECIDED)
+        + "), "
+        "stored AS ("
+        "INSERT INTO events (id, tenant, client_id, kind, ts, received_at, severity, status, title, summary, scope, "
+        "payload, links, dedup_key, alert_id, source) "
+        "SELECT i.event_id, i.tenant, i.client_id, i.kind, i.ts, i.received_at, i.severity, i.status, i.title, "
+        "i.summary, CAST(i.scope AS jsonb), CAST(i.payload AS jsonb), CAST(i.links AS jsonb), i.dedup_key, "
+        "upserted.id, i.source "
+        "FROM incoming AS i JOIN upserted ON upserted.tenant = i.tenant AND upserted.fingerprint = i.fingerprint "
+        "ORDER BY i.ord) "
+        "SELECT * FROM upserted"
+    )
+    .bindparams(*(bindparam(name, type_=kind) for name, kind in _FIRE_AND_STORE_ARRAYS.items()))
+    .columns(*(table_of(AlertRow).c[column] for column in _DECIDED))
+)
+
+
+def _fire_and_store_arrays(events: Sequence[tuple[Event, str]], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    arrays: dict[str, list[Any]] = {name: [] for name in _FIRE_AND_STORE_ARRAYS}
+    for (event, _), row in zip(events, rows, strict=True):
+        for name, value in (
+            ("alert_id", row["id"]),
+            ("event_id", event.id),
+            ("tenant", row["tenant"]),
+            ("fingerprint", row["fingerprint"]),
+            ("kind", row["kind"]),
+            ("severity", row["severity"].value),
+            ("severity_rank", row["severity_rank"]),
+            ("title", row["title"]),
+            ("summary", row["summary"]),
+            ("scope", json.dumps(row["scope"])),
+            ("payload", json.dumps(row["payload"])),
+            ("links", json.dumps(row["links"])),
+            ("received_at", event.received_at),
+            ("client_id", event.client_id),
+            ("ts", event.ts),
+            ("status", event.status.value),
+            ("dedup_key", event.dedup_key),
+            ("source", event.source),
+        ):
+            arrays[name].append(value)
+    return arrays
 
 
 def _refresh_from_event(row: dict[str, Any], event: Event) -> None:

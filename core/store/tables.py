@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,21 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        if dialect.name == "sqlite":
+            return _sqlite_text
+        return super().bind_processor(dialect)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    # The text SQLite's DATETIME stores for the UTC value ("2026-11-22 12:56:54.436372"), written by isoformat in
+    # one call: SQLAlchemy's own formats a dict of the fields, and ingest binds several datetimes per event.
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.isoformat(" ", "microseconds")
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
