@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -136,6 +137,8 @@ class Database:
                 event.listen(self.engine.sync_engine.pool, name, listener)
         self._sqlite_file: str | None = None
         self._checkpointer: sqlite3.Connection | None = None
+        # A checkpoint cancelled at shutdown goes on in its thread: closing waits for it rather than close under it.
+        self._checkpoint_lock = threading.Lock()
         if self.engine.dialect.name == "sqlite":
             self._sqlite_file = self._ensure_sqlite_dir(url)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -200,12 +203,18 @@ class Database:
             await asyncio.to_thread(self._checkpoint_now, self._sqlite_file)
 
     def _checkpoint_now(self, path: str) -> None:
-        if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        with self._checkpoint_lock:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _close_checkpointer(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
 
     async def close(self) -> None:
         await self.engine.dispose()
-        if self._checkpointer is not None:
-            checkpointer, self._checkpointer = self._checkpointer, None
-            await asyncio.to_thread(checkpointer.close)
+        if self._sqlite_file is not None:
+            await asyncio.to_thread(self._close_checkpointer)
