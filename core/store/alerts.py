@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, Select, Text, bindparam, literal_column, select, text, update
+from sqlalchemy import Select, bindparam, literal_column, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import Alert, AlertStatus, Event, EventStatus, Severity
@@ -72,7 +71,7 @@ class AlertBook:
         ordered = sorted(events, key=lambda pair: (pair[0].tenant, pair[1]))
         rows = [_opening_row(event, fingerprint) for event, fingerprint in ordered]
         if store_events:
-            result = await self.conn.execute(_FIRE_AND_STORE, _fire_and_store_arrays(ordered, rows))
+            result = await self.conn.execute(_FIRE_AND_STORE, _fire_and_store_run(ordered, rows))
         else:
             result = await self.conn.execute(_fire_statement(self.db.dialect), rows)
         sent = {(row["tenant"], row["fingerprint"]): row for row in rows}
@@ -203,93 +202,87 @@ _DECIDED = (
     "event_count",
 )
 
-# PostgreSQL: a run's firings upsert their alerts and store themselves in one statement, which takes one array per
-# column whatever the number of events. Against the upsert and the INSERT of events in two statements, it saves a
-# statement and a round trip per group, and SQLAlchemy's work per row and per value (the arrays go to asyncpg as
-# they are; each JSON document is written once, for both rows). Rows are upserted in identity order, the order
-# the two-statement upsert locks them in. The upsert is _fire_statement's: the test of this module's statements
-# checks that both leave the same rows.
-_FIRE_AND_STORE_ARRAYS: dict[str, Any] = {
-    "alert_id": ARRAY(Text),
-    "event_id": ARRAY(Text),
-    "tenant": ARRAY(Text),
-    "fingerprint": ARRAY(Text),
-    "kind": ARRAY(Text),
-    "severity": ARRAY(Text),
-    "severity_rank": ARRAY(Integer),
-    "title": ARRAY(Text),
-    "summary": ARRAY(Text),
-    "scope": ARRAY(Text),
-    "payload": ARRAY(Text),
-    "links": ARRAY(Text),
-    "received_at": ARRAY(DateTime(timezone=True)),
-    "client_id": ARRAY(Text),
-    "ts": ARRAY(DateTime(timezone=True)),
-    "status": ARRAY(Text),
-    "dedup_key": ARRAY(Text),
-    "source": ARRAY(Text),
+# PostgreSQL: a run's firings upsert their alerts and store themselves in one statement, which takes the run as
+# one JSON document (a row per event) whatever the number of events. Against the upsert and the INSERT of events in
+# two statements, it saves a statement and a round trip per group and SQLAlchemy's work per row and per value;
+# one document, not an array per column, because asyncpg checks every element of an array against abstract base
+# classes, and the event's JSON documents go in as they are, written once for both rows. Rows are upserted in
+# identity order, the order the two-statement upsert locks them in. The upsert is _fire_statement's:
+# tests/test_store_ingest.py checks that both ways leave the same rows.
+_FIRE_AND_STORE_FIELDS = {
+    "alert_id": "text",
+    "event_id": "text",
+    "tenant": "text",
+    "fingerprint": "text",
+    "kind": "text",
+    "severity": "text",
+    "severity_rank": "integer",
+    "title": "text",
+    "summary": "text",
+    "scope": "jsonb",
+    "payload": "jsonb",
+    "links": "jsonb",
+    "received_at": "timestamptz",
+    "client_id": "text",
+    "ts": "timestamptz",
+    "status": "text",
+    "dedup_key": "text",
+    "source": "text",
+    "ord": "integer",  # the row's place in identity order
 }
-_SQL_TYPES = {"severity_rank": "integer", "received_at": "timestamptz", "ts": "timestamptz"}
-_FIRE_AND_STORE = (
-    text(
-        "WITH incoming AS (SELECT * FROM unnest("
-        + ", ".join(f"CAST(:{name} AS {_SQL_TYPES.get(name, 'text')}[])" for name in _FIRE_AND_STORE_ARRAYS)
-        + ") WITH ORDINALITY AS i("
-        + ", ".join(_FIRE_AND_STORE_ARRAYS)
-        + ", ord)), "
-        "upserted AS ("
-        "INSERT INTO alerts (id, tenant, fingerprint, kind, status, severity, severity_rank, title, summary, scope, "
-        "payload, links, first_seen, last_seen, resolved_at, acknowledged_by, acknowledged_at, event_count, "
-        "last_event_id) "
-        "SELECT alert_id, tenant, fingerprint, kind, 'open', severity, severity_rank, title, summary, "
-        "CAST(scope AS jsonb), CAST(payload AS jsonb), CAST(links AS jsonb), received_at, received_at, NULL, NULL, "
-        "NULL, 1, event_id FROM incoming ORDER BY ord "
-        "ON CONFLICT (tenant, fingerprint) WHERE status != 'resolved' DO UPDATE SET "
-        "event_count = alerts.event_count + 1, "
-        + ", ".join(f"{column} = excluded.{column}" for column in _REFRESHED)
-        + " RETURNING "
-        + ", ".join(f"alerts.{column}" for column in _DECIDED)
-        + "), "
-        "stored AS ("
-        "INSERT INTO events (id, tenant, client_id, kind, ts, received_at, severity, status, title, summary, scope, "
-        "payload, links, dedup_key, alert_id, source) "
-        "SELECT i.event_id, i.tenant, i.client_id, i.kind, i.ts, i.received_at, i.severity, i.status, i.title, "
-        "i.summary, CAST(i.scope AS jsonb), CAST(i.payload AS jsonb), CAST(i.links AS jsonb), i.dedup_key, "
-        "upserted.id, i.source "
-        "FROM incoming AS i JOIN upserted ON upserted.tenant = i.tenant AND upserted.fingerprint = i.fingerprint "
-        "ORDER BY i.ord) "
-        "SELECT * FROM upserted"
-    )
-    .bindparams(*(bindparam(name, type_=kind) for name, kind in _FIRE_AND_STORE_ARRAYS.items()))
-    .columns(*(table_of(AlertRow).c[column] for column in _DECIDED))
-)
+_FIRE_AND_STORE = text(
+    "WITH incoming AS (SELECT * FROM jsonb_to_recordset(CAST(:run AS jsonb)) AS i("
+    + ", ".join(f"{name} {kind}" for name, kind in _FIRE_AND_STORE_FIELDS.items())
+    + ")), "
+    "upserted AS ("
+    "INSERT INTO alerts (id, tenant, fingerprint, kind, status, severity, severity_rank, title, summary, scope, "
+    "payload, links, first_seen, last_seen, resolved_at, acknowledged_by, acknowledged_at, event_count, "
+    "last_event_id) "
+    "SELECT alert_id, tenant, fingerprint, kind, 'open', severity, severity_rank, title, summary, scope, payload, "
+    "links, received_at, received_at, NULL, NULL, NULL, 1, event_id FROM incoming ORDER BY ord "
+    "ON CONFLICT (tenant, fingerprint) WHERE status != 'resolved' DO UPDATE SET "
+    "event_count = alerts.event_count + 1, "
+    + ", ".join(f"{column} = excluded.{column}" for column in _REFRESHED)
+    + " RETURNING "
+    + ", ".join(f"alerts.{column}" for column in _DECIDED)
+    + "), "
+    "stored AS ("
+    "INSERT INTO events (id, tenant, client_id, kind, ts, received_at, severity, status, title, summary, scope, "
+    "payload, links, dedup_key, alert_id, source) "
+    "SELECT i.event_id, i.tenant, i.client_id, i.kind, i.ts, i.received_at, i.severity, i.status, i.title, "
+    "i.summary, i.scope, i.payload, i.links, i.dedup_key, upserted.id, i.source "
+    "FROM incoming AS i JOIN upserted ON upserted.tenant = i.tenant AND upserted.fingerprint = i.fingerprint "
+    "ORDER BY i.ord) "
+    "SELECT * FROM upserted"
+).columns(*(table_of(AlertRow).c[column] for column in _DECIDED))
 
 
-def _fire_and_store_arrays(events: Sequence[tuple[Event, str]], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    arrays: dict[str, list[Any]] = {name: [] for name in _FIRE_AND_STORE_ARRAYS}
-    for (event, _), row in zip(events, rows, strict=True):
-        for name, value in (
-            ("alert_id", row["id"]),
-            ("event_id", event.id),
-            ("tenant", row["tenant"]),
-            ("fingerprint", row["fingerprint"]),
-            ("kind", row["kind"]),
-            ("severity", row["severity"].value),
-            ("severity_rank", row["severity_rank"]),
-            ("title", row["title"]),
-            ("summary", row["summary"]),
-            ("scope", json.dumps(row["scope"])),
-            ("payload", json.dumps(row["payload"])),
-            ("links", json.dumps(row["links"])),
-            ("received_at", event.received_at),
-            ("client_id", event.client_id),
-            ("ts", event.ts),
-            ("status", event.status.value),
-            ("dedup_key", event.dedup_key),
-            ("source", event.source),
-        ):
-            arrays[name].append(value)
-    return arrays
+def _fire_and_store_run(events: Sequence[tuple[Event, str]], rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    run = [
+        {
+            "alert_id": row["id"],
+            "event_id": event.id,
+            "tenant": row["tenant"],
+            "fingerprint": row["fingerprint"],
+            "kind": row["kind"],
+            "severity": row["severity"],
+            "severity_rank": row["severity_rank"],
+            "title": row["title"],
+            "summary": row["summary"],
+            "scope": row["scope"],
+            "payload": row["payload"],
+            "links": row["links"],
+            "received_at": event.received_at.isoformat(),
+            "client_id": event.client_id,
+            "ts": event.ts.isoformat(),
+            "status": event.status,
+            "dedup_key": event.dedup_key,
+            "source": event.source,
+            "ord": place,
+        }
+        for place, ((event, _), row) in enumerate(zip(events, rows, strict=True))
+    ]
+    return {"run": json.dumps(run)}
 
 
 def _refresh_from_event(row: dict[str, Any], event: Event) -> None:
