@@ -132,14 +132,26 @@ async def acknowledge(*, runtime: Runtime, actor: Actor, args: list[str], prefix
         return _usage("ack", prefix)
     approvals = runtime.approvals
     target = args[0]
-    approval_id = target
+    scope = commands.chat_scope(runtime=runtime, actor=actor)
+    refused = _refusal(scope)
+    if refused is not None:
+        return refused
     if target.startswith(ALERT_ID_PREFIX):
         # An alert is acknowledged through its open approval; the service then decides whether this caller may.
-        found, _ = await approvals.list_approvals(tenants=None, states=OPEN_STATES, alert_id=target)
+        found, _ = await approvals.list_approvals(tenants=scope.tenants, states=OPEN_STATES, alert_id=target)
         if not found:
             return Answer(text=f"No approval is open on alert {target}.")
-        approval_id = found[0].id
-    result = await approvals.decide_by_id(approval_id=approval_id, choice=Choice.acknowledge, actor=actor)
+        approval = found[0]
+    else:
+        maybe = await approvals.get(approval_id=target)
+        # Out of the caller's sight is answered as if it did not exist, as list and pending would show it.
+        if maybe is None or not scope.allows(maybe.tenant):
+            return Answer(text=f"No approval {target}.")
+        approval = maybe
+    # The tenant goes along: the service checks it again, under the approval's lock.
+    result = await approvals.decide_by_id(
+        approval_id=approval.id, choice=Choice.acknowledge, actor=actor, tenant=approval.tenant
+    )
     if not result.ok or result.approval is None:
         return Answer(text=result.message or f"{target} was not acknowledged.")
     return Answer(decided=result.approval, text=result.message or f"{target} acknowledged.")

@@ -151,3 +151,22 @@ async def test_a_person_may_not_silence_a_tenant_they_do_not_see(app_factory: Ap
     refused = await say(runtime, CAROL, f"silence {by_tenant['globex']} 1h")
     assert refused.text == "Not allowed: carol does not see tenant 'globex'."
     assert "is silenced until" in (await say(runtime, CAROL, f"silence {by_tenant['acme']} 1h")).text
+
+
+async def test_a_person_may_not_acknowledge_in_a_tenant_they_do_not_see(
+    app_factory: AppFactory, database_url: str
+) -> None:
+    client, runtime = await app_factory(scoped_config(database_url), run_dispatcher=False)
+    await open_approvals(client)  # carol is an approver of both, but sees only acme
+    mine = await say(runtime, ALICE, "pending")
+    assert mine.approvals is not None
+    by_tenant = {approval.tenant: approval.id for approval in mine.approvals}
+    refused = await say(runtime, CAROL, f"ack {by_tenant['globex']}")
+    assert refused.text == f"No approval {by_tenant['globex']}." and refused.decided is None
+    assert (await say(runtime, DAVE, f"ack {by_tenant['acme']}")).text == (
+        f"Not allowed: you see no tenant ({DAVE_SCOPE})."
+    )
+    still_open = await runtime.approvals.get(approval_id=by_tenant["globex"])
+    assert still_open is not None and not still_open.state.final
+    accepted = await say(runtime, CAROL, f"ack {by_tenant['acme']}")
+    assert accepted.decided is not None and accepted.decided.state.value == "acknowledged"
