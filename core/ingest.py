@@ -524,12 +524,18 @@ def conflicted(exc: BaseException) -> bool:
     return False
 
 
-async def store_committed(*, deps: IngestDeps, submissions: Sequence[Submission]) -> list[list[IngestResult]]:
-    """Store a group in its own transaction, again after a conflict; returns once it has committed."""
+async def store_committed(
+    *, deps: IngestDeps, submissions: Sequence[Submission], written: Callable[[], None] | None = None
+) -> list[list[IngestResult]]:
+    """Store a group in its own transaction, again after a conflict; returns once it has committed. written, if
+    given, is called when the group's statements are sent, before the commit (core.intake lets the next group
+    start then)."""
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             async with deps.db.transaction() as session:
                 outcome = await store_group(session=session, deps=deps, submissions=submissions)
+                if written is not None:
+                    written()
         except DBAPIError as exc:
             if attempt == STORE_ATTEMPTS or not conflicted(exc):
                 raise

@@ -5,6 +5,10 @@ transaction commits, the requests that arrive queue up, and the next transaction
 transaction holds many requests and its fixed costs (BEGIN, the reads, one INSERT per table, COMMIT) are paid
 once for all of them; when idle, a lone request goes straight through. If a group fails for a reason other than
 a conflict, each request in it is stored alone, so that one request's failure is never another's.
+
+With two writers (PostgreSQL), one writer's statements overlap the other's commit, never the other's
+statements: a writer takes its group when the other one has sent its statements, so the queue fills meanwhile
+and groups are larger (fewer transactions for the same requests), while the commit's wait still overlaps work.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class IngestQueue:
         # Writers still in their loop. A finished writer's task leaves _tasks only in a done callback, a loop turn
         # later; counting it there could leave a request just submitted with no writer.
         self._running = 0
+        # Held by the writer that takes a group, until that group's statements are sent (its commit is not).
+        self._statements = asyncio.Lock()
 
     async def submit(self, *, events: Sequence[EventIn], tenants: Sequence[str], source: str) -> list[IngestResult]:
         """Store the events (each accepted for its tenant) and the deliveries they cause; return after the commit."""
@@ -77,12 +83,17 @@ class IngestQueue:
                 # Let the requests whose handlers are ready to run submit first: under load, one turn of the event
                 # loop makes the group larger at the cost of microseconds.
                 await asyncio.sleep(0)
-                if not self._waiting:
-                    break  # another writer took them meanwhile
-                group = [w for w in self._take_group() if not w.answer.done()]  # a cancelled request stays unstored
-                if group:
-                    await self._store(group)
-                group = []
+                await self._statements.acquire()
+                written = _once(self._statements.release)
+                try:
+                    if not self._waiting:
+                        break  # another writer took them meanwhile
+                    group = [w for w in self._take_group() if not w.answer.done()]  # a cancelled one stays unstored
+                    if group:
+                        await self._store(group, written)
+                    group = []
+                finally:
+                    written()
         except asyncio.CancelledError:
             # Stopped mid-group (the process is going down): whoever waits gets an error, not a hang; a request
             # whose transaction had not committed was not stored, and its client was not told it was.
@@ -95,10 +106,10 @@ class IngestQueue:
             # In the same step as the last look at the queue: a submit after this starts a writer.
             self._running -= 1
 
-    async def _store(self, group: list[_Waiting]) -> None:
+    async def _store(self, group: list[_Waiting], written: Callable[[], None]) -> None:
         deps = self._deps()
         try:
-            results = await store_committed(deps=deps, submissions=[w.submission for w in group])
+            results = await store_committed(deps=deps, submissions=[w.submission for w in group], written=written)
         except Exception as exc:
             if len(group) == 1 or _shared_failure(exc):
                 for waiting in group:
@@ -115,6 +126,20 @@ class IngestQueue:
             return
         for waiting, answered in zip(group, results, strict=True):
             _settle(waiting, results=answered)
+
+
+def _once(call: Callable[[], None]) -> Callable[[], None]:
+    # Releases the statements lock when the group's statements are sent, or when the writer leaves the group
+    # (failed, stopped, nothing to store), whichever comes first.
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            call()
+
+    return release
 
 
 def _shared_failure(exc: BaseException) -> bool:

@@ -197,3 +197,40 @@ async def test_bursts_and_pauses_leave_no_request_behind(migrated_db: Database, 
         loop.set_exception_handler(None)
     assert unhandled == []
     assert await count(db, EventRow) == sent
+
+
+async def test_two_writers_overlap_statements_only_with_a_commit(migrated_db: Database) -> None:
+    # With two writers, a group's statements may run while the other group commits, never beside the other group's
+    # statements: the second writer takes its group once the first has sent its statements, so it finds more
+    # requests queued, and groups are larger.
+    db = migrated_db
+    queue = IngestQueue(lambda: deps_for(db), writers=2)
+    sent: list[tuple[int, str]] = []
+
+    def on_statement(conn: Any, *_: Any) -> None:
+        sent.append((id(conn.connection.dbapi_connection), "statement"))
+
+    def on_end(conn: Any) -> None:
+        sent.append((id(conn.connection.dbapi_connection), "end"))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", on_statement)
+    event.listen(db.engine.sync_engine, "commit", on_end)
+    event.listen(db.engine.sync_engine, "rollback", on_end)
+    try:
+        requests = []
+        for n in range(100):
+            requests.append(asyncio.create_task(submit_one(queue, disk(f"o{n}"))))
+            await asyncio.sleep(0)  # requests keep coming while groups are written
+        await asyncio.gather(*requests)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", on_statement)
+        event.remove(db.engine.sync_engine, "commit", on_end)
+        event.remove(db.engine.sync_engine, "rollback", on_end)
+    assert await count(db, EventRow) == 100
+    in_statements: set[int] = set()
+    for connection, what in sent:
+        if what == "end":
+            in_statements.discard(connection)
+            continue
+        assert in_statements <= {connection}, "two groups sent statements at the same time"
+        in_statements.add(connection)
