@@ -238,7 +238,8 @@ def ackbot_config(*, port: int, database_url: str, slack_api: str) -> str:
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
         "database": {"url": database_url},
-        "dispatch": {"workers": 8, "poll_interval": 0.05},
+        # The default poll (0.5 s): commits that queue work wake the dispatcher, so polling only finds retries.
+        "dispatch": {"workers": 8},
         "api_keys": [
             {
                 "name": "bench",

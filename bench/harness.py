@@ -328,13 +328,30 @@ async def wait_ready(
 # spent by other threads (aiosqlite's connection threads, the resolver) while the loop waited. SQLAlchemy's sync
 # code runs in greenlets: "inclusive" follows each greenlet's parent, so database work counts toward its callers.
 SAMPLER = r"""
-import collections, os, runpy, signal, sys
+import collections, gc, os, runpy, signal, sys, time
 import greenlet
 out, root = sys.argv[1], sys.argv[2] + "/"
 sys.argv = ["bot.cli", *sys.argv[3:]]
 by_package, by_function, inclusive, total = collections.Counter(), collections.Counter(), collections.Counter(), [0]
 # BENCH_PROFILE_STACKS=FILE also writes every sampled stack, folded (flamegraph.pl's input: "a;b;c count").
 stacks_out, stacks = os.environ.get("BENCH_PROFILE_STACKS"), collections.Counter()
+# Garbage collections during the window, by generation: (count, total seconds, longest), timed by gc.callbacks.
+collections_by_gen, gc_started = {}, [0.0]
+
+
+def on_gc(phase, info):
+    if not sampling[0]:
+        return
+    if phase == "start":
+        gc_started[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - gc_started[0]
+    count, total, longest = collections_by_gen.get(info["generation"], (0, 0.0, 0.0))
+    collections_by_gen[info["generation"]] = (count + 1, total + took, max(longest, took))
+
+
+sampling = [False]
+gc.callbacks.append(on_gc)
 
 
 def where(code):
@@ -382,7 +399,8 @@ def sample(signum, frame):
 
 
 def start(*_):
-    by_package.clear(), by_function.clear(), inclusive.clear(), stacks.clear()
+    by_package.clear(), by_function.clear(), inclusive.clear(), stacks.clear(), collections_by_gen.clear()
+    sampling[0] = True
     total[0] = 0
     signal.signal(signal.SIGPROF, sample)
     signal.setitimer(signal.ITIMER_PROF, 0.002, 0.002)
@@ -390,11 +408,17 @@ def start(*_):
 
 def dump(*_):
     signal.setitimer(signal.ITIMER_PROF, 0, 0)
+    sampling[0] = False
     n = max(1, total[0])
     lines = [f"{total[0]} samples of the server's CPU (every 2 ms of process CPU time)", "by package (running frame):"]
     lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in by_package.most_common(12)]
     lines += ["top functions (running frame):"]
     lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in by_function.most_common(12)]
+    lines += ["garbage collections (generation: count, total ms, longest ms):"]
+    lines += [
+        f"  gen{gen}: {count}, {1000 * total:.1f}, {1000 * longest:.1f}"
+        for gen, (count, total, longest) in sorted(collections_by_gen.items())
+    ]
     lines += ["ackbot functions on the stack (inclusive):"]
     lines += [f"  {100 * v / n:5.1f}%  {k}" for k, v in inclusive.most_common(30)]
     with open(out, "w") as fh:

@@ -477,10 +477,8 @@ class Dispatcher:
     async def refresh_gauges(self) -> None:
         """Set the dead-letter gauge from the database, which every replica shares."""
         async with self.db.sessions() as session:
-            counts = await delivery_store.count_by_status(session=session)
+            counts = await delivery_store.count_dead(session=session)
         dead: dict[str, int] = {name: 0 for name in self.channels}
-        for (channel, status), count in counts.items():
-            if status == DeliveryStatus.dead:
-                dead[channel] = count
+        dead.update(counts)
         for channel, count in dead.items():
             self.metrics.deliveries_dead.labels(channel=channel).set(count)
