@@ -39,6 +39,12 @@ class IngestQueue:
     # Events per transaction: a larger group makes its transaction hold the write lock (SQLite) or its row locks
     # (PostgreSQL) longer, which delays everything else that writes.
     MAX_GROUP_EVENTS = 1000
+    # Turns of the event loop a writer lets pass before it takes a group. A request read from its socket reaches
+    # submit() a couple of turns later (aiohttp's protocol wakes the request's task, which then runs the handler),
+    # so the requests that arrived while the previous group was written join this one instead of the next: at 16
+    # clients on SQLite, 8 events a group instead of 5 and 15% less CPU per event. Idle, a lone request waits
+    # three turns, microseconds.
+    GATHER_TURNS = 3
 
     def __init__(self, deps: Callable[[], IngestDeps], *, writers: int = 1) -> None:
         self._deps = deps
@@ -80,9 +86,8 @@ class IngestQueue:
         group: list[_Waiting] = []
         try:
             while self._waiting:
-                # Let the requests whose handlers are ready to run submit first: under load, one turn of the event
-                # loop makes the group larger at the cost of microseconds.
-                await asyncio.sleep(0)
+                for _ in range(self.GATHER_TURNS):
+                    await asyncio.sleep(0)
                 await self._statements.acquire()
                 written = _once(self._statements.release)
                 try:

@@ -234,3 +234,20 @@ async def test_two_writers_overlap_statements_only_with_a_commit(migrated_db: Da
             continue
         assert in_statements <= {connection}, "two groups sent statements at the same time"
         in_statements.add(connection)
+
+
+async def test_requests_a_few_turns_behind_join_the_group(migrated_db: Database) -> None:
+    # A request read from its socket reaches submit() a couple of loop turns after the one that woke the writer:
+    # it joins that one's group instead of waiting for the next transaction.
+    db = migrated_db
+    queue = IngestQueue(lambda: deps_for(db))
+    commits = count_commits(db)
+
+    async def after(turns: int, key: str) -> IngestResult:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await submit_one(queue, disk(key))
+
+    results = await asyncio.gather(*(after(n % 3, f"late{n}") for n in range(9)))
+    assert len({r.event_id for r in results}) == 9
+    assert commits[0] == 1
