@@ -11,8 +11,11 @@ import aiosqlite
 import pytest
 from sqlalchemy import exc, text
 
+from bot.app import build_runtime
+from core import runtime as runtime_module
 from core.store import sqlite_driver
 from core.store.db import Database
+from tests.conftest import make_config
 
 
 @pytest.fixture
@@ -166,10 +169,6 @@ async def test_commits_leave_the_wal_to_the_checkpoint_on_a_worker_thread(db: Da
 
 
 async def test_the_runtime_checkpoints_the_wal_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.app import build_runtime
-    from core import runtime as runtime_module
-    from tests.conftest import make_config
-
     monkeypatch.setattr(runtime_module, "CHECKPOINT_SECONDS", 0.05)
     path = tmp_path / "ackbot.db"
     runtime = build_runtime(make_config(f"sqlite+aiosqlite:///{path}"), run_dispatcher=False)
