@@ -84,9 +84,9 @@ async def record(
     actor: str | None = None,
     actor_platform: str | None = None,
     data: dict[str, Any] | None = None,
-) -> AuditEntry:
-    """Append an audit row in the caller's transaction (call it last: it holds the append lock until commit)."""
-    row = await audit_store.append(
+) -> None:
+    """Append an audit row in the caller's transaction; it is chained into the log when the transaction commits."""
+    await audit_store.append(
         session=session,
         db=db,
         type=type,
@@ -98,13 +98,12 @@ async def record(
         actor_platform=actor_platform,
         data=_scrub(data or {}),
     )
-    return entry_from_row(row)
 
 
-async def record_now(*, db: Database, type: str, at: datetime, **fields: Any) -> AuditEntry:
+async def record_now(*, db: Database, type: str, at: datetime, **fields: Any) -> None:
     """Append an audit row in a transaction of its own."""
     async with db.transaction() as session:
-        return await record(session=session, db=db, type=type, at=at, **fields)
+        await record(session=session, db=db, type=type, at=at, **fields)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from bot import cli
 from core import audit
@@ -15,7 +15,7 @@ from core.clock import ManualClock
 from core.store import audit as audit_store
 from core.store import migrate
 from core.store.db import Database
-from core.store.tables import AuditHeadRow, AuditRow
+from core.store.tables import AuditHeadRow, AuditPendingRow, AuditRow
 from tests import test_approvals
 from tests.conftest import READ_KEY, TENANT_KEY, auth
 from tests.test_approvals import ALICE, BOB, HarnessFactory
@@ -47,18 +47,67 @@ async def test_the_database_hashes_what_python_verifies(migrated_db: Database) -
     # The appender has the database hash the row's canonical JSON around the seq it takes from the head: nested
     # "seq" and "tenant" keys, quotes, non-ASCII text and every column must come out as Python's hash of the row.
     tricky = {"seq": -1, "tenant": 'x","seq":-1,', "nested": {"seq": -1, "tenant": "ü"}, "list": [1, "é", None]}
-    first = await audit.record_now(
+    await audit.record_now(
         db=migrated_db, type="a.b", at=NOW, tenant="ünï", approval_id="apr_1", alert_id="alr_1", data=tricky
     )
-    second = await audit.record_now(db=migrated_db, type="a.c", at=NOW, actor="p", actor_platform="slack")
-    assert (first.seq, second.seq, second.prev_hash) == (1, 2, first.hash)
+    await audit.record_now(db=migrated_db, type="a.c", at=NOW, actor="p", actor_platform="slack")
     async with migrated_db.sessions() as session:
         rows = list((await session.execute(select(AuditRow).order_by(AuditRow.seq))).scalars())
-    assert [r.hash for r in rows] == [first.hash, second.hash]
+    assert [(r.seq, r.type, r.data) for r in rows] == [(1, "a.b", tricky), (2, "a.c", {})]
+    assert rows[0].prev_hash == audit_store.GENESIS_HASH and rows[1].prev_hash == rows[0].hash
     assert rows[0].hash == audit_store.row_hash(audit_store.GENESIS_HASH, rows[0])
     assert rows[1].hash == audit_store.row_hash(rows[0].hash, rows[1])
     report = await audit.verify_chain(db=migrated_db)
-    assert report.ok and report.head_seq == 2 and report.head_hash == second.hash, report
+    assert report.ok and report.head_seq == 2 and report.head_hash == rows[1].hash, report
+
+
+async def _chain(db: Database) -> list[tuple[int, str, str]]:
+    async with db.sessions() as session:
+        rows = (await session.execute(select(AuditRow).order_by(AuditRow.seq))).scalars()
+        return [(r.seq, r.type, r.prev_hash) for r in rows]
+
+
+async def test_rows_of_one_transaction_are_chained_in_order_and_a_rollback_leaves_no_trace(
+    migrated_db: Database,
+) -> None:
+    db = migrated_db
+    async with db.transaction() as session:
+        for name in ("t.first", "t.second", "t.third"):
+            await audit.record(session=session, db=db, type=name, at=NOW)
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as session:
+            await audit.record(session=session, db=db, type="t.rolled-back", at=NOW)
+            raise RuntimeError("the caller fails after appending")
+    await audit.record_now(db=db, type="t.fourth", at=NOW)
+    assert [(seq, type_) for seq, type_, _ in await _chain(db)] == [
+        (1, "t.first"),
+        (2, "t.second"),
+        (3, "t.third"),
+        (4, "t.fourth"),
+    ]
+    assert (await audit.verify_chain(db=db)).ok
+    async with db.sessions() as session:
+        assert (await session.execute(select(func.count()).select_from(AuditPendingRow))).scalar_one() == 0
+
+
+@pytest.mark.postgres
+async def test_an_open_transaction_with_an_appended_row_holds_up_no_other_append(pg_url: str) -> None:
+    # The head is locked only while a commit runs: a transaction that appended and then waits (for ackbot's event
+    # loop, a slow statement, a client) must not stall every other decision behind it.
+    db = Database(pg_url)
+    try:
+        await migrate.upgrade(db)
+        async with db.transaction() as slow:
+            await audit.record(session=slow, db=db, type="t.slow", at=NOW)
+            async with asyncio.timeout(5):
+                await audit.record_now(db=db, type="t.quick", at=NOW)
+            assert [type_ for _, type_, _ in await _chain(db)] == ["t.quick"]
+        chain = await _chain(db)
+        assert [(seq, type_) for seq, type_, _ in chain] == [(1, "t.quick"), (2, "t.slow")]
+        assert chain[1][2] != audit_store.GENESIS_HASH
+        assert (await audit.verify_chain(db=db)).ok
+    finally:
+        await db.close()
 
 
 async def _tamper(db: Database, statement: Any) -> None:

@@ -1,4 +1,4 @@
-"""The audit log's storage: hash-chained appends serialized by one lock row, filtered reads, and a chain walk."""
+"""The audit log's storage: hash-chained appends serialized by one head row, filtered reads, and a chain walk."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.store.db import Database
-from core.store.tables import AuditHeadRow, AuditRow
+from core.store.tables import AuditHeadRow, AuditPendingRow, AuditRow
 
 GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
@@ -42,6 +42,7 @@ def row_hash(prev_hash: str, row: AuditRow) -> str:
 
 _AUDIT = cast(Table, AuditRow.__table__)
 _HEAD = cast(Table, AuditHeadRow.__table__)
+_PENDING = cast(Table, AuditPendingRow.__table__)
 # The columns the appender fills from its parameters; seq, prev_hash and hash come from the head row.
 _GIVEN = ("at", "tenant", "type", "approval_id", "alert_id", "actor", "actor_platform", "data")
 # SQLite has no sha256: the SQLite driver registers this function on every connection (core/store/sqlite_driver.py).
@@ -49,41 +50,28 @@ SQLITE_SHA256 = "ackbot_sha256"
 
 
 def _appender(postgres: bool) -> Any:
-    """The statement that chains a row to the head: (seq, prev_hash, hash) of the row it inserted, or no row.
+    """The statement that appends a row, given its columns and its canonical JSON around the seq.
 
-    The database computes the row's hash, sha256(prev hash + canonical JSON), from the head it reads, with the
-    canonical JSON given as the text before and after the seq (the only part the head decides). On PostgreSQL one
-    statement locks the head, inserts the row and moves the head; on SQLite (one writer at a time already) the
-    insert reads the head and the caller moves it.
+    On PostgreSQL it inserts into audit_pending, and the database chains the row when the transaction commits
+    (migration 0002): seq from the head, hash = sha256(prev hash + the JSON with the seq put in). On SQLite (one
+    writer at a time already) the insert reads the head and computes the hash itself, returning (seq, hash), and
+    the caller moves the head.
     """
     given = [bindparam(name, type_=_AUDIT.c[name].type) for name in _GIVEN]
     before, after = bindparam("before_seq", type_=Text()), bindparam("after_seq", type_=Text())
-    columns = ["seq", *_GIVEN, "prev_hash", "hash"]
     if postgres:
-        head = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == _HEAD_ID).with_for_update().cte("head")
-        seq = head.c.seq + 1
-        text_ = head.c.hash + before + sql_cast(seq, Text) + after
-        digest = func.encode(func.sha256(func.convert_to(text_, "UTF8")), "hex")
-        appended = (
-            insert(_AUDIT)
-            .from_select(columns, select(seq, *given, head.c.hash, digest))
-            .returning(_AUDIT.c.seq, _AUDIT.c.prev_hash, _AUDIT.c.hash)
-            .cte("appended")
-        )
-        return (
-            update(_HEAD)
-            # Any version of the head this statement can see has a smaller seq than the row it appended (an
-            # equality would be tested against the version the statement started from, not the locked one).
-            .where(_HEAD.c.id == _HEAD_ID, _HEAD.c.seq < appended.c.seq)
-            .values(seq=appended.c.seq, hash=appended.c.hash)
-            .returning(appended.c.seq, appended.c.prev_hash, appended.c.hash)
+        return insert(_PENDING).values(
+            {**dict(zip(_GIVEN, given, strict=True)), "before_seq": before, "after_seq": after}
         )
     seq = _HEAD.c.seq + 1
     digest = getattr(func, SQLITE_SHA256)(_HEAD.c.hash + before + sql_cast(seq, Text) + after)
     return (
         insert(_AUDIT)
-        .from_select(columns, select(seq, *given, _HEAD.c.hash, digest).where(_HEAD.c.id == _HEAD_ID))
-        .returning(_AUDIT.c.seq, _AUDIT.c.prev_hash, _AUDIT.c.hash)
+        .from_select(
+            ["seq", *_GIVEN, "prev_hash", "hash"],
+            select(seq, *given, _HEAD.c.hash, digest).where(_HEAD.c.id == _HEAD_ID),
+        )
+        .returning(_AUDIT.c.seq, _AUDIT.c.hash)
     )
 
 
@@ -104,12 +92,13 @@ async def append(
     actor: str | None = None,
     actor_platform: str | None = None,
     data: dict[str, Any] | None = None,
-) -> AuditRow:
-    """Append one row inside the caller's transaction, chained to the last one.
+) -> None:
+    """Append one row inside the caller's transaction; it is chained to the last one when the transaction commits.
 
-    One statement on PostgreSQL, two on SQLite (see _appender). The head row stays locked until commit (FOR
-    UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers), so concurrent appends queue and
-    the chain never forks. Call it last in a transaction: other appends wait for the head until this one commits.
+    PostgreSQL: one INSERT into audit_pending, chained by the database at commit, so concurrent appends wait for
+    the head only while another commit runs. SQLite: two statements (see _appender), the head moved at once;
+    BEGIN IMMEDIATE already makes writers take turns. Either way the chain never forks, and a transaction that
+    rolls back leaves no row and no gap.
     """
     # Round-trip the data through JSON now, so the hash is computed over exactly what the database returns.
     stored = json.loads(json.dumps(data or {}, default=str))
@@ -132,20 +121,15 @@ async def append(
         raise AssertionError("the canonical JSON of an audit row has no top-level seq")
     params = {name: getattr(row, name) for name in _GIVEN}
     params.update(before_seq=before + '"seq":', after_seq="," + after)
-    statement = _APPEND[db.is_postgres]
-    chained = (await session.execute(statement, params)).first()
+    if db.is_postgres:
+        await session.execute(_APPEND[True], params)
+        return
+    chained = (await session.execute(_APPEND[False], params)).first()
     if chained is None:
-        # The first append ever: create the head, then append (two first appends meet on its primary key).
-        await session.execute(
-            db.insert(_HEAD)
-            .values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH)
-            .on_conflict_do_nothing(index_elements=[_HEAD.c.id])  # type: ignore[attr-defined]
-        )
-        chained = (await session.execute(statement, params)).one()
-    row.seq, row.prev_hash, row.hash = int(chained[0]), str(chained[1]), str(chained[2])
-    if not db.is_postgres:
-        await session.execute(_MOVE_HEAD, {"new_seq": row.seq, "new_hash": row.hash})
-    return row
+        # The first append ever: create the head, then append.
+        await session.execute(insert(_HEAD).values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH))
+        chained = (await session.execute(_APPEND[False], params)).one()
+    await session.execute(_MOVE_HEAD, {"new_seq": chained[0], "new_hash": chained[1]})
 
 
 async def list_rows(

@@ -326,7 +326,7 @@ class AuditRow(Base):
 
     __tablename__ = "audit_log"
 
-    # Assigned by the appender (head seq + 1) under the append lock, never by the database.
+    # Head seq + 1, taken under the head's lock (at commit on PostgreSQL, see AuditPendingRow), never a sequence.
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
     )
@@ -340,6 +340,30 @@ class AuditRow(Base):
     data: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditPendingRow(Base):
+    """PostgreSQL: an audit row waiting for its transaction's commit, where a deferred trigger chains it.
+
+    The trigger (migration 0002) locks the head, moves the row into audit_log with the next seq and its hash, and
+    deletes it here, so the head is locked only while a commit runs, never across a round trip to ackbot. The
+    canonical JSON of the row is kept as the text before and after its seq, which only the head decides. SQLite
+    (one writer at a time already) appends to audit_log directly and leaves this table empty.
+    """
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime]
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(64))
+    approval_id: Mapped[str | None] = mapped_column(String(40))
+    alert_id: Mapped[str | None] = mapped_column(String(40))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    actor_platform: Mapped[str | None] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]]
+    before_seq: Mapped[str] = mapped_column(Text)
+    after_seq: Mapped[str] = mapped_column(Text)
 
 
 class AuditHeadRow(Base):
