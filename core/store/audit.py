@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, Text, bindparam, func, insert, select, update
+from sqlalchemy import Table, Text, bindparam, func, insert, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,8 +54,8 @@ def _appender(postgres: bool) -> Any:
 
     On PostgreSQL it inserts into audit_pending, and the database chains the row when the transaction commits
     (migration 0002): seq from the head, hash = sha256(prev hash + the JSON with the seq put in). On SQLite (one
-    writer at a time already) the insert reads the head and computes the hash itself, returning (seq, hash), and
-    the caller moves the head.
+    writer at a time already) the insert reads the head and computes the hash itself, and a trigger moves the
+    head; it returns the seq, or no row when there is no head yet.
     """
     given = [bindparam(name, type_=_AUDIT.c[name].type) for name in _GIVEN]
     before, after = bindparam("before_seq", type_=Text()), bindparam("after_seq", type_=Text())
@@ -71,12 +71,11 @@ def _appender(postgres: bool) -> Any:
             ["seq", *_GIVEN, "prev_hash", "hash"],
             select(seq, *given, _HEAD.c.hash, digest).where(_HEAD.c.id == _HEAD_ID),
         )
-        .returning(_AUDIT.c.seq, _AUDIT.c.hash)
+        .returning(_AUDIT.c.seq)
     )
 
 
 _APPEND = {True: _appender(True), False: _appender(False)}
-_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == _HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 _SEQ_MARK = -1
 
 
@@ -96,7 +95,7 @@ async def append(
     """Append one row inside the caller's transaction; it is chained to the last one when the transaction commits.
 
     PostgreSQL: one INSERT into audit_pending, chained by the database at commit, so concurrent appends wait for
-    the head only while another commit runs. SQLite: two statements (see _appender), the head moved at once;
+    the head only while another commit runs. SQLite: one INSERT that reads the head, which a trigger moves;
     BEGIN IMMEDIATE already makes writers take turns. Either way the chain never forks, and a transaction that
     rolls back leaves no row and no gap.
     """
@@ -124,12 +123,10 @@ async def append(
     if db.is_postgres:
         await session.execute(_APPEND[True], params)
         return
-    chained = (await session.execute(_APPEND[False], params)).first()
-    if chained is None:
-        # The first append ever: create the head, then append.
+    if (await session.execute(_APPEND[False], params)).first() is None:
+        # The first append ever: create the head, then append (a trigger moves the head with every row).
         await session.execute(insert(_HEAD).values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH))
-        chained = (await session.execute(_APPEND[False], params)).one()
-    await session.execute(_MOVE_HEAD, {"new_seq": chained[0], "new_hash": chained[1]})
+        (await session.execute(_APPEND[False], params)).one()
 
 
 async def list_rows(

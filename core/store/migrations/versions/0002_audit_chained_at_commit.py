@@ -7,6 +7,8 @@ An append used to lock the audit head with its INSERT and keep it locked until a
 and a turn of a busy event loop later. Every other decision, approval and escalation queued behind it, and at
 100 clicks/s a burst tipped the queue into seconds. Now an append inserts into audit_pending, and a deferred
 constraint trigger chains the row while the transaction commits: the head is locked only inside PostgreSQL.
+On SQLite, where writers take turns anyway, a trigger moves the head with each row ackbot appends, which saves
+the statement that did it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ BEGIN
 END
 $$
 """
+_SQLITE_MOVE_HEAD = """
+CREATE TRIGGER audit_log_moves_head AFTER INSERT ON audit_log
+BEGIN
+    UPDATE audit_head SET seq = NEW.seq, hash = NEW.hash WHERE id = 1;
+END
+"""
 _TRIGGER = """
 CREATE CONSTRAINT TRIGGER audit_pending_chain AFTER INSERT ON audit_pending
 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ackbot_audit_chain()
@@ -80,10 +88,14 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(_CHAIN)
         op.execute(_TRIGGER)
+    else:
+        op.execute(_SQLITE_MOVE_HEAD)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER audit_pending_chain ON audit_pending")
         op.execute("DROP FUNCTION ackbot_audit_chain()")
+    else:
+        op.execute("DROP TRIGGER audit_log_moves_head")
     op.drop_table("audit_pending")
