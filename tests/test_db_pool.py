@@ -1,4 +1,5 @@
-"""PostgreSQL's pool: connections that sat idle are pinged before use, busy ones are not, and dead ones are replaced."""
+"""The pool: on PostgreSQL idle connections are pinged and dead ones replaced, and a burst's connections are kept;
+reads hold no transaction open on either backend."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.store import db as db_module
 from core.store.db import Database
@@ -79,3 +81,37 @@ async def test_connections_killed_while_idle_are_replaced_without_an_error(
         async with db.transaction() as session:
             assert (await session.execute(text("SELECT 2"))).scalar_one() == 2
     assert len(checkouts) >= 1
+
+
+async def test_the_pool_keeps_the_connections_a_burst_opened(db: Database) -> None:
+    # Connections opened for a burst and closed after it would be opened again at the next one, each a new server
+    # process and every statement prepared anew, just when the process is busiest.
+    opened: list[int] = []
+    event.listen(db.engine.sync_engine.pool, "connect", lambda *_: opened.append(1))
+    together = asyncio.Barrier(4)  # 2 x pool_size: as many transactions at once as the pool allows
+
+    async def transaction() -> None:
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+            await together.wait()
+
+    for _ in range(3):
+        await asyncio.wait_for(asyncio.gather(*(transaction() for _ in range(4))), 10)
+    assert len(opened) == 4
+    assert db.engine.sync_engine.pool.checkedin() == 4  # type: ignore[attr-defined]
+
+
+async def test_a_read_holds_no_transaction_open(migrated_db: Database) -> None:
+    # A read's statements each see what was committed when they ran (on PostgreSQL as they did inside READ
+    # COMMITTED): without a BEGIN, and without the ROLLBACK that ended it, one round trip each instead of three.
+    async def in_transaction(session: AsyncSession) -> bool:
+        raw = await (await session.connection()).get_raw_connection()
+        driver = raw.driver_connection
+        return bool(driver.is_in_transaction() if migrated_db.is_postgres else driver.in_transaction)  # type: ignore[union-attr]
+
+    async with migrated_db.sessions() as session:
+        assert (await session.execute(text("SELECT count(*) FROM approvals"))).scalar_one() == 0
+        assert not await in_transaction(session)
+    async with migrated_db.transaction() as writing:
+        await writing.execute(text("SELECT count(*) FROM approvals"))
+        assert await in_transaction(writing)
