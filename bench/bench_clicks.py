@@ -178,7 +178,8 @@ def count(conn, cursor, statement, parameters, context, executemany):
 
 
 def begin(conn):
-    if on[0]:
+    # A read's connection sends no BEGIN (core.store.db.READ), nor a ROLLBACK at its end.
+    if on[0] and not conn.get_execution_options().get("ackbot_read"):
         counts["BEGIN"] += 1
 
 
@@ -188,8 +189,8 @@ def commit(conn):
 
 
 def rollback(conn):
-    if on[0]:
-        counts["ROLLBACK (the end of a read)"] += 1
+    if on[0] and not conn.get_execution_options().get("ackbot_read"):
+        counts["ROLLBACK"] += 1
 
 
 def start(*_):
