@@ -16,7 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from sqlalchemy import func, select
 
+from core import audit
+from core.store.db import Database
+from core.store.tables import AuditPendingRow, AuditRow
 from tests.conftest import API_KEY, create_pg_database, drop_pg_database, skip_or_fail_without_pg
 from tests.peers.http_sink import HttpSink, Reply
 
@@ -253,6 +257,20 @@ async def test_concurrent_clicks_through_two_replicas_decide_once(pg_url: str, t
                 states = await asyncio.gather(*(state(i) for i in ids))
                 assert {s for s, _ in states} == {"acknowledged"}
                 assert {by for _, by in states} == {"alice"}
+
+            # Both processes appended to one audit chain at once (each row chained as its transaction committed):
+            # a creation and a decision per approval, and a refusal for every other click, with no fork or gap.
+            db = Database(pg_url)
+            try:
+                report = await audit.verify_chain(db=db)
+                assert report.ok and report.rows == 200 * 5, report
+                async with db.sessions() as session:
+                    rows = (await session.execute(select(AuditRow.type, func.count()).group_by(AuditRow.type))).all()
+                    pending = (await session.execute(select(func.count()).select_from(AuditPendingRow))).scalar_one()
+                assert dict(rows) == {"approval.created": 200, "approval.acknowledged": 200, "decision.refused": 600}
+                assert pending == 0
+            finally:
+                await db.close()
         finally:
             for replica in replicas:
                 await replica.stop()
