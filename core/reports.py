@@ -11,6 +11,7 @@ seconds) within `expiring_within_days`, or already past: certificates, secrets, 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib
 import logging
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.config import AckbotConfig, ReportsConfig
 from core.models import AlertStatus, DeliveryPurpose, Severity, cron_expression
 from core.store.convert import alert_from_row
-from core.store.db import Database, new_id
+from core.store.db import Database, is_read, new_id
 from core.store.deliveries import new_delivery
 from core.store.tables import AlertRow, ReportRunRow
 
@@ -79,8 +80,10 @@ async def _approvals_section(session: AsyncSession, tenants: list[str] | None, l
     except ImportError:
         return {"available": False, "note": "approvals are not part of this build", "total": 0, "items": []}
     states = getattr(store, "OPEN_STATES", ("pending", "escalated"))
+    # In a write transaction a savepoint keeps a failure here from spoiling the rest of it; a read (READ) has no
+    # transaction on the server, so a failed statement spoils nothing and there is nothing to set a savepoint in.
     try:
-        async with session.begin_nested():
+        async with contextlib.nullcontext() if is_read(session) else session.begin_nested():
             page, more = await store.list_approvals(session=session, tenants=tenants, states=states, limit=limit)
     except (SQLAlchemyError, TypeError) as exc:
         log.warning("report: pending approvals left out: %s", exc)

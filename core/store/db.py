@@ -106,9 +106,15 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE) else "BEGIN")
 
 
-def _ends_locally(bind: Any) -> bool:
+def is_read(session: AsyncSession) -> bool:
+    """Whether the session is a read (see READ): no transaction on the server, each statement on its own."""
+    bind = session.bind
+    return isinstance(bind, AsyncEngine) and bool(bind.get_execution_options().get(READ))
+
+
+def _ends_locally(session: AsyncSession) -> bool:
     # SQLite runs on the loop's thread; a read (READ: autocommit on PostgreSQL) has no server transaction to end.
-    return bool(bind.dialect.name == "sqlite" or bind.get_execution_options().get(READ))
+    return session.bind is not None and (session.bind.dialect.name == "sqlite" or is_read(session))
 
 
 class Session(AsyncSession):
@@ -122,7 +128,7 @@ class Session(AsyncSession):
     """
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        if self.in_transaction() and self.bind is not None and not _ends_locally(self.bind):
+        if self.in_transaction() and self.bind is not None and not _ends_locally(self):
             await super().__aexit__(type_, value, traceback)
         else:
             await self.close()
