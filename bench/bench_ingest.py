@@ -22,8 +22,9 @@ dedup_key, so each one opens a new alert. Every system runs as a fresh subproces
 during the window: by package, by function, and the ackbot functions on the stack.
 
 Printed: events/s, requests/s, request latency p50/p99, the server's CPU (event-loop thread + other threads) and
-this process's (the load generator) in % of one core, and the ratio ackbot / baseline of the same mode. The issue #8
-target: single-event ingest at least 35% of the bare-aiohttp rate.
+this process's (the load generator) in % of one core, the ratio ackbot / baseline of the same mode, and for ackbot
+the events per intake transaction during the window (from its /metrics). The issue #8 target: single-event ingest
+at least 35% of the bare-aiohttp rate.
 """
 
 from __future__ import annotations
@@ -195,6 +196,18 @@ async def closed_loop(
 # ---------------------------------------------------------------- one run
 
 
+async def intake_groups(http: aiohttp.ClientSession, base: str) -> tuple[float, float]:
+    """The server's intake transactions so far, from /metrics: (events in them, transactions)."""
+    async with http.get(base + "/metrics") as resp:
+        text = await resp.text()
+    totals = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for kind in totals:
+            if line.startswith(f"ackbot_intake_group_events_{kind} "):
+                totals[kind] = float(line.split()[1])
+    return totals["sum"], totals["count"]
+
+
 @dataclass
 class Result:
     mode: str
@@ -209,6 +222,7 @@ class Result:
     refused: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     profile: str = ""
+    group_events: float = math.nan  # ackbot: events per intake transaction during the window
 
 
 async def run_one(
@@ -253,9 +267,11 @@ async def run_one(
                 await asyncio.sleep(max(0.0, start - time.time()))
                 if profiling:
                     proc.send_signal(signal.SIGUSR1)
+                groups_before = await intake_groups(http, base) if system != "baseline" else (0.0, 0.0)
                 before = CpuSample(proc.pid)
                 await asyncio.sleep(max(0.0, end - time.time()))
                 after = CpuSample(proc.pid)
+                groups_after = await intake_groups(http, base) if system != "baseline" else (0.0, 0.0)
                 if profiling:
                     proc.send_signal(signal.SIGUSR2)
                 load_avg = load_average()
@@ -292,6 +308,9 @@ async def run_one(
     )
     if system == "ackbot/webhook":
         result.delivered_per_s = delivered / args.seconds
+    groups = groups_after[1] - groups_before[1]
+    if groups:
+        result.group_events = (groups_after[0] - groups_before[0]) / groups
     result.errors = logged_problems(log, offset)
     return result
 
@@ -320,6 +339,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
                 f"{ms(percentile(r.latencies, 50)):>8}{ms(percentile(r.latencies, 99)):>8}"
                 f"{cpu:>10}{r.cpu[2]:>8.0f}{delivered:>9}  {r.load_avg}"
             )
+            if not math.isnan(r.group_events):
+                print(f"{'':<24}{r.group_events:.1f} events per intake transaction")
             if r.backlog:
                 print(f"{'':<24}webhook backlog: {r.backlog}")
             if r.refused:
