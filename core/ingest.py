@@ -26,9 +26,10 @@ from core.rulebook import RuleBook
 from core.store import alerts as alert_store
 from core.store import noise as noise_store
 from core.store.alerts import AlertChange, Transition
-from core.store.db import Database, new_id
+from core.store.db import Database, Writer, WriteTransaction, new_id
 from core.store.deliveries import delivery_values
 from core.store.noise import NoiseLedger
+from core.store.pg_direct import DirectConnection
 from core.store.tables import DeliveryRow, EventRow, table_of
 
 log = logging.getLogger("ackbot.ingest")
@@ -215,10 +216,9 @@ class _Group:
     """What the rounds of one group share."""
 
     deps: IngestDeps
-    session: AsyncSession
-    conn: AsyncConnection  # the session's: Core statements skip the ORM's per-statement work
+    conn: AsyncConnection  # the group's transaction, for Core statements
+    direct: DirectConnection | None  # PostgreSQL: conn's driver connection, for the statements every group runs
     now: datetime
-    ledger: NoiseLedger
     client_ids: dict[tuple[str, str], IngestResult] = field(default_factory=dict)
     silences_loaded: bool = False
     # Counted once the group commits (a group stored twice after a conflict must not count twice).
@@ -226,6 +226,36 @@ class _Group:
     deliveries_by_channel: list[str] = field(default_factory=list)
     suppressed: int = 0
     outcomes: list[str] = field(default_factory=list)
+    # Made when first needed: a group whose events no rule acts on stores them with Core statements alone.
+    _session: AsyncSession | None = None
+    _ledger: NoiseLedger | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        """An ORM session in the group's transaction, for what is stored through the ORM (approvals, digests)."""
+        if self._session is None:
+            self._session = self.deps.db.joined_session(self.conn)
+        return self._session
+
+    @property
+    def ledger(self) -> NoiseLedger:
+        """The dedup windows and `for:` waits the group's actions touch."""
+        if self._ledger is None:
+            self._ledger = NoiseLedger(session=self.session, conn=self.conn, db=self.deps.db, now=self.now)
+        return self._ledger
+
+    async def save_ledger(self) -> None:
+        """Write the ledger's new waits and cancellations (each round, so that the next one reads them)."""
+        if self._ledger is not None:
+            await self._ledger.save()
+
+    async def finish(self, *, flush: bool) -> None:
+        """Let go of the session, first writing its pending objects into the transaction if flush."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            if flush:
+                await session.flush()
+            await session.close()
 
 
 def _duplicate_of(event_id: str, alert_id: str | None) -> IngestResult:
@@ -252,7 +282,7 @@ async def _look_up_client_ids(group: _Group, items: Sequence[_Item]) -> None:
 
 
 async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int, int], IngestResult]:
-    deps, session, now = group.deps, group.session, group.now
+    deps, now = group.deps, group.now
     answered: dict[tuple[int, int], IngestResult] = {}
     await _look_up_client_ids(group, items)
     fresh: list[tuple[_Item, Event]] = []
@@ -268,7 +298,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
             group.client_ids[client_key] = _duplicate_of(event.id, None)
         fresh.append((item, event))
 
-    book = alert_store.AlertBook(conn=group.conn, db=deps.db)
+    book = alert_store.AlertBook(conn=group.conn, db=deps.db, direct=group.direct)
     changes = await book.apply([(event, item.identity) for item, event in fresh], store_events=True)
     for (item, event), change in zip(fresh, changes, strict=True):
         if change.alert_id is not None:
@@ -287,7 +317,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
     planned, resolving = _plan(group, stored)
     if planned:
         if not group.silences_loaded:
-            await deps.noise.matcher.refresh(session=session, now=now)
+            await deps.noise.matcher.refresh(session=group.session, now=now)
             group.silences_loaded = True
         await group.ledger.load_waits(resolving_alerts=resolving)
     # Every action first meets the checks before its throttle window; then all the windows of the run are
@@ -299,15 +329,15 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
         for plan, first in found
         if isinstance(first, noise.AwaitingWindow)
     }
-    admitted = await group.ledger.admit_all(windows)
+    admitted = await group.ledger.admit_all(windows) if windows else {}
     deliveries: list[dict[str, Any]] = []
     for item, found in zip(stored, screened, strict=True):
         answered[(item.submission, item.position)] = await _conclude(group, item, found, admitted, deliveries)
     if deliveries:
         # Approvals opened above are ORM rows the deliveries point at: written first.
-        await session.flush()
+        await group.session.flush()
         await group.conn.execute(_INSERT_DELIVERIES, deliveries)
-    await group.ledger.save()
+    await group.save_ledger()
     return answered
 
 
@@ -487,7 +517,9 @@ class GroupOutcome:
                     metrics.labelled(metrics.events_received, incoming.kind, submission.source).inc()
 
 
-async def store_group(*, session: AsyncSession, deps: IngestDeps, submissions: Sequence[Submission]) -> GroupOutcome:
+async def store_group(
+    *, transaction: WriteTransaction, deps: IngestDeps, submissions: Sequence[Submission]
+) -> GroupOutcome:
     """Store the events of several requests, and the deliveries they cause, in the caller's transaction."""
     now = deps.clock.now()
     items = [
@@ -495,12 +527,15 @@ async def store_group(*, session: AsyncSession, deps: IngestDeps, submissions: S
         for number, submission in enumerate(submissions)
         for position, (incoming, tenant) in enumerate(zip(submission.events, submission.tenants, strict=True))
     ]
-    conn = await session.connection()
-    ledger = NoiseLedger(session=session, conn=conn, db=deps.db, now=now)
-    group = _Group(deps=deps, session=session, conn=conn, now=now, ledger=ledger)
+    group = _Group(deps=deps, conn=transaction.conn, direct=transaction.direct, now=now)
     answered: dict[tuple[int, int], IngestResult] = {}
-    for batch in rounds(items):
-        answered.update(await _store_round(group, batch))
+    try:
+        for batch in rounds(items):
+            answered.update(await _store_round(group, batch))
+    except BaseException:
+        await group.finish(flush=False)
+        raise
+    await group.finish(flush=True)
     results = [
         [answered[(number, position)] for position in range(len(submission.events))]
         for number, submission in enumerate(submissions)
@@ -525,15 +560,22 @@ def conflicted(exc: BaseException) -> bool:
 
 
 async def store_committed(
-    *, deps: IngestDeps, submissions: Sequence[Submission], written: Callable[[], None] | None = None
+    *,
+    deps: IngestDeps,
+    submissions: Sequence[Submission],
+    written: Callable[[], None] | None = None,
+    writer: Writer | None = None,
 ) -> list[list[IngestResult]]:
     """Store a group in its own transaction, again after a conflict; returns once it has committed. written, if
     given, is called when the group's statements are sent, before the commit (core.intake lets the next group
-    start then)."""
+    start then); writer, if given, is the connection to use (core.intake's writers keep theirs between groups)."""
+    if writer is None:
+        async with deps.db.writer() as own:
+            return await store_committed(deps=deps, submissions=submissions, written=written, writer=own)
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
-            async with deps.db.transaction() as session:
-                outcome = await store_group(session=session, deps=deps, submissions=submissions)
+            async with writer.transaction() as transaction:
+                outcome = await store_group(transaction=transaction, deps=deps, submissions=submissions)
                 if written is not None:
                     written()
         except DBAPIError as exc:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core.ingest import IngestDeps, IngestResult, Submission, conflicted, store_committed
 from core.models import EventIn
+from core.store.db import Writer
 
 log = logging.getLogger("ackbot.intake")
 
@@ -45,6 +46,11 @@ class IngestQueue:
     # clients on SQLite, 8 events a group instead of 5 and 15% less CPU per event. Idle, a lone request waits
     # three turns, microseconds.
     GATHER_TURNS = 3
+    # Turns of the event loop a writer whose queue is empty waits for a request before it leaves, with its
+    # connection. Under load the next requests arrive within a few turns (the answers of the group just committed
+    # go out, and their clients send again), so a writer keeps its connection from one group to the next instead
+    # of checking one out of the pool per group; idle, it leaves after microseconds.
+    LINGER_TURNS = 20
 
     def __init__(self, deps: Callable[[], IngestDeps], *, writers: int = 1) -> None:
         self._deps = deps
@@ -84,18 +90,23 @@ class IngestQueue:
 
     async def _write(self) -> None:
         group: list[_Waiting] = []
+        # The writer's connection, kept from one group to the next while there are groups to write (a checkout of
+        # the pool per group cost more than some of the group's statements), and returned when the writer leaves.
+        writer: Writer | None = None
         try:
-            while self._waiting:
+            while await self._work_arrives():
                 for _ in range(self.GATHER_TURNS):
                     await asyncio.sleep(0)
                 await self._statements.acquire()
                 written = _once(self._statements.release)
                 try:
                     if not self._waiting:
-                        break  # another writer took them meanwhile
+                        continue  # another writer took them meanwhile
                     group = [w for w in self._take_group() if not w.answer.done()]  # a cancelled one stays unstored
                     if group:
-                        await self._store(group, written)
+                        deps = self._deps()
+                        writer = writer or Writer(deps.db, again=True)
+                        await self._store(deps, writer, group, written)
                     group = []
                 finally:
                     written()
@@ -110,11 +121,24 @@ class IngestQueue:
         finally:
             # In the same step as the last look at the queue: a submit after this starts a writer.
             self._running -= 1
+            if writer is not None:
+                await writer.close()
 
-    async def _store(self, group: list[_Waiting], written: Callable[[], None]) -> None:
-        deps = self._deps()
+    async def _work_arrives(self) -> bool:
+        # Whether there is a group to take: at once if requests are queued, else after letting up to LINGER_TURNS
+        # turns of the event loop pass for one to arrive.
+        for _ in range(self.LINGER_TURNS):
+            if self._waiting:
+                return True
+            await asyncio.sleep(0)
+        return bool(self._waiting)
+
+    async def _store(
+        self, deps: IngestDeps, writer: Writer, group: list[_Waiting], written: Callable[[], None]
+    ) -> None:
         try:
-            results = await store_committed(deps=deps, submissions=[w.submission for w in group], written=written)
+            submissions = [w.submission for w in group]
+            results = await store_committed(deps=deps, submissions=submissions, written=written, writer=writer)
         except Exception as exc:
             if len(group) == 1 or _shared_failure(exc):
                 for waiting in group:
@@ -123,7 +147,7 @@ class IngestQueue:
             log.warning("ingest: a group of %d requests failed (%s); storing each alone", len(group), exc)
             for waiting in group:
                 try:
-                    (alone,) = await store_committed(deps=deps, submissions=[waiting.submission])
+                    (alone,) = await store_committed(deps=deps, submissions=[waiting.submission], writer=writer)
                 except Exception as alone_exc:
                     _settle(waiting, error=alone_exc)
                 else:

@@ -91,15 +91,15 @@ async def test_firings_stored_with_their_alerts_leave_the_rows_of_two_statements
             [(firing(tenant, 3, 1, severity=Severity.low, summary="again"), "fp-a")],
         ]
         for run in runs:
-            async with db.transaction() as session:
-                book = alert_store.AlertBook(conn=await session.connection(), db=db)
+            async with db.core_transaction() as transaction:
+                book = alert_store.AlertBook(conn=transaction.conn, db=db, direct=transaction.direct)
                 changes = await book.apply(run, store_events=together)
                 unstored = [event for (event, _), change in zip(run, changes, strict=True) if not change.event_stored]
                 for event, change in zip((e for e, _ in run), changes, strict=True):
                     assert change.event_stored is (together and db.is_postgres)
                     event.alert_id = change.alert_id
                 if unstored:
-                    await session.execute(insert(table_of(EventRow)), [event_columns(e) for e in unstored])
+                    await transaction.conn.execute(insert(table_of(EventRow)), [event_columns(e) for e in unstored])
 
     def event_columns(event: Event) -> dict[str, Any]:
         return {

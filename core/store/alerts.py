@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, bindparam, literal_column, select, text, update
+from sqlalchemy import Select, bindparam, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -17,6 +17,7 @@ from core.models import Alert, AlertStatus, Event, EventStatus, Severity
 from core.store.convert import alert_from_columns, alert_from_row
 from core.store.db import Database, new_id
 from core.store.pagination import decode_cursor
+from core.store.pg_direct import DirectConnection
 from core.store.tables import AlertRow, table_of
 
 
@@ -49,40 +50,42 @@ class AlertBook:
     """The alerts one run of events speaks of (each identity at most once, see core.ingest.rounds), written in
     bulk: a firing opens or updates its alert in one upsert, a resolve reads (on PostgreSQL locks) and closes it."""
 
-    def __init__(self, *, conn: AsyncConnection, db: Database) -> None:
+    def __init__(self, *, conn: AsyncConnection, db: Database, direct: DirectConnection | None = None) -> None:
         self.conn = conn
         self.db = db
+        self.direct = direct  # conn's driver connection (PostgreSQL, see core.store.db.Writer)
 
     async def apply(self, events: Sequence[tuple[Event, str]], *, store_events: bool = False) -> list[AlertChange]:
         """Open, update or resolve the alert of each (event, fingerprint); the changes in the same order. With
-        store_events, a backend that can write the events in the same statement as their alerts (PostgreSQL, for
-        firings) does, and says so in AlertChange.event_stored; the caller stores the others."""
+        store_events and a direct connection (PostgreSQL), firings write their events in the same statement as their
+        alerts, and say so in AlertChange.event_stored; the caller stores the others."""
         firing = [(event, fp) for event, fp in events if event.status is not EventStatus.resolved]
         resolving = [(event, fp) for event, fp in events if event.status is EventStatus.resolved]
-        fired = await self._fire(firing, store_events=store_events and self.db.is_postgres)
+        fired = await self._fire(firing, direct=self.direct if store_events else None)
         changes = {**fired, **await self._resolve(resolving)}
         return [changes[(event.tenant, fp)] for event, fp in events]
 
     async def _fire(
-        self, events: Sequence[tuple[Event, str]], *, store_events: bool
+        self, events: Sequence[tuple[Event, str]], *, direct: DirectConnection | None
     ) -> dict[tuple[str, str], AlertChange]:
         if not events:
             return {}
         ordered = sorted(events, key=lambda pair: (pair[0].tenant, pair[1]))
         rows = [_opening_row(event, fingerprint) for event, fingerprint in ordered]
-        if store_events:
-            result = await self.conn.execute(_FIRE_AND_STORE, _fire_and_store_run(ordered, rows))
+        decided: Iterable[Any]  # rows by column name
+        if direct is not None:
+            decided = await direct.fetch(_FIRE_AND_STORE, _fire_and_store_run(ordered, rows))
         else:
-            result = await self.conn.execute(_fire_statement(self.db.dialect), rows)
+            decided = (await self.conn.execute(_fire_statement(self.db.dialect), rows)).mappings()
         sent = {(row["tenant"], row["fingerprint"]): row for row in rows}
         changes = {}
-        for stored in result.mappings():
+        for stored in decided:
             key = (stored["tenant"], stored["fingerprint"])
             row = sent[key]
             # The refreshed columns are the ones just sent; the database says only what it decided.
             columns = {**row, **stored}
             transition = Transition.opened if stored["id"] == row["id"] else Transition.updated
-            changes[key] = AlertChange(columns, transition, event_stored=store_events)
+            changes[key] = AlertChange(columns, transition, event_stored=direct is not None)
         return changes
 
     async def _resolve(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
@@ -208,7 +211,8 @@ _DECIDED = (
 # one document, not an array per column, because asyncpg checks every element of an array against abstract base
 # classes, and the event's JSON documents go in as they are, written once for both rows. Rows are upserted in
 # identity order, the order the two-statement upsert locks them in. The upsert is _fire_statement's:
-# tests/test_store_ingest.py checks that both ways leave the same rows.
+# tests/test_store_ingest.py checks that both ways leave the same rows. It is sent by asyncpg itself, on intake's
+# direct connection (core.store.pg_direct): SQLAlchemy's execution would cost more than the statement's own work.
 _FIRE_AND_STORE_FIELDS = {
     "alert_id": "text",
     "event_id": "text",
@@ -230,8 +234,8 @@ _FIRE_AND_STORE_FIELDS = {
     "source": "text",
     "ord": "integer",  # the row's place in identity order
 }
-_FIRE_AND_STORE = text(
-    "WITH incoming AS (SELECT * FROM jsonb_to_recordset(CAST(:run AS jsonb)) AS i("
+_FIRE_AND_STORE = (
+    "WITH incoming AS (SELECT * FROM jsonb_to_recordset(CAST($1 AS jsonb)) AS i("
     + ", ".join(f"{name} {kind}" for name, kind in _FIRE_AND_STORE_FIELDS.items())
     + ")), "
     "upserted AS ("
@@ -254,10 +258,10 @@ _FIRE_AND_STORE = text(
     "FROM incoming AS i JOIN upserted ON upserted.tenant = i.tenant AND upserted.fingerprint = i.fingerprint "
     "ORDER BY i.ord) "
     "SELECT * FROM upserted"
-).columns(*(table_of(AlertRow).c[column] for column in _DECIDED))
+)
 
 
-def _fire_and_store_run(events: Sequence[tuple[Event, str]], rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+def _fire_and_store_run(events: Sequence[tuple[Event, str]], rows: Sequence[dict[str, Any]]) -> str:
     run = [
         {
             "alert_id": row["id"],
@@ -282,7 +286,7 @@ def _fire_and_store_run(events: Sequence[tuple[Event, str]], rows: Sequence[dict
         }
         for place, ((event, _), row) in enumerate(zip(events, rows, strict=True))
     ]
-    return {"run": json.dumps(run)}
+    return json.dumps(run)
 
 
 def _refresh_from_event(row: dict[str, Any], event: Event) -> None:

@@ -1,0 +1,124 @@
+"""PostgreSQL: intake's write transactions run on asyncpg's own connection, under a pooled SQLAlchemy connection.
+
+Measured per call on the machine of docs/performance.md: a statement through SQLAlchemy costs about 160 µs of CPU
+and through asyncpg alone about 60 µs (SQLAlchemy's execution context, result and greenlet bridge, compiled or
+not); SQLAlchemy's BEGIN and COMMIT about 175 µs against asyncpg's 95; a checkout from SQLAlchemy's pool and the
+checkin after it about 60 µs. Intake pays them once per group of events, and they were most of what a group of a
+few events cost. So here the transaction (BEGIN, COMMIT, ROLLBACK) and the statement every group runs are sent by
+asyncpg directly, and a connection stays checked out across transactions while its holder (an intake writer) has
+work, but SQLAlchemy still owns it: its pool hands it out and takes it back (pinged when idle, see core.store.db),
+and every other statement of a group (Core or ORM) runs on the same connection, inside the same transaction. For
+that the SQLAlchemy connection is in AUTOCOMMIT mode, so that it never begins or ends a transaction of its own on
+the server: this module's BEGIN and COMMIT are the transaction's only boundaries.
+
+An error of a direct call is raised as SQLAlchemy raises it for its own statements (its asyncpg adapter's
+translation, then its connection's handling: the same exception classes, and a lost connection invalidates the
+pool), so callers (conflict retries, the HTTP answers) cannot tell the two paths apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util.concurrency import greenlet_spawn
+
+
+class DirectConnection:
+    """A pooled SQLAlchemy connection in AUTOCOMMIT mode and the asyncpg connection under it."""
+
+    def __init__(self, conn: AsyncConnection, adapted: Any) -> None:
+        self.conn = conn
+        self._adapted = adapted  # SQLAlchemy's adapter around asyncpg's connection
+        self._driver = adapted.driver_connection
+
+    @classmethod
+    async def connect(cls, engine: AsyncEngine) -> DirectConnection:
+        """Check a connection out of engine's pool (engine's connections are in AUTOCOMMIT mode)."""
+        conn = await engine.connect()
+        try:
+            return cls(conn, (await conn.get_raw_connection()).dbapi_connection)
+        except BaseException:
+            await conn.close()
+            raise
+
+    @property
+    def usable(self) -> bool:
+        """False once the connection was lost or discarded: its holder checks out another."""
+        return not self.conn.invalidated and not self.conn.closed and not self._driver.is_closed()
+
+    async def close(self) -> None:
+        """Return the connection to the pool, first rolling back a transaction begun for a group that never came."""
+        await _to_completion(self._abandon())
+        await self.conn.close()
+
+    @asynccontextmanager
+    async def transaction(self, *, begin_next: bool = False) -> AsyncIterator[DirectConnection]:
+        """One transaction on this connection: committed on success, rolled back on error. With begin_next, the
+        commit also begins the next transaction, in the same round trip."""
+        try:
+            if not self._driver.is_in_transaction():
+                await self.execute("BEGIN")
+            yield self
+            # A writer that will write again saves the next BEGIN's round trip: both go in one simple query, which
+            # PostgreSQL runs in order, answering once the COMMIT is durable and the BEGIN done. A transaction begun
+            # that way holds nothing until its first statement (no snapshot, no transaction id), and the writer
+            # rolls it back if no group comes (close()).
+            await self.execute("COMMIT; BEGIN" if begin_next else "COMMIT")
+        except BaseException:
+            await _to_completion(self._abandon())
+            raise
+
+    async def execute(self, sql: str) -> None:
+        """Run a statement without parameters or rows (BEGIN, COMMIT, ROLLBACK)."""
+        try:
+            await self._driver.execute(sql)
+        except Exception as error:
+            await self._raise_translated(error, sql, ())
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Any]:
+        """Run a statement with $1, $2... parameters; its rows (asyncpg records: by name or by position)."""
+        try:
+            return await self._driver.fetch(sql, *args)  # type: ignore[no-any-return]
+        except Exception as error:
+            await self._raise_translated(error, sql, args)
+
+    async def _abandon(self) -> None:
+        # Roll back what the server still holds open. A connection that cannot even do that (lost, or cut off
+        # mid-statement by a cancellation) is discarded rather than used again or pooled in an unknown state.
+        try:
+            if self.usable and self._driver.is_in_transaction():
+                await self.execute("ROLLBACK")
+        except Exception as error:
+            if not self.conn.invalidated:
+                await self.conn.invalidate(error)
+
+    async def _raise_translated(self, error: Exception, sql: str, args: Sequence[Any]) -> NoReturn:
+        try:
+            # asyncpg's exception as the DBAPI exception SQLAlchemy's adapter makes of it (sqlstate kept)...
+            self._adapted._handle_exception(error)
+        except Exception as dbapi_error:
+            # ...and as SQLAlchemy's connection raises that one: wrapped in its exception classes, a disconnect
+            # invalidating the connection and the pool. It runs SQLAlchemy's sync code, hence the greenlet.
+            sync = self.conn.sync_connection
+            assert sync is not None
+            await greenlet_spawn(sync._handle_dbapi_exception, dbapi_error, sql, tuple(args), None, None)
+        raise AssertionError("the error was raised above")
+
+
+async def _to_completion(ending: Coroutine[Any, Any, None]) -> None:
+    # Runs ending in a task of its own and waits for it even if this task is cancelled meanwhile (then re-raised):
+    # a connection must not be used again, or pooled, with the transaction still open.
+    task = asyncio.ensure_future(ending)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as error:
+            cancelled = error
+    task.result()
+    if cancelled is not None:
+        raise cancelled
