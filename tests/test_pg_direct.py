@@ -3,6 +3,7 @@ errors must be SQLAlchemy's, a lost connection must be replaced, and nothing may
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -62,24 +63,35 @@ async def test_an_error_is_the_one_sqlalchemy_raises_and_the_transaction_is_roll
 
 
 @pytest.mark.parametrize("again", [False, True])
-async def test_a_lost_connection_fails_one_transaction_and_is_replaced(db: Database, again: bool) -> None:
+async def test_a_lost_connection_fails_its_transaction_and_is_replaced(db: Database, again: bool) -> None:
+    async def restart() -> None:
+        # As a server restart would; asyncpg hears of it a moment later.
+        assert await kill_backends(db.url) >= 1
+        await asyncio.sleep(0.1)
+
     writer = Writer(db, again=again)
     try:
         async with writer.transaction() as transaction:
             await transaction.conn.execute(text("INSERT INTO t VALUES (1)"))
-        assert await kill_backends(db.url) >= 1  # as a server restart would
-        with pytest.raises((sa_exc.OperationalError, sa_exc.InterfaceError)) as lost:  # answered 503
+        # Lost in the middle of a transaction: that one fails as SQLAlchemy's would (answered 503), invalidated.
+        with pytest.raises((sa_exc.OperationalError, sa_exc.InterfaceError)) as lost:
             async with writer.transaction() as transaction:
                 assert transaction.direct is not None
+                await restart()
                 await transaction.direct.fetch("INSERT INTO t VALUES ($1)", 2)
         assert lost.value.connection_invalidated
         async with writer.transaction() as transaction:
             assert transaction.direct is not None
             await transaction.direct.fetch("INSERT INTO t VALUES ($1)", 3)
+        # Lost between two transactions: the writer sees it and takes another connection, without an error.
+        await restart()
+        async with writer.transaction() as transaction:
+            assert transaction.direct is not None
+            await transaction.direct.fetch("INSERT INTO t VALUES ($1)", 4)
     finally:
         await writer.close()
     async with db.sessions() as session:
-        assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [1, 3]
+        assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [1, 3, 4]
 
 
 async def test_a_writer_that_writes_again_begins_the_next_transaction_with_the_commit(

@@ -53,6 +53,10 @@ class DirectConnection:
     async def close(self) -> None:
         """Return the connection to the pool, first rolling back a transaction begun for a group that never came."""
         await _to_completion(self._abandon())
+        if not self.usable and not self.conn.invalidated:
+            # Found lost (the server went away while it was held): discarded, or the pool would hand it out again
+            # at once, unpinged, since it was in use a moment ago.
+            await self.conn.invalidate()
         await self.conn.close()
 
     @asynccontextmanager
