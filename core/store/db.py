@@ -140,7 +140,7 @@ class Writer:
             async with direct.transaction(begin_next=self._again):
                 yield WriteTransaction(direct.conn, direct)
             return
-        async with self._db._writer():
+        async with self._db._write_turn():
             conn = await self._sqlite_connection()
             try:
                 # The transaction begins with the first statement (SQLAlchemy's autobegin).
@@ -238,14 +238,12 @@ class Database:
             self._sqlite_file = self._ensure_sqlite_dir(url)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
-        read = {"isolation_level": "AUTOCOMMIT"} if self.engine.dialect.name == "postgresql" else {}
-        # Reads (see READ); transaction() has sessions of its own.
-        self.sessions = async_sessionmaker(
-            self.engine.execution_options(**read, **{READ: True}), class_=Session, expire_on_commit=False
-        )
-        self._transactions = async_sessionmaker(self.engine, class_=Session, expire_on_commit=False)
-        # PostgreSQL: a Writer's connections leave BEGIN and COMMIT to pg_direct.
+        # PostgreSQL: a Writer's connections leave BEGIN and COMMIT to pg_direct; reads use no transaction at all.
         self.direct_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else None
+        # Reads (see READ); transaction() has sessions of its own.
+        reads = (self.direct_engine or self.engine).execution_options(**{READ: True})
+        self.sessions = async_sessionmaker(reads, class_=Session, expire_on_commit=False)
+        self._transactions = async_sessionmaker(self.engine, class_=Session, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @staticmethod
@@ -275,7 +273,7 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one write transaction: committed on success, rolled back on error."""
-        async with self._writer(), self._transactions() as session:
+        async with self._write_turn(), self._transactions() as session:
             # Marks the connection as a writer before its BEGIN is sent (see _sqlite_begin).
             await session.connection(execution_options={WRITE: True})
             try:
@@ -304,7 +302,7 @@ class Database:
         """An ORM session inside a Writer's transaction on conn: it flushes into it, its owner ends it."""
         return self._transactions(bind=conn, join_transaction_mode="rollback_only")
 
-    def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
+    def _write_turn(self) -> contextlib.AbstractAsyncContextManager[object]:
         # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in growing
         # steps while the lock sits free; queueing this process's writers on an asyncio lock hands it over
         # at once. (Other processes, such as a CLI command, still meet the driver's retries.)
