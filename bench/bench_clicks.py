@@ -157,11 +157,13 @@ web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 # `python -c STATEMENTS OUT serve --config ...`: bot.cli with every SQL statement counted between SIGUSR1 and SIGUSR2
-# (by its first words: the verb and the table), written to OUT at SIGUSR2.
+# (by its first words: the verb and the table), written to OUT at SIGUSR2. SQLAlchemy's events see its statements;
+# on PostgreSQL some are sent by asyncpg itself (core.store.pg_direct.DirectConnection), counted there.
 STATEMENTS = r"""
 import collections, re, runpy, signal, sys
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from core.store import pg_direct
 
 out = sys.argv[1]
 sys.argv = ["bot.cli", *sys.argv[2:]]
@@ -169,28 +171,55 @@ counts, on = collections.Counter(), [False]
 shape = re.compile(r"\s+")
 
 
+def name(statement):
+    text = shape.sub(" ", statement.strip())
+    if text.upper() in ("BEGIN", "COMMIT", "ROLLBACK", "COMMIT; BEGIN"):
+        return text.upper()
+    verb = text.split(" ")[0].upper()
+    # A WITH's first write names it (UPDATE deliveries, INSERT INTO audit_pending); else the first table named.
+    pattern = written if verb == "WITH" else named
+    found = pattern.search(text)
+    return f"{verb} {found.group(1).strip(chr(34)) if found else ''}".strip()
+
+
+written = re.compile(r"(?:\bINSERT INTO|(?<!FOR )\bUPDATE) (\S+)", re.IGNORECASE)
+named = re.compile(r"\b(?:FROM|INTO|UPDATE) (\S+)", re.IGNORECASE)
+
+
 def count(conn, cursor, statement, parameters, context, executemany):
     if on[0] and not statement.lstrip().upper().startswith("BEGIN"):
-        words = shape.sub(" ", statement.strip()).split(" ")
-        verb = words[0].upper()
-        table = next((w for w, before in zip(words[1:], words) if before.upper() in ("FROM", "INTO", "UPDATE")), "")
-        counts[f"{verb} {table.strip(chr(34))}".strip()] += 1
+        counts[name(statement)] += 1
 
 
 def begin(conn):
-    # A read's connection sends no BEGIN (core.store.db.READ), nor a ROLLBACK at its end.
-    if on[0] and not conn.get_execution_options().get("ackbot_read"):
+    # A read's connection sends no BEGIN (core.store.db.READ), nor a ROLLBACK at its end; nor do autocommit ones.
+    options = conn.get_execution_options()
+    if on[0] and not options.get("ackbot_read") and options.get("isolation_level") != "AUTOCOMMIT":
         counts["BEGIN"] += 1
 
 
 def commit(conn):
-    if on[0]:
+    if on[0] and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
         counts["COMMIT"] += 1
 
 
 def rollback(conn):
-    if on[0] and not conn.get_execution_options().get("ackbot_read"):
+    options = conn.get_execution_options()
+    if on[0] and not options.get("ackbot_read") and options.get("isolation_level") != "AUTOCOMMIT":
         counts["ROLLBACK"] += 1
+
+
+def direct(method):
+    async def sent(self, sql, *args):
+        if on[0]:
+            counts[name(sql)] += 1
+        return await method(self, sql, *args)
+
+    return sent
+
+
+for method in ("execute", "fetch", "executemany"):
+    setattr(pg_direct.DirectConnection, method, direct(getattr(pg_direct.DirectConnection, method)))
 
 
 def start(*_):

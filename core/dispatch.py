@@ -242,7 +242,7 @@ class Dispatcher:
                 log.exception("delivery %s: unexpected failure; it will be retried after its lease", row.id)
 
     async def _release(self, ids: list[str], when: datetime) -> None:
-        async with self.db.transaction() as session:
+        async with self.db.single_statements() as session:
             await session.execute(
                 update(DeliveryRow)
                 .where(DeliveryRow.id.in_(ids), DeliveryRow.claimed_by == self.worker_id)
@@ -340,7 +340,7 @@ class Dispatcher:
         The delivery is pending, or was inserted already claimed by this dispatcher (see claim_for_now).
         """
         now = self.clock.now()
-        async with self.db.transaction() as session:
+        async with self.db.single_statements() as session:
             row = (
                 await session.execute(
                     update(DeliveryRow)

@@ -22,6 +22,7 @@ from core.store.db import Database
 from core.store.tables import DeliveryAttemptRow, DeliveryRow
 from tests.conftest import API_KEY, AppFactory, auth, make_config
 from tests.peers.http_sink import HttpSink, Reply
+from tests.statements import recorded_statements
 
 SECRET = "whsec-test-0123456789"
 EVENT = {"kind": "deploy.failed", "tenant": "acme", "severity": "high", "title": "deploy of api failed"}
@@ -330,11 +331,6 @@ async def test_outcomes_are_recorded_together_and_a_lost_lease_is_refused(migrat
         for n in range(4):
             key = f"batch-{n}"
             session.add(delivery_store.new_delivery(tenant="acme", channel="hook", idempotency_key=key, now=now))
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement.split()[0].upper())
-
     claimed = await delivery_store.claim(db=db, worker="w1", now=now, lease=timedelta(minutes=1), limit=10)
     assert len(claimed) == 4
     first, second, third, fourth = sorted(claimed, key=lambda r: r.idempotency_key)
@@ -384,15 +380,17 @@ async def test_outcomes_are_recorded_together_and_a_lost_lease_is_refused(migrat
             message_ref={"ts": "4"},
         ),
     ]
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    async with recorded_statements(db) as sent:
         settled = await delivery_store.settle_many(db=db, worker="w1", settlements=settlements)
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    statements = [s.split()[0].upper() for s in sent]
     assert settled == {first.id, second.id, third.id}
-    # The two sent ones in one UPDATE and their message refs in one executemany, the failure in its own UPDATE,
-    # every attempt row in one INSERT: a constant number of statements, each built once.
-    assert [s for s in statements if s in ("UPDATE", "INSERT")] == ["UPDATE", "UPDATE", "UPDATE", "INSERT"]
+    if db.is_postgres:
+        # The whole batch, whatever its outcomes, is one statement that commits by itself: one round trip.
+        assert statements == ["WITH"]
+    else:
+        # The two sent ones in one UPDATE and their message refs in one executemany, the failure in its own UPDATE,
+        # every attempt row in one INSERT: a constant number of statements, each built once.
+        assert [s for s in statements if s in ("UPDATE", "INSERT")] == ["UPDATE", "UPDATE", "UPDATE", "INSERT"]
     async with db.sessions() as session:
         rows = {r.id: r for r in (await session.execute(select(DeliveryRow))).scalars()}
         attempts = (await session.execute(select(DeliveryAttemptRow))).scalars().all()
@@ -404,6 +402,33 @@ async def test_outcomes_are_recorded_together_and_a_lost_lease_is_refused(migrat
     assert sorted((a.delivery_id, a.number, a.outcome) for a in attempts) == sorted(
         [(first.id, 1, "sent"), (second.id, 1, "sent"), (third.id, 1, "retry")]
     )
+
+
+async def test_an_outcome_with_a_nul_byte_or_a_naive_time_is_still_recorded(migrated_db: Any) -> None:
+    db = migrated_db
+    now = ManualClock().now()
+    async with db.transaction() as session:
+        session.add(delivery_store.new_delivery(tenant="acme", channel="hook", idempotency_key="nul", now=now))
+    (row,) = await delivery_store.claim(db=db, worker="w1", now=now, lease=timedelta(minutes=1), limit=1)
+    naive_later = (now + timedelta(seconds=30)).astimezone(UTC).replace(tzinfo=None)
+    failure = delivery_store.Settlement(
+        delivery_id=row.id,
+        started_at=now,
+        now=naive_later,
+        outcome="retry",
+        status=DeliveryStatus.failed,
+        next_attempt_at=naive_later + timedelta(seconds=5),
+        status_code=502,
+        error="bad gateway: \x00 in the body",
+    )
+    # A receiver's error text must never keep its delivery from settling (it would be sent again and again).
+    assert await delivery_store.settle_many(db=db, worker="w1", settlements=[failure]) == {row.id}
+    async with db.sessions() as session:
+        stored = (await session.execute(select(DeliveryRow).where(DeliveryRow.id == row.id))).scalar_one()
+    assert stored.status == "failed" and stored.last_error is not None
+    assert stored.last_error.replace("\x00", "") == "bad gateway:  in the body"
+    # Naive times are UTC, whatever the server's time zone.
+    assert stored.next_attempt_at == now + timedelta(seconds=35)
 
 
 async def plan_with_history(sqlite_url: str, marker: str, run: Any, *, analyze: bool = True) -> list[str]:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 
 from core.ingest import conflicted
-from core.store.db import Database, Writer
-from core.store.pg_direct import DirectConnection
+from core.store.db import Database, Writer, direct_of
+from core.store.pg_direct import DirectConnection, Statement
+from core.store.tables import JsonDoc, UtcDateTime
 from tests.test_db_pool import kill_backends
 
 pytestmark = pytest.mark.postgres
@@ -119,3 +121,63 @@ async def test_a_writer_that_writes_again_begins_the_next_transaction_with_the_c
     assert sent == ["BEGIN", "COMMIT; BEGIN", "COMMIT; BEGIN", "COMMIT; BEGIN", "ROLLBACK"]
     async with db.sessions() as session:
         assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [0, 1, 2]
+
+
+_DOCS = Table(
+    "docs",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(20)),
+    Column("doc", JsonDoc),
+    Column("at", UtcDateTime()),
+)
+
+
+async def test_a_statement_sends_what_sqlalchemy_would_and_reads_back_the_same_values(db: Database) -> None:
+    async with db.core_transaction() as transaction:
+        await transaction.conn.run_sync(_DOCS.metadata.create_all)
+    when = datetime(2026, 11, 22, 12, 30, tzinfo=UTC)
+    rows = [
+        {"id": 1, "kind": "a", "doc": {"x": [1, "two"], "y": None}, "at": when},
+        # Naive: UTC, as UtcDateTime binds it.
+        {"id": 2, "kind": "b", "doc": {"x": 2}, "at": datetime(2026, 11, 22, 13, 0)},
+    ]
+    select_a = select(_DOCS).where(_DOCS.c.kind == "a")  # a literal the statement carries itself
+    async with db.transaction() as session:
+        direct = await direct_of(session)
+        assert direct is not None
+        await Statement(insert(_DOCS), keys=["id", "kind", "doc", "at"]).executemany(direct, rows)
+        ours = await Statement(select_a).fetch(direct, {})
+        theirs = (await session.execute(select_a)).all()
+    assert [row._asdict() for row in ours] == [row._asdict() for row in theirs]
+    assert ours[0].doc == {"x": [1, "two"], "y": None} and ours[0].at == when and ours[0].at.tzinfo is not None
+    async with db.sessions() as session:
+        second = (await session.execute(select(_DOCS.c.at).where(_DOCS.c.id == 2))).scalar_one()
+    assert second == datetime(2026, 11, 22, 13, 0, tzinfo=UTC)
+    # An IN list's SQL depends on its length: refused rather than sent wrong.
+    async with db.transaction() as session:
+        direct = await direct_of(session)
+        assert direct is not None
+        with pytest.raises(ValueError, match="IN list"):
+            await Statement(select(_DOCS).where(_DOCS.c.kind.in_(["a", "b"]))).fetch(direct, {})
+
+
+async def test_one_statement_writes_and_reads_hold_no_transaction_and_give_back_their_connections(
+    db: Database,
+) -> None:
+    pool = db.engine.sync_engine.pool
+    # A transaction that wrote has a transaction id: the statement after an INSERT is in another one, or not.
+    alone = text("SELECT pg_current_xact_id_if_assigned() IS NULL")
+    async with db.single_statements() as session:
+        await session.execute(text("INSERT INTO t VALUES (1)"))
+        assert (await session.execute(alone)).scalar_one() is True
+    async with db.transaction() as session:
+        await session.execute(text("INSERT INTO t VALUES (2)"))
+        assert (await session.execute(alone)).scalar_one() is False
+    async with db.sessions() as session:
+        direct = await direct_of(session)
+        assert direct is not None and await direct_of(session) is direct  # one per session
+        assert [tuple(row) for row in await direct.fetch("SELECT count(*) FROM t")] == [(2,)]
+        assert pool.checkedout() == 1
+    assert pool.checkedout() == 0 and not direct.usable
+    assert set(await server_states(db.url)) <= {"idle"}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
@@ -55,6 +55,7 @@ from core.store import nonces as nonce_store
 from core.store.approvals import ApprovalRecord, approval_from_row
 from core.store.db import Database, new_id
 from core.store.deliveries import delivery_values, new_delivery
+from core.store.deliveries import insert_many as insert_deliveries
 from core.store.tables import ApprovalRow, DeliveryRow
 from core.tokens import CLOCK_SKEW_SECONDS, TokenClaims, TokenError
 
@@ -956,7 +957,7 @@ class ApprovalService:
             # Its own transaction: a decision that also locked the alert row could deadlock against an ingest
             # batch (which locks alert rows and the audit head in event order). The approval is what counts.
             try:
-                async with self.db.transaction() as session:
+                async with self.db.single_statements() as session:
                     await alert_store.mark_acknowledged(
                         session=session, alert_id=decided.alert_id, by=decided.decided_by or "", at=now
                     )
@@ -1245,9 +1246,7 @@ class ApprovalService:
                     extra=update_extra or None,
                 )
             )
-        if updates:
-            # A Core insert: no ORM unit of work for rows this transaction never reads back.
-            await session.execute(insert(_DELIVERIES), updates)
+        await insert_deliveries(session=session, rows=updates)
         return len(shown)
 
     def _follow_ups(self, session: AsyncSession, row: ApprovalRecord, *, hook: str, now: datetime, stage: str) -> None:

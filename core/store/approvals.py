@@ -6,14 +6,15 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import String, any_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
-from core.store.db import Database
+from core.store.db import Database, direct_of
 from core.store.pagination import decode_cursor
+from core.store.pg_direct import Statement
 from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow, table_of
 
 # An approval as stored: a new ORM row, or a row read with a Core statement (same attribute names). Reads and
@@ -49,40 +50,64 @@ _SHOWN_ON = (
     .where(
         _DELIVERIES.c.approval_id == bindparam("approval_id"),
         _DELIVERIES.c.purpose == DeliveryPurpose.notify,
-        _DELIVERIES.c.status.in_((DeliveryStatus.sent, DeliveryStatus.sending)),
+        # Not IN (...): a literal list is rendered per execution, which pg_direct.Statement does not do.
+        or_(_DELIVERIES.c.status == DeliveryStatus.sent, _DELIVERIES.c.status == DeliveryStatus.sending),
     )
     .order_by(_DELIVERIES.c.created_at)
 )
 # Conditional moves, one statement per shape (which columns change, and which conditions apply).
 _TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Any] = {}
+_VOTE_KEYS = ("approval_id", "person", "choice", "actor_platform", "actor_id", "channel", "created_at")
+# The same statements sent by asyncpg itself inside a PostgreSQL write transaction (see pg_direct.Statement):
+# about a third of SQLAlchemy's CPU per statement, on the path of every click.
+_DIRECT_GET_ROW = Statement(_GET_ROW)
+_DIRECT_GET_ROW_LOCKED = Statement(_GET_ROW_LOCKED)
+_DIRECT_LIST_VOTES = Statement(_LIST_VOTES)
+# = ANY(array) rather than IN (...), whose SQL would depend on the number of ids.
+_DIRECT_GET_ROWS = Statement(
+    select(_APPROVALS).where(_APPROVALS.c.id == any_(bindparam("approval_ids", type_=postgresql.ARRAY(String()))))
+)
+_DIRECT_VOTE = Statement(_VOTE[True].returning(_VOTES.c.id), keys=_VOTE_KEYS)
+_DIRECT_SHOWN_ON = Statement(_SHOWN_ON)
+_DIRECT_TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Statement] = {}
 
 
 def approval_from_row(row: ApprovalRecord) -> Approval:
     """The stored approval as a domain model (bookkeeping columns left out)."""
-    data = row._asdict() if isinstance(row, Row) else {key: getattr(row, key) for key in _COLUMNS}
+    # A Core row or a pg_direct row (a named tuple) by its columns; an ORM row by its attributes.
+    data = row._asdict() if isinstance(row, Row | tuple) else {key: getattr(row, key) for key in _COLUMNS}
     for key in _INTERNAL:
         data.pop(key)
     return Approval.model_validate(data)
 
 
-async def get_row(*, session: AsyncSession, db: Database, approval_id: str, lock: bool = False) -> Row[Any] | None:
+async def get_row(
+    *, session: AsyncSession, db: Database | None, approval_id: str, lock: bool = False
+) -> Row[Any] | None:
     """One approval row; lock=True holds its row lock to the end of the transaction (PostgreSQL).
 
     On SQLite every write transaction already holds the database lock (BEGIN IMMEDIATE), so no more is needed.
     """
-    query = _GET_ROW_LOCKED if lock and db.is_postgres else _GET_ROW
+    direct = await direct_of(session)
+    if direct is not None:
+        rows = await (_DIRECT_GET_ROW_LOCKED if lock else _DIRECT_GET_ROW).fetch(direct, {"approval_id": approval_id})
+        return rows[0] if rows else None
+    query = _GET_ROW_LOCKED if lock and db is not None and db.is_postgres else _GET_ROW
     return (await session.execute(query, {"approval_id": approval_id})).first()
 
 
 async def get_rows(*, session: AsyncSession, approval_ids: Iterable[str]) -> list[Row[Any]]:
     """The approval rows of these ids that exist, in one query."""
+    direct = await direct_of(session)
+    if direct is not None:
+        return await _DIRECT_GET_ROWS.fetch(direct, {"approval_ids": list(approval_ids)})
     query = select(_APPROVALS).where(_APPROVALS.c.id.in_(list(approval_ids)))
     return list((await session.execute(query)).all())
 
 
 async def get(*, session: AsyncSession, approval_id: str) -> Approval | None:
     """One approval by id."""
-    row = (await session.execute(_GET_ROW, {"approval_id": approval_id})).first()
+    row = await get_row(session=session, db=None, approval_id=approval_id)
     return approval_from_row(row) if row is not None else None
 
 
@@ -127,7 +152,9 @@ async def transition(
     shape = (tuple(sorted(values)), from_level is not None, check_due, from_due is not None)
     statement = _TRANSITIONS.get(shape)
     if statement is None:
-        conditions = [_APPROVALS.c.id == bindparam("w_id"), _APPROVALS.c.state.in_(OPEN_STATES)]
+        state = _APPROVALS.c.state
+        # Not IN (...), for pg_direct.Statement (see _SHOWN_ON); the id picks the row either way.
+        conditions = [_APPROVALS.c.id == bindparam("w_id"), or_(*(state == open_state for open_state in OPEN_STATES))]
         if from_level is not None:
             conditions.append(_APPROVALS.c.escalation_level == bindparam("w_level"))
         if check_due:
@@ -141,6 +168,13 @@ async def transition(
         )
     params: dict[str, Any] = {f"v_{key}": value for key, value in values.items()}
     params.update(w_id=approval_id, w_level=from_level, w_due=from_due)
+    direct = await direct_of(session)
+    if direct is not None:
+        sent = _DIRECT_TRANSITIONS.get(shape)
+        if sent is None:
+            sent = _DIRECT_TRANSITIONS[shape] = Statement(statement)
+        rows = await sent.fetch(direct, params)
+        return rows[0] if rows else None
     return (await session.execute(statement, params)).first()
 
 
@@ -221,6 +255,9 @@ async def add_vote(
         "channel": channel,
         "created_at": now,
     }
+    direct = await direct_of(session)
+    if direct is not None:
+        return bool(await _DIRECT_VOTE.fetch(direct, vote))
     result = await session.execute(_VOTE[db.is_postgres], vote)
     return bool(getattr(result, "rowcount", 0))
 
@@ -233,7 +270,11 @@ async def count_votes(*, session: AsyncSession, approval_id: str, choice: str) -
 
 async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, Any]]:
     """Every vote on an approval, oldest first, as JSON-ready dicts."""
-    rows = await session.execute(_LIST_VOTES, {"approval_id": approval_id})
+    direct = await direct_of(session)
+    if direct is not None:
+        rows: Iterable[Any] = await _DIRECT_LIST_VOTES.fetch(direct, {"approval_id": approval_id})
+    else:
+        rows = (await session.execute(_LIST_VOTES, {"approval_id": approval_id})).all()
     return [
         {
             "person": r.person,
@@ -242,7 +283,7 @@ async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, An
             "channel": r.channel,
             "at": r.created_at.isoformat(),
         }
-        for r in rows.all()
+        for r in rows
     ]
 
 
@@ -256,9 +297,13 @@ async def shown_on(
     message_ref is the first sent message's reference in that conversation (what the update edits), or None
     while none is known yet.
     """
-    rows = await session.execute(_SHOWN_ON, {"approval_id": approval_id})
+    direct = await direct_of(session)
+    if direct is not None:
+        rows: Iterable[Any] = await _DIRECT_SHOWN_ON.fetch(direct, {"approval_id": approval_id})
+    else:
+        rows = (await session.execute(_SHOWN_ON, {"approval_id": approval_id})).all()
     shown: dict[tuple[str, str | None], tuple[dict[str, Any], dict[str, Any] | None]] = {}
-    for channel, target, extra, status, ref in rows.all():
+    for channel, target, extra, status, ref in rows:
         if (extra or {}).get("follow_up"):
             continue
         key = (channel, target)

@@ -12,7 +12,8 @@ from sqlalchemy import Table, Text, bindparam, func, insert, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.store.db import Database
+from core.store.db import Database, direct_of
+from core.store.pg_direct import Statement
 from core.store.tables import AuditHeadRow, AuditPendingRow, AuditRow
 
 GENESIS_HASH = "0" * 64
@@ -76,6 +77,8 @@ def _appender(postgres: bool) -> Any:
 
 
 _APPEND = {True: _appender(True), False: _appender(False)}
+# PostgreSQL's append sent by asyncpg itself inside a write transaction (see pg_direct.Statement).
+_DIRECT_APPEND = Statement(_APPEND[True])
 _SEQ_MARK = -1
 
 
@@ -121,7 +124,11 @@ async def append(
     params = {name: getattr(row, name) for name in _GIVEN}
     params.update(before_seq=before + '"seq":', after_seq="," + after)
     if db.is_postgres:
-        await session.execute(_APPEND[True], params)
+        direct = await direct_of(session)
+        if direct is not None:
+            await _DIRECT_APPEND.fetch(direct, params)
+        else:
+            await session.execute(_APPEND[True], params)
         return
     if (await session.execute(_APPEND[False], params)).first() is None:
         # The first append ever: create the head, then append (a trigger moves the head with every row).

@@ -9,7 +9,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +54,9 @@ WAL_BACKSTOP_PAGES = 10000
 
 
 WRITE = "ackbot_write"
+# A PostgreSQL write transaction's session keeps its pg_direct.DirectConnection here (see direct_of).
+DIRECT = "ackbot_direct"
+_OWNED_DIRECT = "ackbot_owned_direct"  # ...and a read session, the one it checked out itself
 # Read sessions' connections: no transaction on the server, each statement sees what was committed when it ran
 # (what PostgreSQL's READ COMMITTED gave each statement of a read transaction anyway). It saves a read its BEGIN
 # and ROLLBACK: on PostgreSQL two round trips, on SQLite a statement.
@@ -180,6 +183,23 @@ class Writer:
         return self._conn
 
 
+async def direct_of(session: AsyncSession) -> pg_direct.DirectConnection | None:
+    """The asyncpg connection for a session's statements sent directly (pg_direct.Statement); None on SQLite.
+
+    A PostgreSQL write transaction's session has its own. A read session checks one out the first time it is
+    asked (so a read that sends nothing still connects to nothing), and returns it when the session ends.
+    """
+    direct: pg_direct.DirectConnection | None = session.info.get(DIRECT)
+    if direct is None and is_read(session):
+        engine = session.bind
+        assert isinstance(engine, AsyncEngine)
+        if engine.dialect.name == "postgresql":
+            direct = session.info[DIRECT] = session.info[_OWNED_DIRECT] = await pg_direct.DirectConnection.connect(
+                engine
+            )
+    return direct
+
+
 def is_read(session: AsyncSession) -> bool:
     """Whether the session is a read (see READ): no transaction on the server, each statement on its own."""
     bind = session.bind
@@ -187,8 +207,17 @@ def is_read(session: AsyncSession) -> bool:
 
 
 def _ends_locally(session: AsyncSession) -> bool:
-    # SQLite runs on the loop's thread; a read (READ: autocommit on PostgreSQL) has no server transaction to end.
-    return session.bind is not None and (session.bind.dialect.name == "sqlite" or is_read(session))
+    # SQLite runs on the loop's thread; an autocommit session (reads, Database.single_statements, and on PostgreSQL
+    # a write transaction's, whose COMMIT pg_direct sends) has no server transaction of its own to end.
+    bind = session.bind
+    if bind is None:
+        return False
+    if bind.dialect.name == "sqlite":
+        return True
+    options = (
+        bind.get_execution_options() if isinstance(bind, AsyncEngine) else bind.sync_engine.get_execution_options()
+    )
+    return options.get("isolation_level") == "AUTOCOMMIT"
 
 
 class Session(AsyncSession):
@@ -206,6 +235,13 @@ class Session(AsyncSession):
             await super().__aexit__(type_, value, traceback)
         else:
             await self.close()
+
+    async def close(self) -> None:
+        await super().close()
+        direct = self.info.pop(_OWNED_DIRECT, None)
+        if direct is not None:
+            del self.info[DIRECT]
+            await direct.close()
 
 
 class Database:
@@ -244,6 +280,11 @@ class Database:
         reads = (self.direct_engine or self.engine).execution_options(**{READ: True})
         self.sessions = async_sessionmaker(reads, class_=Session, expire_on_commit=False)
         self._transactions = async_sessionmaker(self.engine, class_=Session, expire_on_commit=False)
+        self._autocommits = (
+            async_sessionmaker(self.direct_engine, class_=Session, expire_on_commit=False)
+            if self.direct_engine is not None
+            else None
+        )
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @staticmethod
@@ -273,6 +314,10 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one write transaction: committed on success, rolled back on error."""
+        if self.direct_engine is not None:
+            async with self._direct_transaction() as session:
+                yield session
+            return
         async with self._write_turn(), self._transactions() as session:
             # Marks the connection as a writer before its BEGIN is sent (see _sqlite_begin).
             await session.connection(execution_options={WRITE: True})
@@ -282,6 +327,53 @@ class Database:
                 await session.rollback()
                 raise
             await session.commit()
+
+    @asynccontextmanager
+    async def _direct_transaction(self) -> AsyncIterator[AsyncSession]:
+        # PostgreSQL: BEGIN, COMMIT and ROLLBACK sent by asyncpg (see pg_direct), the session joined to the
+        # transaction on the same connection; its statements go through SQLAlchemy, or through asyncpg where a
+        # store function finds the connection in the session (direct_of).
+        assert self.direct_engine is not None
+        direct = await pg_direct.DirectConnection.connect(self.direct_engine)
+        try:
+            async with direct.transaction():
+                session = self.joined_session(direct.conn)
+                session.info[DIRECT] = direct
+                try:
+                    yield session
+                    await session.flush()
+                finally:
+                    await session.close()
+        finally:
+            await direct.close()
+
+    @asynccontextmanager
+    async def single_statements(self) -> AsyncIterator[AsyncSession]:
+        """A session for writes that are one statement each: on PostgreSQL every statement commits on its own.
+
+        A statement is atomic by itself, so a write that is one statement needs no BEGIN and COMMIT around it:
+        on PostgreSQL that is one round trip instead of three (and each waits for a turn of a busy loop). On
+        SQLite, where statements cost no round trip, it is one write transaction, as transaction() gives.
+        Statements only: nothing is flushed, so ORM objects added to it are not written.
+        """
+        if self._autocommits is None:
+            async with self.transaction() as session:
+                yield session
+            return
+        async with self._autocommits() as session:
+            yield session
+            if session.new:
+                raise RuntimeError("single_statements() writes statements only: ORM objects added to it are lost")
+
+    async def fetch_direct(self, sql: str, *args: Any) -> Sequence[Any]:
+        """PostgreSQL: one statement ($1, $2... parameters) sent by asyncpg itself, committed on its own; its rows."""
+        if self.direct_engine is None:
+            raise RuntimeError("fetch_direct is for PostgreSQL")
+        direct = await pg_direct.DirectConnection.connect(self.direct_engine)
+        try:
+            return await direct.fetch(sql, *args)
+        finally:
+            await direct.close()
 
     @asynccontextmanager
     async def core_transaction(self) -> AsyncIterator[WriteTransaction]:

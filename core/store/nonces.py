@@ -9,7 +9,8 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.store.db import Database
+from core.store.db import Database, direct_of
+from core.store.pg_direct import Statement
 from core.store.tables import SpentNonceRow
 
 _NONCES = cast(Table, SpentNonceRow.__table__)
@@ -20,6 +21,10 @@ _SPEND = {
     )
     for postgres in (True, False)
 }
+# Sent by asyncpg itself inside a PostgreSQL write transaction (see pg_direct.Statement); a row if it was spent now.
+_DIRECT_SPEND = Statement(
+    _SPEND[True].returning(_NONCES.c.nonce), keys=("nonce", "approval_id", "spent_at", "expires_at")
+)
 
 
 async def spend(
@@ -27,6 +32,9 @@ async def spend(
 ) -> bool:
     """Spend a nonce inside the caller's transaction; False if it was spent before (a replay)."""
     values = {"nonce": nonce, "approval_id": approval_id, "spent_at": now, "expires_at": expires_at}
+    direct = await direct_of(session)
+    if direct is not None:
+        return bool(await _DIRECT_SPEND.fetch(direct, values))
     result = await session.execute(_SPEND[db.is_postgres], values)
     return bool(getattr(result, "rowcount", 0))
 
@@ -39,6 +47,6 @@ async def is_spent(*, session: AsyncSession, nonce: str) -> bool:
 
 async def prune(*, db: Database, before: datetime) -> int:
     """Forget nonces of tokens that expired before `before`: such a token is refused as expired anyway."""
-    async with db.transaction() as session:
+    async with db.single_statements() as session:
         result = await session.execute(delete(SpentNonceRow).where(SpentNonceRow.expires_at < before))
         return int(getattr(result, "rowcount", 0) or 0)

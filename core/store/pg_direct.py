@@ -19,11 +19,15 @@ pool), so callers (conflict retries, the HTTP answers) cannot tell the two paths
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections import namedtuple
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 
@@ -52,7 +56,8 @@ class DirectConnection:
 
     async def close(self) -> None:
         """Return the connection to the pool, first rolling back a transaction begun for a group that never came."""
-        await _to_completion(self._abandon())
+        if not self.usable or self._driver.is_in_transaction():
+            await _to_completion(self._abandon())
         if not self.usable and not self.conn.invalidated:
             # Found lost (the server went away while it was held): discarded, or the pool would hand it out again
             # at once, unpinged, since it was in use a moment ago.
@@ -90,6 +95,13 @@ class DirectConnection:
         except Exception as error:
             await self._raise_translated(error, sql, args)
 
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once for each parameter list, in one round trip; no rows."""
+        try:
+            await self._driver.executemany(sql, args)
+        except Exception as error:
+            await self._raise_translated(error, sql, args[0] if args else ())
+
     async def _abandon(self) -> None:
         # Roll back what the server still holds open. A connection that cannot even do that (lost, or cut off
         # mid-statement by a cancellation) is discarded rather than used again or pooled in an unknown state.
@@ -126,3 +138,76 @@ async def _to_completion(ending: Coroutine[Any, Any, None]) -> None:
     task.result()
     if cancelled is not None:
         raise cancelled
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    row: Callable[[Sequence[Any]], Any]
+
+
+class Statement:
+    """A Core statement compiled once for PostgreSQL and sent by asyncpg itself, for the hot paths of a transaction.
+
+    The SQL is what SQLAlchemy would send (its casts included), the parameters go through the same bind processors
+    (JSON serialised, datetimes in UTC), and each row comes back as a named tuple of the statement's columns
+    (attributes, _asdict), valued as SQLAlchemy's results would be: its asyncpg dialect decodes JSON in the
+    connection's codecs, and the columns' result processors run here. Statements with IN lists are not for this.
+    """
+
+    def __init__(self, statement: Executable, *, keys: Sequence[str] | None = None) -> None:
+        # keys: the parameters an INSERT or UPDATE is executed with (its columns), as SQLAlchemy compiles it.
+        self._statement = statement
+        self._keys = list(keys) if keys is not None else None
+        self._compiled: _Compiled | None = None
+        self._fixed: dict[str, Any] = {}
+
+    async def fetch(self, direct: DirectConnection, params: Mapping[str, Any]) -> list[Any]:
+        """Run it with params in direct's transaction; its rows."""
+        compiled = self._compiled or self._compile(direct.conn.dialect)
+        args = self._args(compiled, params)
+        return [compiled.row(record) for record in await direct.fetch(compiled.sql, *args)]
+
+    async def executemany(self, direct: DirectConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run it once per parameter set, in one round trip; no rows."""
+        compiled = self._compiled or self._compile(direct.conn.dialect)
+        await direct.executemany(compiled.sql, [self._args(compiled, row) for row in rows])
+
+    def _args(self, compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
+        fixed = self._fixed
+        values = (params[name] if name in params else fixed[name] for name, _ in compiled.binds)
+        return [value if bind is None else bind(value) for (_, bind), value in zip(compiled.binds, values, strict=True)]
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled: Any = self._statement.compile(dialect=dialect, column_keys=self._keys)  # type: ignore[attr-defined]
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError("pg_direct.Statement cannot send an IN list: its SQL depends on the list's length")
+        processors = compiled._bind_processors
+        binds = tuple((name, processors.get(name)) for name in compiled.positiontup or ())
+        # The values the statement carries itself (a literal compared with a column), by their parameter names.
+        self._fixed = {
+            name: value
+            for name, value in compiled.construct_params(_check=False).items()
+            if not compiled.binds[name].required
+        }
+        columns = compiled._result_columns
+        shape = namedtuple("DirectRow", [column[0] for column in columns], rename=True)  # type: ignore[misc]
+        results = [column[3]._cached_result_processor(dialect, None) for column in columns]
+        if any(results):
+            converters = list(zip(range(len(results)), results, strict=True))
+
+            def row(record: Sequence[Any]) -> Any:
+                values = list(record)
+                for index, convert in converters:
+                    if convert is not None:
+                        values[index] = convert(values[index])
+                return shape._make(values)
+
+        else:
+
+            def row(record: Sequence[Any]) -> Any:
+                return shape._make(record)
+
+        self._compiled = _Compiled(sql=compiled.string, binds=binds, row=row)
+        return self._compiled
