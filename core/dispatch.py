@@ -32,7 +32,7 @@ from core.store import alerts as alert_store
 from core.store import deliveries as delivery_store
 from core.store.convert import alert_from_columns, event_from_columns, event_from_row
 from core.store.db import Database, new_id
-from core.store.deliveries import Settlement
+from core.store.deliveries import DeliveryRecord, Settlement
 from core.store.tables import AlertRow, DeliveryRow, EventRow, table_of
 
 log = logging.getLogger("ackbot.dispatch")
@@ -43,9 +43,9 @@ _ALERTS_BY_ID = select(table_of(AlertRow)).where(table_of(AlertRow).c.id.in_(bin
 _EVENTS_BY_ID = select(table_of(EventRow)).where(table_of(EventRow).c.id.in_(bindparam("ids", expanding=True)))
 
 # Enrichers add purpose-specific parts (an approval and its buttons) to a notification being built.
-Enricher = Callable[[AsyncSession, DeliveryRow, dict[str, Any]], Awaitable[None]]
+Enricher = Callable[[AsyncSession, DeliveryRecord, dict[str, Any]], Awaitable[None]]
 # Prefetchers read, for a whole claimed batch at once, what their enrichers will need for each delivery.
-Prefetcher = Callable[[AsyncSession, list[DeliveryRow]], Awaitable[None]]
+Prefetcher = Callable[[AsyncSession, list[DeliveryRecord]], Awaitable[None]]
 # A delay shorter than this is slept off in the worker; a longer one goes back to the database.
 INLINE_WAIT = 0.25
 # Stopping: how long to wait for the workers after each cancellation, and how many times to cancel.
@@ -143,7 +143,7 @@ class Dispatcher:
         self.worker_id = f"{socket.gethostname()}:{new_id('wrk')}"
         self.pacer = Pacer()
         self._wake = asyncio.Event()
-        self._queue: asyncio.Queue[DeliveryRow] = asyncio.Queue(maxsize=config.workers * 2)
+        self._queue: asyncio.Queue[DeliveryRecord] = asyncio.Queue(maxsize=config.workers * 2)
         self._tasks: list[asyncio.Task[None]] = []
         self._prefetched: dict[str, tuple[Alert | None, Event | None]] = {}
         self._stopping = False
@@ -249,7 +249,7 @@ class Dispatcher:
                 .values(status=DeliveryStatus.pending, lease_until=None, claimed_by=None, next_attempt_at=when)
             )
 
-    async def _prefetch(self, rows: list[DeliveryRow]) -> None:
+    async def _prefetch(self, rows: list[DeliveryRecord]) -> None:
         # A few queries for a claimed batch instead of a few per delivery: the alert and event each one is
         # about, and what the prefetchers want (the approvals).
         alert_ids = {r.alert_id for r in rows if r.alert_id}
@@ -273,7 +273,7 @@ class Dispatcher:
                 events.get(row.event_id) if row.event_id else None,
             )
 
-    async def build_notification(self, row: DeliveryRow) -> Notification:
+    async def build_notification(self, row: DeliveryRecord) -> Notification:
         """Everything a channel needs for this delivery, read fresh from the database."""
         fields: dict[str, Any] = {
             "delivery_id": row.id,
@@ -313,7 +313,7 @@ class Dispatcher:
             fields["extra"] = {**fields["extra"], "message_ref": message_ref} if message_ref else fields["extra"]
         return Notification.model_validate(fields)
 
-    async def process(self, row: DeliveryRow) -> None:
+    async def process(self, row: DeliveryRecord) -> None:
         """Send one claimed delivery and record the outcome."""
         channel = self.channels.get(row.channel)
         started = self.clock.now()
@@ -371,7 +371,7 @@ class Dispatcher:
         row.claimed_by = self.worker_id
         row.lease_until = self.clock.now() + self.config.lease
 
-    async def _attempt(self, row: DeliveryRow, note: Notification | None = None) -> SendResult | ChannelError:
+    async def _attempt(self, row: DeliveryRecord, note: Notification | None = None) -> SendResult | ChannelError:
         channel = self.channels.get(row.channel)
         if channel is None:
             return PermanentChannelError(f"channel {row.channel!r} is not configured")
@@ -391,7 +391,7 @@ class Dispatcher:
         return await channel.send(note)
 
     async def _finish(
-        self, row: DeliveryRow, started: datetime, outcome: SendResult | ChannelError, *, final: bool = False
+        self, row: DeliveryRecord, started: datetime, outcome: SendResult | ChannelError, *, final: bool = False
     ) -> None:
         now = self.clock.now()
         channel = self.channels.get(row.channel)

@@ -98,7 +98,9 @@ async def test_the_pool_keeps_the_connections_a_burst_opened(db: Database) -> No
     for _ in range(3):
         await asyncio.wait_for(asyncio.gather(*(transaction() for _ in range(4))), 10)
     assert len(opened) == 4
-    assert db.engine.sync_engine.pool.checkedin() == 4  # type: ignore[attr-defined]
+    # All four still open: in the pool, or kept by the database for the statements asyncpg sends (at most half).
+    pool = db.engine.sync_engine.pool
+    assert pool.checkedin() + pool.checkedout() == 4 and pool.checkedout() <= 1  # type: ignore[attr-defined]
 
 
 async def test_a_read_holds_no_transaction_open(migrated_db: Database) -> None:

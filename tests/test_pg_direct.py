@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 
 from core.ingest import conflicted
 from core.store.db import Database, Writer, direct_of
-from core.store.pg_direct import DirectConnection, Statement
+from core.store.pg_direct import DirectConnection, Keeper, Statement
 from core.store.tables import JsonDoc, UtcDateTime
 from tests.test_db_pool import kill_backends
 
@@ -179,5 +179,34 @@ async def test_one_statement_writes_and_reads_hold_no_transaction_and_give_back_
         assert direct is not None and await direct_of(session) is direct  # one per session
         assert [tuple(row) for row in await direct.fetch("SELECT count(*) FROM t")] == [(2,)]
         assert pool.checkedout() == 1
-    assert pool.checkedout() == 0 and not direct.usable
+    # Kept for the next read or transaction, with nothing open on the server: no checkout from the pool again.
+    assert pool.checkedout() == 1 and direct.usable
     assert set(await server_states(db.url)) <= {"idle"}
+    async with db.transaction() as session:
+        assert await direct_of(session) is direct
+        await session.execute(text("INSERT INTO t VALUES (3)"))
+    async with db.sessions() as session:
+        assert await direct_of(session) is direct
+    assert pool.checkedout() == 1
+    await db.close()
+    assert pool.checkedout() == 0
+
+
+async def test_a_kept_connection_that_was_lost_is_replaced_without_an_error(db: Database) -> None:
+    assert db.direct_engine is not None
+    keeper = Keeper(db.direct_engine, size=2, ping_after=0.0)
+    try:
+        first = await keeper.take()
+        await keeper.give(first)
+        assert await kill_backends(db.url) >= 1
+        # Pinged before it is handed out again (ping_after 0), found lost, and replaced by a fresh one.
+        second = await keeper.take()
+        assert second is not first and second.usable and not first.usable
+        assert [tuple(row) for row in await second.fetch("SELECT 1")] == [(1,)]
+        # One that is in a transaction is not kept: it goes back to the pool (its transaction rolled back).
+        await second.execute("BEGIN")
+        await keeper.give(second)
+        assert not second.usable
+    finally:
+        await keeper.close()
+    assert db.engine.sync_engine.pool.checkedout() == 0

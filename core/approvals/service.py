@@ -54,7 +54,7 @@ from core.store import approvals as approval_store
 from core.store import nonces as nonce_store
 from core.store.approvals import ApprovalRecord, approval_from_row
 from core.store.db import Database, new_id
-from core.store.deliveries import delivery_values, new_delivery
+from core.store.deliveries import DeliveryRecord, delivery_values, new_delivery
 from core.store.deliveries import insert_many as insert_deliveries
 from core.store.tables import ApprovalRow, DeliveryRow
 from core.tokens import CLOCK_SKEW_SECONDS, TokenClaims, TokenError
@@ -637,7 +637,7 @@ class ApprovalService:
             )
         return out
 
-    async def prefetch(self, session: AsyncSession, rows: list[DeliveryRow]) -> None:
+    async def prefetch(self, session: AsyncSession, rows: list[DeliveryRecord]) -> None:
         """Dispatcher prefetcher: read the approvals of a claimed batch in one query, for enrich."""
         wanted = {row.approval_id for row in rows if row.approval_id}
         if not wanted:
@@ -649,7 +649,7 @@ class ApprovalService:
             if row.approval_id in approvals:
                 self._prefetched[row.id] = approvals[row.approval_id]
 
-    async def enrich(self, session: AsyncSession, row: DeliveryRow, fields: dict[str, Any]) -> None:
+    async def enrich(self, session: AsyncSession, row: DeliveryRecord, fields: dict[str, Any]) -> None:
         """Dispatcher enricher: attach the approval, and buttons with fresh tokens while it is open."""
         if not row.approval_id:
             return

@@ -56,7 +56,7 @@ WAL_BACKSTOP_PAGES = 10000
 WRITE = "ackbot_write"
 # A PostgreSQL write transaction's session keeps its pg_direct.DirectConnection here (see direct_of).
 DIRECT = "ackbot_direct"
-_OWNED_DIRECT = "ackbot_owned_direct"  # ...and a read session, the one it checked out itself
+_KEEPER = "ackbot_keeper"  # ...and a read session, where to take one from and give it back (pg_direct.Keeper)
 # Read sessions' connections: no transaction on the server, each statement sees what was committed when it ran
 # (what PostgreSQL's READ COMMITTED gave each statement of a read transaction anyway). It saves a read its BEGIN
 # and ROLLBACK: on PostgreSQL two round trips, on SQLite a statement.
@@ -190,13 +190,10 @@ async def direct_of(session: AsyncSession) -> pg_direct.DirectConnection | None:
     asked (so a read that sends nothing still connects to nothing), and returns it when the session ends.
     """
     direct: pg_direct.DirectConnection | None = session.info.get(DIRECT)
-    if direct is None and is_read(session):
-        engine = session.bind
-        assert isinstance(engine, AsyncEngine)
-        if engine.dialect.name == "postgresql":
-            direct = session.info[DIRECT] = session.info[_OWNED_DIRECT] = await pg_direct.DirectConnection.connect(
-                engine
-            )
+    if direct is None:
+        keeper: pg_direct.Keeper | None = session.info.get(_KEEPER)  # a PostgreSQL read session's
+        if keeper is not None:
+            direct = session.info[DIRECT] = await keeper.take()
     return direct
 
 
@@ -238,10 +235,9 @@ class Session(AsyncSession):
 
     async def close(self) -> None:
         await super().close()
-        direct = self.info.pop(_OWNED_DIRECT, None)
-        if direct is not None:
-            del self.info[DIRECT]
-            await direct.close()
+        keeper: pg_direct.Keeper | None = self.info.get(_KEEPER)
+        if keeper is not None and DIRECT in self.info:
+            await keeper.give(self.info.pop(DIRECT))
 
 
 class Database:
@@ -276,9 +272,18 @@ class Database:
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         # PostgreSQL: a Writer's connections leave BEGIN and COMMIT to pg_direct; reads use no transaction at all.
         self.direct_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else None
+        # PostgreSQL: connections for statements sent by asyncpg, kept between the transactions and reads that use
+        # them (a few: the pool has 2 x pool_size in all).
+        self._keeper = (
+            pg_direct.Keeper(self.direct_engine, size=max(1, pool_size // 2), ping_after=IDLE_PING_SECONDS)
+            if self.direct_engine is not None
+            else None
+        )
         # Reads (see READ); transaction() has sessions of its own.
         reads = (self.direct_engine or self.engine).execution_options(**{READ: True})
-        self.sessions = async_sessionmaker(reads, class_=Session, expire_on_commit=False)
+        self.sessions = async_sessionmaker(
+            reads, class_=Session, expire_on_commit=False, info={_KEEPER: self._keeper} if self._keeper else None
+        )
         self._transactions = async_sessionmaker(self.engine, class_=Session, expire_on_commit=False)
         self._autocommits = (
             async_sessionmaker(self.direct_engine, class_=Session, expire_on_commit=False)
@@ -333,8 +338,8 @@ class Database:
         # PostgreSQL: BEGIN, COMMIT and ROLLBACK sent by asyncpg (see pg_direct), the session joined to the
         # transaction on the same connection; its statements go through SQLAlchemy, or through asyncpg where a
         # store function finds the connection in the session (direct_of).
-        assert self.direct_engine is not None
-        direct = await pg_direct.DirectConnection.connect(self.direct_engine)
+        assert self._keeper is not None
+        direct = await self._keeper.take()
         try:
             async with direct.transaction():
                 session = self.joined_session(direct.conn)
@@ -345,7 +350,7 @@ class Database:
                 finally:
                     await session.close()
         finally:
-            await direct.close()
+            await self._keeper.give(direct)
 
     @asynccontextmanager
     async def single_statements(self) -> AsyncIterator[AsyncSession]:
@@ -365,15 +370,25 @@ class Database:
             if session.new:
                 raise RuntimeError("single_statements() writes statements only: ORM objects added to it are lost")
 
+    async def fetch_statement(self, statement: pg_direct.Statement, params: dict[str, Any]) -> list[Any]:
+        """PostgreSQL: one Core statement sent by asyncpg itself (pg_direct.Statement), committed on its own."""
+        if self._keeper is None:
+            raise RuntimeError("fetch_statement is for PostgreSQL")
+        direct = await self._keeper.take()
+        try:
+            return await statement.fetch(direct, params)
+        finally:
+            await self._keeper.give(direct)
+
     async def fetch_direct(self, sql: str, *args: Any) -> Sequence[Any]:
         """PostgreSQL: one statement ($1, $2... parameters) sent by asyncpg itself, committed on its own; its rows."""
-        if self.direct_engine is None:
+        if self._keeper is None:
             raise RuntimeError("fetch_direct is for PostgreSQL")
-        direct = await pg_direct.DirectConnection.connect(self.direct_engine)
+        direct = await self._keeper.take()
         try:
             return await direct.fetch(sql, *args)
         finally:
-            await direct.close()
+            await self._keeper.give(direct)
 
     @asynccontextmanager
     async def core_transaction(self) -> AsyncIterator[WriteTransaction]:
@@ -426,6 +441,8 @@ class Database:
                 self._checkpointer = None
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            await self._keeper.close()
         await self.engine.dispose()
         if self._sqlite_file is not None:
             await asyncio.to_thread(self._close_checkpointer)

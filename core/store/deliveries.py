@@ -7,9 +7,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
-from sqlalchemy import Integer, bindparam, func, insert, or_, select, union_all, update
+from sqlalchemy import Integer, String, any_, bindparam, func, insert, literal, or_, select, union_all, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
@@ -20,6 +22,9 @@ from core.store.pg_direct import Statement
 from core.store.tables import DeliveryAttemptRow, DeliveryRow, table_of
 
 CLAIMABLE = (DeliveryStatus.pending, DeliveryStatus.failed)
+# A delivery as the dispatcher handles it: an ORM row made here, or a claimed row (Core's, or pg_direct's named
+# tuple), with the same attribute names.
+DeliveryRecord: TypeAlias = DeliveryRow | Row[Any]
 
 
 def delivery_values(
@@ -88,16 +93,14 @@ def new_delivery(**columns: Any) -> DeliveryRow:
     return DeliveryRow(**delivery_values(**columns))
 
 
-async def claim(*, db: Database, worker: str, now: datetime, lease: timedelta, limit: int) -> list[DeliveryRow]:
+async def claim(*, db: Database, worker: str, now: datetime, lease: timedelta, limit: int) -> list[DeliveryRecord]:
     """Take up to limit due deliveries: pending or failed ones that are due, and sending ones whose lease ran out."""
     params = {"now": now, "b_lease_until": now + lease, "worker": worker, "limit": limit}
-    # One statement: on PostgreSQL it commits on its own, one round trip.
+    # One statement: on PostgreSQL it commits on its own, one round trip, and asyncpg sends it.
+    if db.is_postgres:
+        return await db.fetch_statement(_DIRECT_CLAIM, params)
     async with db.single_statements() as session:
-        # The ORM's session synchronisation is not needed: the rows come back from RETURNING.
-        rows = await session.execute(
-            _claim_statement(db.is_postgres), params, execution_options={"synchronize_session": False}
-        )
-        return list(rows.scalars())
+        return list((await session.execute(_claim_statement(False), params)).all())
 
 
 # Built once: building a statement costs more than running it (SQLAlchemy's coercions and cache key).
@@ -106,7 +109,12 @@ def _claim_statement(postgres: bool) -> Any:
     table = table_of(DeliveryRow)
     now = bindparam("now", type_=table.c.next_attempt_at.type)
     limit = bindparam("limit", type_=Integer())
-    waiting = table.c.status.in_(CLAIMABLE) & (table.c.next_attempt_at <= now)
+    if postgres:
+        # = ANY(array), which pg_direct.Statement can send (an IN list is rendered per execution).
+        claimable = literal([status.value for status in CLAIMABLE], type_=postgresql.ARRAY(String()))
+        waiting = (table.c.status == any_(claimable)) & (table.c.next_attempt_at <= now)
+    else:
+        waiting = table.c.status.in_(CLAIMABLE) & (table.c.next_attempt_at <= now)
     abandoned = (table.c.status == DeliveryStatus.sending) & (table.c.lease_until < now)
     # The two kinds of due row are looked up apart, each on the (status, next_attempt_at) index, and merged: one
     # WHERE with an OR of both cannot use the index, and scanned every delivery ever made at every poll.
@@ -123,17 +131,21 @@ def _claim_statement(postgres: bool) -> Any:
     due = union_all(*kinds).subquery("due")
     # One statement: the candidates are chosen (and locked) in WITHs, which PostgreSQL runs once.
     chosen = select(due.c.id).order_by(due.c.next_attempt_at).limit(limit)
+    # Core rows: the dispatcher reads them and changes nothing in place, so no ORM instances are made.
     return (
-        update(DeliveryRow)
-        .where(DeliveryRow.id.in_(chosen), or_(waiting, abandoned))
+        update(table)
+        .where(table.c.id.in_(chosen), or_(waiting, abandoned))
         .values(
             status=DeliveryStatus.sending,
             lease_until=bindparam("b_lease_until", type_=table.c.lease_until.type),
             claimed_by=bindparam("worker"),
             updated_at=now,
         )
-        .returning(DeliveryRow)
+        .returning(*table.c)
     )
+
+
+_DIRECT_CLAIM = Statement(_claim_statement(True))
 
 
 @functools.cache
