@@ -334,10 +334,11 @@ async def test_a_decision_takes_few_statements(harness: HarnessFactory) -> None:
     async with recorded_statements(h.runtime.db) as statements:
         result = await h.runtime.approvals.decide(token=token, actor=ALICE)
     assert result.ok and result.approval is not None and result.approval.state is ApprovalState.acknowledged
-    # Read and lock the approval, spend the nonce, record the vote, move it, read the messages that show it,
-    # queue their update, append the audit row (chained by the database: at commit on PostgreSQL, by a trigger
-    # on SQLite). BEGIN and COMMIT are not counted.
-    assert len(statements) == 7, "\n".join(statements)
+    # Read and lock the approval, spend the nonce (with the lock, in one statement on PostgreSQL), record the
+    # vote, move it, read the messages that show it, queue their update, append the audit row (chained by the
+    # database: at commit on PostgreSQL, by a trigger on SQLite). BEGIN and COMMIT are not counted.
+    expected = 6 if h.runtime.db.is_postgres else 7
+    assert len(statements) == expected, "\n".join(statements)
     report = await audit.verify_chain(db=h.runtime.db)
     assert report.ok, report
 
@@ -398,6 +399,20 @@ async def test_a_decision_updates_every_message_and_is_audited(harness: HarnessF
     assert row.data["kid"] and row.data["nonce_hash"] and tokens["acknowledge"] not in str(row.data)
     # The message of a decided approval carries no buttons, even when it goes out later.
     assert h.runtime.approvals.buttons(approval=approval, delivery_id="dlv_x", channel="chat") == []
+
+
+async def test_one_button_clicked_twice_at_once_counts_once(harness: HarnessFactory) -> None:
+    # Both clicks spend the same nonce, each in its own transaction: one waits on the other's lock on the approval
+    # (on PostgreSQL the nonce is spent in the statement that takes it), then finds the nonce spent.
+    h = await harness()
+    created = await h.create(targets=["chat"], quorum=2)
+    await h.dispatch()
+    token = h.buttons(created["id"])["acknowledge"]
+    results = await asyncio.gather(*(h.runtime.approvals.decide(token=token, actor=actor) for actor in (ALICE, BOB)))
+    assert sorted(r.reason.value for r in results) == ["replayed", "vote_recorded"], results
+    assert await h.count(SpentNonceRow) == 1
+    view = await h.runtime.approvals.view(approval_id=created["id"])
+    assert view is not None and len(view.votes) == 1 and view.approval.state is ApprovalState.pending
 
 
 async def test_every_bad_token_is_refused_and_changes_nothing(harness: HarnessFactory) -> None:

@@ -886,7 +886,20 @@ class ApprovalService:
         try:
             async with self.db.transaction() as session:
                 # The row lock queues concurrent decisions on one approval; the conditional update stays the guard.
-                row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id, lock=True)
+                # A token's nonce is spent with the lock (one statement on PostgreSQL); a refusal below rolls that
+                # back, and a replay is told apart only once the click is otherwise allowed.
+                if claims is not None:
+                    row, spent = await approval_store.lock_and_spend(
+                        session=session,
+                        db=self.db,
+                        approval_id=approval_id,
+                        nonce=claims.nonce,
+                        now=now,
+                        expires_at=claims.expires_at,
+                    )
+                else:
+                    row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id, lock=True)
+                    spent = True
                 if row is None:
                     raise _Refused(
                         DecisionResult(ok=False, reason=DecisionReason.not_found, message="No such approval.")
@@ -895,25 +908,16 @@ class ApprovalService:
                 person = self._authorize(
                     approval=approval, choice=choice, actor=actor, person=person, claims=claims, tenant=tenant, now=now
                 )
-                if claims is not None:
-                    spent = await nonce_store.spend(
-                        session=session,
-                        db=self.db,
-                        nonce=claims.nonce,
-                        approval_id=approval.id,
-                        now=now,
-                        expires_at=claims.expires_at,
-                    )
-                    if not spent:
-                        raise _Refused(
-                            self._result(
-                                DecisionReason.replayed,
-                                "This button or link was used already.",
-                                approval,
-                                choice,
-                                person,
-                            )
+                if not spent:
+                    raise _Refused(
+                        self._result(
+                            DecisionReason.replayed,
+                            "This button or link was used already.",
+                            approval,
+                            choice,
+                            person,
                         )
+                    )
                 channel = claims.channel if claims is not None else actor.platform
                 details = _token_details(claims)
                 if choice is Choice.escalate:

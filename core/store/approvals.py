@@ -6,16 +6,17 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import String, any_, bindparam, func, or_, select, update
+from sqlalchemy import String, any_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
+from core.store import nonces as nonce_store
 from core.store.db import Database, direct_of
 from core.store.pagination import decode_cursor
 from core.store.pg_direct import Statement
-from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow, table_of
+from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow, SpentNonceRow, table_of
 
 # An approval as stored: a new ORM row, or a row read with a Core statement (same attribute names). Reads and
 # conditional updates return Core rows: no ORM identity map or instance state for rows nothing modifies in place,
@@ -28,6 +29,8 @@ _APPROVALS = table_of(ApprovalRow)
 _VOTES = table_of(ApprovalVoteRow)
 _DELIVERIES = table_of(DeliveryRow)
 _COLUMNS = tuple(column.key for column in _APPROVALS.columns)
+_PUBLIC = tuple(key for key in _COLUMNS if key not in _INTERNAL)
+_NONCES = table_of(SpentNonceRow)
 
 # The statements of a decision, built once: a click then spends no time composing SQL, only executing it.
 _GET_ROW = select(_APPROVALS).where(_APPROVALS.c.id == bindparam("approval_id"))
@@ -72,12 +75,38 @@ _DIRECT_SHOWN_ON = Statement(_SHOWN_ON)
 _DIRECT_TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Statement] = {}
 
 
+def _lock_and_spend_statement() -> Any:
+    # The approval is locked first (the insert reads the locked row), so two clicks with one nonce queue on the
+    # approval's lock as any two clicks do, and the second finds the nonce spent when the first commits.
+    locked = _GET_ROW_LOCKED.cte("locked")
+    spend = select(
+        bindparam("nonce", type_=_NONCES.c.nonce.type),
+        locked.c.id,
+        bindparam("spent_at", type_=_NONCES.c.spent_at.type),
+        bindparam("expires_at", type_=_NONCES.c.expires_at.type),
+    )
+    spent = (
+        postgresql.insert(_NONCES)
+        .from_select(["nonce", "approval_id", "spent_at", "expires_at"], spend)
+        .on_conflict_do_nothing(index_elements=[_NONCES.c.nonce])
+        .returning(_NONCES.c.nonce)
+        .cte("spent")
+    )
+    return select(locked, exists(select(spent.c.nonce)).label(NONCE_SPENT))
+
+
+NONCE_SPENT = "nonce_spent"
+_DIRECT_LOCK_AND_SPEND = Statement(_lock_and_spend_statement())
+
+
 def approval_from_row(row: ApprovalRecord) -> Approval:
     """The stored approval as a domain model (bookkeeping columns left out)."""
     # A Core row or a pg_direct row (a named tuple) by its columns; an ORM row by its attributes.
-    data = row._asdict() if isinstance(row, Row | tuple) else {key: getattr(row, key) for key in _COLUMNS}
-    for key in _INTERNAL:
-        data.pop(key)
+    if isinstance(row, Row | tuple):
+        columns = row._asdict()
+        data = {key: columns[key] for key in _PUBLIC}
+    else:
+        data = {key: getattr(row, key) for key in _PUBLIC}
     return Approval.model_validate(data)
 
 
@@ -94,6 +123,29 @@ async def get_row(
         return rows[0] if rows else None
     query = _GET_ROW_LOCKED if lock and db is not None and db.is_postgres else _GET_ROW
     return (await session.execute(query, {"approval_id": approval_id})).first()
+
+
+async def lock_and_spend(
+    *, session: AsyncSession, db: Database, approval_id: str, nonce: str, now: datetime, expires_at: datetime
+) -> tuple[Row[Any] | None, bool]:
+    """Lock an approval for this transaction and spend a token's nonce on it: the row (None if there is no such
+    approval, and then nothing is spent), and whether the nonce was spent now (False: a replay).
+
+    On PostgreSQL one statement, one round trip. A transaction that refuses the click afterwards rolls the
+    spending back with everything else.
+    """
+    direct = await direct_of(session)
+    if direct is not None:
+        params = {"approval_id": approval_id, "nonce": nonce, "spent_at": now, "expires_at": expires_at}
+        rows = await _DIRECT_LOCK_AND_SPEND.fetch(direct, params)
+        return (rows[0], bool(getattr(rows[0], NONCE_SPENT))) if rows else (None, False)
+    row = await get_row(session=session, db=db, approval_id=approval_id, lock=True)
+    if row is None:
+        return None, False
+    spent = await nonce_store.spend(
+        session=session, db=db, nonce=nonce, approval_id=approval_id, now=now, expires_at=expires_at
+    )
+    return row, spent
 
 
 async def get_rows(*, session: AsyncSession, approval_ids: Iterable[str]) -> list[Row[Any]]:
