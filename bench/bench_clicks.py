@@ -158,12 +158,12 @@ web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 # `python -c STATEMENTS OUT serve --config ...`: bot.cli with every SQL statement counted between SIGUSR1 and SIGUSR2
 # (by its first words: the verb and the table), written to OUT at SIGUSR2. SQLAlchemy's events see its statements;
-# on PostgreSQL some are sent by asyncpg itself (core.store.pg_direct.DirectConnection), counted there.
+# some are sent by the driver itself (pg_direct.DirectConnection, sqlite_driver.InlineDirect), counted there.
 STATEMENTS = r"""
 import collections, re, runpy, signal, sys
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from core.store import pg_direct
+from core.store import pg_direct, sqlite_driver
 
 out = sys.argv[1]
 sys.argv = ["bot.cli", *sys.argv[2:]]
@@ -220,6 +220,8 @@ def direct(method):
 
 for method in ("execute", "fetch", "executemany"):
     setattr(pg_direct.DirectConnection, method, direct(getattr(pg_direct.DirectConnection, method)))
+for method in ("fetch", "executemany"):
+    setattr(sqlite_driver.InlineDirect, method, direct(getattr(sqlite_driver.InlineDirect, method)))
 
 
 def start(*_):

@@ -234,7 +234,7 @@ class _Group:
     def session(self) -> AsyncSession:
         """An ORM session in the group's transaction, for what is stored through the ORM (approvals, digests)."""
         if self._session is None:
-            self._session = self.deps.db.joined_session(self.conn)
+            self._session = self.deps.db.joined_session(self.conn, self.direct)
         return self._session
 
     @property

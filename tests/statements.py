@@ -1,8 +1,9 @@
 """What SQL a Database sends while a block runs, whichever way it goes out.
 
-SQLAlchemy's cursor events see its own statements; on PostgreSQL some are sent by asyncpg itself through
-core.store.pg_direct.DirectConnection, which is watched here too. Transaction boundaries (BEGIN, COMMIT, ROLLBACK)
-are left out: on PostgreSQL SQLAlchemy's events never saw them either.
+SQLAlchemy's cursor events see its own statements; some are sent by the driver itself, through
+core.store.pg_direct.DirectConnection (asyncpg) or core.store.sqlite_driver.InlineDirect, which are watched
+too. Transaction boundaries (BEGIN, COMMIT, ROLLBACK) are left out: on PostgreSQL SQLAlchemy's events never
+saw them either.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from core.store import pg_direct
+from core.store import pg_direct, sqlite_driver
 from core.store.db import Database
 
 _BOUNDARIES = ("BEGIN", "COMMIT", "ROLLBACK")
@@ -34,7 +35,7 @@ async def recorded_statements(db: Database) -> AsyncIterator[list[str]]:
         record(statement)
 
     def watching(method: Callable[..., Any]) -> Callable[..., Any]:
-        async def sent(self: pg_direct.DirectConnection, sql: str, *args: Any) -> Any:
+        async def sent(self: Any, sql: str, *args: Any) -> Any:
             record(sql)
             return await method(self, sql, *args)
 
@@ -45,6 +46,8 @@ async def recorded_statements(db: Database) -> AsyncIterator[list[str]]:
     with pytest.MonkeyPatch.context() as patch:
         for name in ("execute", "fetch", "executemany"):
             patch.setattr(pg_direct.DirectConnection, name, watching(getattr(pg_direct.DirectConnection, name)))
+        for name in ("fetch", "executemany"):
+            patch.setattr(sqlite_driver.InlineDirect, name, watching(getattr(sqlite_driver.InlineDirect, name)))
         try:
             yield statements
         finally:

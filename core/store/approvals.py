@@ -61,8 +61,8 @@ _SHOWN_ON = (
 # Conditional moves, one statement per shape (which columns change, and which conditions apply).
 _TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Any] = {}
 _VOTE_KEYS = ("approval_id", "person", "choice", "actor_platform", "actor_id", "channel", "created_at")
-# The same statements sent by asyncpg itself inside a PostgreSQL write transaction (see pg_direct.Statement):
-# about a third of SQLAlchemy's CPU per statement, on the path of every click.
+# The same statements sent by the driver itself (see pg_direct.Statement): on PostgreSQL about a third of
+# SQLAlchemy's CPU per statement, on the path of every click; on SQLite the statement runs at once.
 _DIRECT_GET_ROW = Statement(_GET_ROW)
 _DIRECT_GET_ROW_LOCKED = Statement(_GET_ROW_LOCKED)
 _DIRECT_LIST_VOTES = Statement(_LIST_VOTES)
@@ -70,7 +70,9 @@ _DIRECT_LIST_VOTES = Statement(_LIST_VOTES)
 _DIRECT_GET_ROWS = Statement(
     select(_APPROVALS).where(_APPROVALS.c.id == any_(bindparam("approval_ids", type_=postgresql.ARRAY(String()))))
 )
-_DIRECT_VOTE = Statement(_VOTE[True].returning(_VOTES.c.id), keys=_VOTE_KEYS)
+_DIRECT_VOTE = {
+    postgres: Statement(_VOTE[postgres].returning(_VOTES.c.id), keys=_VOTE_KEYS) for postgres in (True, False)
+}
 _DIRECT_SHOWN_ON = Statement(_SHOWN_ON)
 _DIRECT_TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Statement] = {}
 
@@ -117,12 +119,10 @@ async def get_row(
 
     On SQLite every write transaction already holds the database lock (BEGIN IMMEDIATE), so no more is needed.
     """
-    direct = await direct_of(session)
-    if direct is not None:
-        rows = await (_DIRECT_GET_ROW_LOCKED if lock else _DIRECT_GET_ROW).fetch(direct, {"approval_id": approval_id})
-        return rows[0] if rows else None
-    query = _GET_ROW_LOCKED if lock and db is not None and db.is_postgres else _GET_ROW
-    return (await session.execute(query, {"approval_id": approval_id})).first()
+    # SQLite's compiler leaves FOR UPDATE out.
+    statement = _DIRECT_GET_ROW_LOCKED if lock else _DIRECT_GET_ROW
+    rows = await statement.fetch(await direct_of(session), {"approval_id": approval_id})
+    return rows[0] if rows else None
 
 
 async def lock_and_spend(
@@ -134,10 +134,9 @@ async def lock_and_spend(
     On PostgreSQL one statement, one round trip. A transaction that refuses the click afterwards rolls the
     spending back with everything else.
     """
-    direct = await direct_of(session)
-    if direct is not None:
+    if db.is_postgres:
         params = {"approval_id": approval_id, "nonce": nonce, "spent_at": now, "expires_at": expires_at}
-        rows = await _DIRECT_LOCK_AND_SPEND.fetch(direct, params)
+        rows = await _DIRECT_LOCK_AND_SPEND.fetch(await direct_of(session), params)
         return (rows[0], bool(getattr(rows[0], NONCE_SPENT))) if rows else (None, False)
     row = await get_row(session=session, db=db, approval_id=approval_id, lock=True)
     if row is None:
@@ -150,9 +149,8 @@ async def lock_and_spend(
 
 async def get_rows(*, session: AsyncSession, approval_ids: Iterable[str]) -> list[Row[Any]]:
     """The approval rows of these ids that exist, in one query."""
-    direct = await direct_of(session)
-    if direct is not None:
-        return await _DIRECT_GET_ROWS.fetch(direct, {"approval_ids": list(approval_ids)})
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return await _DIRECT_GET_ROWS.fetch(await direct_of(session), {"approval_ids": list(approval_ids)})
     query = select(_APPROVALS).where(_APPROVALS.c.id.in_(list(approval_ids)))
     return list((await session.execute(query)).all())
 
@@ -220,14 +218,11 @@ async def transition(
         )
     params: dict[str, Any] = {f"v_{key}": value for key, value in values.items()}
     params.update(w_id=approval_id, w_level=from_level, w_due=from_due)
-    direct = await direct_of(session)
-    if direct is not None:
-        sent = _DIRECT_TRANSITIONS.get(shape)
-        if sent is None:
-            sent = _DIRECT_TRANSITIONS[shape] = Statement(statement)
-        rows = await sent.fetch(direct, params)
-        return rows[0] if rows else None
-    return (await session.execute(statement, params)).first()
+    sent = _DIRECT_TRANSITIONS.get(shape)
+    if sent is None:
+        sent = _DIRECT_TRANSITIONS[shape] = Statement(statement)
+    rows = await sent.fetch(await direct_of(session), params)
+    return rows[0] if rows else None
 
 
 async def final_ids(*, session: AsyncSession, approval_ids: list[str]) -> list[str]:
@@ -307,11 +302,7 @@ async def add_vote(
         "channel": channel,
         "created_at": now,
     }
-    direct = await direct_of(session)
-    if direct is not None:
-        return bool(await _DIRECT_VOTE.fetch(direct, vote))
-    result = await session.execute(_VOTE[db.is_postgres], vote)
-    return bool(getattr(result, "rowcount", 0))
+    return bool(await _DIRECT_VOTE[db.is_postgres].fetch(await direct_of(session), vote))
 
 
 async def count_votes(*, session: AsyncSession, approval_id: str, choice: str) -> int:
@@ -322,11 +313,7 @@ async def count_votes(*, session: AsyncSession, approval_id: str, choice: str) -
 
 async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, Any]]:
     """Every vote on an approval, oldest first, as JSON-ready dicts."""
-    direct = await direct_of(session)
-    if direct is not None:
-        rows: Iterable[Any] = await _DIRECT_LIST_VOTES.fetch(direct, {"approval_id": approval_id})
-    else:
-        rows = (await session.execute(_LIST_VOTES, {"approval_id": approval_id})).all()
+    rows = await _DIRECT_LIST_VOTES.fetch(await direct_of(session), {"approval_id": approval_id})
     return [
         {
             "person": r.person,
@@ -349,11 +336,7 @@ async def shown_on(
     message_ref is the first sent message's reference in that conversation (what the update edits), or None
     while none is known yet.
     """
-    direct = await direct_of(session)
-    if direct is not None:
-        rows: Iterable[Any] = await _DIRECT_SHOWN_ON.fetch(direct, {"approval_id": approval_id})
-    else:
-        rows = (await session.execute(_SHOWN_ON, {"approval_id": approval_id})).all()
+    rows = await _DIRECT_SHOWN_ON.fetch(await direct_of(session), {"approval_id": approval_id})
     shown: dict[tuple[str, str | None], tuple[dict[str, Any], dict[str, Any] | None]] = {}
     for channel, target, extra, status, ref in rows:
         if (extra or {}).get("follow_up"):

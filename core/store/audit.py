@@ -77,8 +77,8 @@ def _appender(postgres: bool) -> Any:
 
 
 _APPEND = {True: _appender(True), False: _appender(False)}
-# PostgreSQL's append sent by asyncpg itself inside a write transaction (see pg_direct.Statement).
-_DIRECT_APPEND = Statement(_APPEND[True])
+# The append sent by the driver itself (see pg_direct.Statement).
+_DIRECT_APPEND = {postgres: Statement(statement) for postgres, statement in _APPEND.items()}
 _SEQ_MARK = -1
 
 
@@ -123,17 +123,15 @@ async def append(
         raise AssertionError("the canonical JSON of an audit row has no top-level seq")
     params = {name: getattr(row, name) for name in _GIVEN}
     params.update(before_seq=before + '"seq":', after_seq="," + after)
+    direct = await direct_of(session)
     if db.is_postgres:
-        direct = await direct_of(session)
-        if direct is not None:
-            await _DIRECT_APPEND.fetch(direct, params)
-        else:
-            await session.execute(_APPEND[True], params)
+        await _DIRECT_APPEND[True].fetch(direct, params)
         return
-    if (await session.execute(_APPEND[False], params)).first() is None:
+    if not await _DIRECT_APPEND[False].fetch(direct, params):
         # The first append ever: create the head, then append (a trigger moves the head with every row).
         await session.execute(insert(_HEAD).values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH))
-        (await session.execute(_APPEND[False], params)).one()
+        if not await _DIRECT_APPEND[False].fetch(direct, params):
+            raise AssertionError("the audit head was not found right after it was made")
 
 
 async def list_rows(

@@ -183,17 +183,22 @@ class Writer:
         return self._conn
 
 
-async def direct_of(session: AsyncSession) -> pg_direct.DirectConnection | None:
-    """The asyncpg connection for a session's statements sent directly (pg_direct.Statement); None on SQLite.
+async def direct_of(session: AsyncSession) -> pg_direct.Direct:
+    """The driver connection for a session's statements sent without SQLAlchemy (pg_direct.Statement).
 
-    A PostgreSQL write transaction's session has its own. A read session checks one out the first time it is
-    asked (so a read that sends nothing still connects to nothing), and returns it when the session ends.
+    PostgreSQL: a write transaction's session has its own; a read session takes one the first time it is asked
+    (so a read that sends nothing still connects to nothing), and gives it back when the session ends. SQLite:
+    the session's own connection, inside whatever transaction it has begun.
     """
-    direct: pg_direct.DirectConnection | None = session.info.get(DIRECT)
+    direct: pg_direct.Direct | None = session.info.get(DIRECT)
     if direct is None:
         keeper: pg_direct.Keeper | None = session.info.get(_KEEPER)  # a PostgreSQL read session's
         if keeper is not None:
             direct = session.info[DIRECT] = await keeper.take()
+        elif session.bind is not None and session.bind.dialect.name == "sqlite":
+            direct = session.info[DIRECT] = await sqlite_driver.InlineDirect.of(await session.connection())
+        else:
+            raise RuntimeError("a PostgreSQL session made outside Database has no connection for direct statements")
     return direct
 
 
@@ -285,8 +290,9 @@ class Database:
             reads, class_=Session, expire_on_commit=False, info={_KEEPER: self._keeper} if self._keeper else None
         )
         self._transactions = async_sessionmaker(self.engine, class_=Session, expire_on_commit=False)
+        # One-statement writes (single_statements): on PostgreSQL each commits on its own, however it is sent.
         self._autocommits = (
-            async_sessionmaker(self.direct_engine, class_=Session, expire_on_commit=False)
+            async_sessionmaker(self.direct_engine, class_=Session, expire_on_commit=False, info={_KEEPER: self._keeper})
             if self.direct_engine is not None
             else None
         )
@@ -342,8 +348,7 @@ class Database:
         direct = await self._keeper.take()
         try:
             async with direct.transaction():
-                session = self.joined_session(direct.conn)
-                session.info[DIRECT] = direct
+                session = self.joined_session(direct.conn, direct)
                 try:
                     yield session
                     await session.flush()
@@ -405,9 +410,15 @@ class Database:
         finally:
             await writer.close()
 
-    def joined_session(self, conn: AsyncConnection) -> AsyncSession:
-        """An ORM session inside a Writer's transaction on conn: it flushes into it, its owner ends it."""
-        return self._transactions(bind=conn, join_transaction_mode="rollback_only")
+    def joined_session(self, conn: AsyncConnection, direct: pg_direct.DirectConnection | None = None) -> AsyncSession:
+        """An ORM session inside a Writer's transaction on conn: it flushes into it, its owner ends it.
+
+        direct: on PostgreSQL, the asyncpg connection under conn, for the statements sent by it (see direct_of).
+        """
+        session = self._transactions(bind=conn, join_transaction_mode="rollback_only")
+        if direct is not None:
+            session.info[DIRECT] = direct
+        return session
 
     def _write_turn(self) -> contextlib.AbstractAsyncContextManager[object]:
         # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in growing

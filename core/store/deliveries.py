@@ -81,11 +81,7 @@ async def insert_many(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     """Insert new deliveries (delivery_values) in the caller's transaction, with Core: none is read back."""
     if not rows:
         return
-    direct = await direct_of(session)
-    if direct is not None:
-        await _DIRECT_INSERT_DELIVERIES.executemany(direct, rows)
-        return
-    await session.execute(_INSERT_DELIVERIES, list(rows))
+    await _DIRECT_INSERT_DELIVERIES.executemany(await direct_of(session), rows)
 
 
 def new_delivery(**columns: Any) -> DeliveryRow:

@@ -21,10 +21,13 @@ _SPEND = {
     )
     for postgres in (True, False)
 }
-# Sent by asyncpg itself inside a PostgreSQL write transaction (see pg_direct.Statement); a row if it was spent now.
-_DIRECT_SPEND = Statement(
-    _SPEND[True].returning(_NONCES.c.nonce), keys=("nonce", "approval_id", "spent_at", "expires_at")
-)
+# Sent by the driver itself (see pg_direct.Statement); a row if it was spent now.
+_DIRECT_SPEND = {
+    postgres: Statement(
+        _SPEND[postgres].returning(_NONCES.c.nonce), keys=("nonce", "approval_id", "spent_at", "expires_at")
+    )
+    for postgres in (True, False)
+}
 
 
 async def spend(
@@ -32,11 +35,7 @@ async def spend(
 ) -> bool:
     """Spend a nonce inside the caller's transaction; False if it was spent before (a replay)."""
     values = {"nonce": nonce, "approval_id": approval_id, "spent_at": now, "expires_at": expires_at}
-    direct = await direct_of(session)
-    if direct is not None:
-        return bool(await _DIRECT_SPEND.fetch(direct, values))
-    result = await session.execute(_SPEND[db.is_postgres], values)
-    return bool(getattr(result, "rowcount", 0))
+    return bool(await _DIRECT_SPEND[db.is_postgres].fetch(await direct_of(session), values))
 
 
 async def is_spent(*, session: AsyncSession, nonce: str) -> bool:

@@ -24,7 +24,7 @@ from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -119,16 +119,34 @@ class DirectConnection:
                 await self.conn.invalidate(error)
 
     async def _raise_translated(self, error: Exception, sql: str, args: Sequence[Any]) -> NoReturn:
-        try:
-            # asyncpg's exception as the DBAPI exception SQLAlchemy's adapter makes of it (sqlstate kept)...
-            self._adapted._handle_exception(error)
-        except Exception as dbapi_error:
-            # ...and as SQLAlchemy's connection raises that one: wrapped in its exception classes, a disconnect
-            # invalidating the connection and the pool. It runs SQLAlchemy's sync code, hence the greenlet.
-            sync = self.conn.sync_connection
-            assert sync is not None
-            await greenlet_spawn(sync._handle_dbapi_exception, dbapi_error, sql, tuple(args), None, None)
-        raise AssertionError("the error was raised above")
+        await raise_as_sqlalchemy(self.conn, self._adapted, error, sql, args)
+
+
+async def raise_as_sqlalchemy(
+    conn: AsyncConnection, adapted: Any, error: Exception, sql: str, args: Sequence[Any]
+) -> NoReturn:
+    """Raise a driver's error as SQLAlchemy raises it for its own statements on conn (adapted: its DBAPI adapter)."""
+    try:
+        # The driver's exception as the DBAPI exception SQLAlchemy's adapter makes of it (sqlstate kept)...
+        adapted._handle_exception(error)
+    except Exception as dbapi_error:
+        # ...and as SQLAlchemy's connection raises that one: wrapped in its exception classes, a disconnect
+        # invalidating the connection and the pool. It runs SQLAlchemy's sync code, hence the greenlet.
+        sync = conn.sync_connection
+        assert sync is not None
+        await greenlet_spawn(sync._handle_dbapi_exception, dbapi_error, sql, tuple(args), None, None)
+    raise AssertionError("the error was raised above")
+
+
+class Direct(Protocol):
+    """A connection that sends compiled statements itself: DirectConnection, or SQLite's InlineDirect."""
+
+    @property
+    def conn(self) -> AsyncConnection: ...
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Any]: ...
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
 
 
 async def _to_completion(ending: Coroutine[Any, Any, None]) -> None:
@@ -166,18 +184,21 @@ class Statement:
         # keys: the parameters an INSERT or UPDATE is executed with (its columns), as SQLAlchemy compiles it.
         self._statement = statement
         self._keys = list(keys) if keys is not None else None
-        self._compiled: _Compiled | None = None
+        # By dialect: a process may hold databases of both kinds (the tests do).
+        self._compiled: dict[str, _Compiled] = {}
         self._fixed: dict[str, Any] = {}
 
-    async def fetch(self, direct: DirectConnection, params: Mapping[str, Any]) -> list[Any]:
+    async def fetch(self, direct: Direct, params: Mapping[str, Any]) -> list[Any]:
         """Run it with params in direct's transaction; its rows."""
-        compiled = self._compiled or self._compile(direct.conn.dialect)
+        dialect = direct.conn.dialect
+        compiled = self._compiled.get(dialect.name) or self._compile(dialect)
         args = self._args(compiled, params)
         return [compiled.row(record) for record in await direct.fetch(compiled.sql, *args)]
 
-    async def executemany(self, direct: DirectConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def executemany(self, direct: Direct, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run it once per parameter set, in one round trip; no rows."""
-        compiled = self._compiled or self._compile(direct.conn.dialect)
+        dialect = direct.conn.dialect
+        compiled = self._compiled.get(dialect.name) or self._compile(dialect)
         await direct.executemany(compiled.sql, [self._args(compiled, row) for row in rows])
 
     def _args(self, compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
@@ -215,8 +236,8 @@ class Statement:
             def row(record: Sequence[Any]) -> Any:
                 return shape._make(record)
 
-        self._compiled = _Compiled(sql=compiled.string, binds=binds, row=row)
-        return self._compiled
+        made = self._compiled[dialect.name] = _Compiled(sql=compiled.string, binds=binds, row=row)
+        return made
 
 
 class Keeper:

@@ -32,8 +32,11 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.util import immutabledict
 from sqlalchemy.util.concurrency import await_
+
+from core.store import pg_direct
 
 _Outcome = tuple[Any, list[Any], int, int | None]
 _T = TypeVar("_T")
@@ -207,3 +210,36 @@ class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
 def dbapi() -> InlineDBAPI:
     """The module to pass as create_async_engine(module=...) for sqlite+aiosqlite URLs."""
     return InlineDBAPI(aiosqlite, sqlite3)
+
+
+class InlineDirect:
+    """A session's SQLite connection for statements sent without SQLAlchemy (pg_direct.Statement), at once on the
+    loop's thread as every statement here is, inside whatever transaction the session has begun."""
+
+    def __init__(self, conn: AsyncConnection, adapted: InlineConnection) -> None:
+        self.conn = conn
+        self._adapted = adapted
+
+    @classmethod
+    async def of(cls, conn: AsyncConnection) -> InlineDirect:
+        """The driver connection under SQLAlchemy's conn."""
+        adapted = (await conn.get_raw_connection()).dbapi_connection
+        assert isinstance(adapted, InlineConnection)
+        return cls(conn, adapted)
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Any]:
+        """Run a statement with ? parameters; its rows (tuples)."""
+        return await self._send(sql, args, False)
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter list."""
+        await self._send(sql, args, True)
+
+    async def _send(self, sql: str, args: Any, many: bool) -> list[Any]:
+        raw = _raw(self._adapted)
+        try:
+            return (await _patiently(lambda: _run(raw, sql, args, many)))[1]
+        except Exception as error:
+            await pg_direct.raise_as_sqlalchemy(
+                self.conn, self._adapted, error, sql, args[0] if many and args else args
+            )
