@@ -9,7 +9,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import event, exc, text
 
 from bot.app import build_runtime
 from core import runtime as runtime_module
@@ -187,3 +187,29 @@ async def test_the_runtime_checkpoints_the_wal_on_its_own(tmp_path: Path, monkey
         assert size(path) >= before + 50 * 8000
     finally:
         await runtime.stop()
+
+
+async def test_write_transactions_share_one_kept_connection_and_a_failed_one_leaves_nothing(db: Database) -> None:
+    checkouts: list[int] = []
+    event.listen(db.engine.sync_engine.pool, "checkout", lambda *_: checkouts.append(1))
+    for n in range(3):
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO t (name, n) VALUES (:name, :n)"), {"name": f"row{n}", "n": n})
+    # SQLite has one writer at a time: its transactions take turns on one connection, checked out once.
+    assert len(checkouts) == 1
+    with pytest.raises(exc.IntegrityError):
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO t (name, n) VALUES ('fresh', 9)"))
+            await session.execute(text("INSERT INTO t (name, n) VALUES ('row0', 9)"))  # a duplicate name
+    async with db.transaction() as session:
+        await session.execute(text("INSERT INTO t (name, n) VALUES ('after', 10)"))
+    async with db.sessions() as session:
+        names = list((await session.execute(text("SELECT name FROM t ORDER BY id"))).scalars())
+    assert names == ["row0", "row1", "row2", "after"]
+    # Nothing is left open on the kept connection between transactions: another process can take the write lock.
+    other = sqlite3.connect(db.url.split(":///", 1)[1], timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()

@@ -56,6 +56,8 @@ WAL_BACKSTOP_PAGES = 10000
 WRITE = "ackbot_write"
 # A PostgreSQL write transaction's session keeps its pg_direct.DirectConnection here (see direct_of).
 DIRECT = "ackbot_direct"
+# SQLite's kept write connection: its transactions are begun and ended by Database, not by SQLAlchemy.
+_BEGUN_OUTSIDE = "ackbot_begun_outside"
 _KEEPER = "ackbot_keeper"  # ...and a read session, where to take one from and give it back (pg_direct.Keeper)
 # Read sessions' connections: no transaction on the server, each statement sees what was committed when it ran
 # (what PostgreSQL's READ COMMITTED gave each statement of a read transaction anyway). It saves a read its BEGIN
@@ -106,7 +108,7 @@ def _sqlite_begin(conn: Connection) -> None:
     # SQLITE_BUSY when another writer committed in between, where waiting for the lock is what we want.
     # Reads stay deferred, so in WAL mode they never queue behind a writer.
     options = conn.get_execution_options()
-    if not options.get(READ):
+    if not options.get(READ) and not options.get(_BEGUN_OUTSIDE):
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE) else "BEGIN")
 
 
@@ -297,6 +299,7 @@ class Database:
             else None
         )
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._sqlite_kept: sqlite_driver.InlineDirect | None = None  # SQLite's write connection (transaction())
 
     @staticmethod
     def _ensure_sqlite_dir(url: str) -> str | None:
@@ -329,15 +332,25 @@ class Database:
             async with self._direct_transaction() as session:
                 yield session
             return
-        async with self._write_turn(), self._transactions() as session:
-            # Marks the connection as a writer before its BEGIN is sent (see _sqlite_begin).
-            await session.connection(execution_options={WRITE: True})
+        async with self._write_turn():
+            # SQLite has one writer at a time (the turn above), so one connection serves every write transaction,
+            # kept from one to the next: no session of its own, no pool checkout, BEGIN IMMEDIATE and COMMIT sent
+            # by the driver. The session is joined to it, and its statements run at once on the loop's thread.
+            direct = await self._sqlite_writer()
+            await direct.execute("BEGIN IMMEDIATE")
+            session = self.joined_session(direct.conn)
+            session.info[DIRECT] = direct
             try:
                 yield session
+                await session.flush()
+                await direct.execute("COMMIT")
             except BaseException:
-                await session.rollback()
+                # Runs at once on the loop's thread (sqlite_driver): nothing a cancellation could cut short.
+                if direct.in_transaction:
+                    await direct.execute("ROLLBACK")
                 raise
-            await session.commit()
+            finally:
+                await session.close()
 
     @asynccontextmanager
     async def _direct_transaction(self) -> AsyncIterator[AsyncSession]:
@@ -410,6 +423,17 @@ class Database:
         finally:
             await writer.close()
 
+    async def _sqlite_writer(self) -> sqlite_driver.InlineDirect:
+        writer = self._sqlite_kept
+        if writer is not None and (writer.conn.invalidated or writer.conn.closed):
+            self._sqlite_kept = None
+            await writer.conn.close()
+            writer = None
+        if writer is None:
+            conn = await self.engine.execution_options(**{WRITE: True, _BEGUN_OUTSIDE: True}).connect()
+            writer = self._sqlite_kept = await sqlite_driver.InlineDirect.of(conn)
+        return writer
+
     def joined_session(self, conn: AsyncConnection, direct: pg_direct.DirectConnection | None = None) -> AsyncSession:
         """An ORM session inside a Writer's transaction on conn: it flushes into it, its owner ends it.
 
@@ -454,6 +478,9 @@ class Database:
     async def close(self) -> None:
         if self._keeper is not None:
             await self._keeper.close()
+        if self._sqlite_kept is not None:
+            kept, self._sqlite_kept = self._sqlite_kept, None
+            await kept.conn.close()
         await self.engine.dispose()
         if self._sqlite_file is not None:
             await asyncio.to_thread(self._close_checkpointer)

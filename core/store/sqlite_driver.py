@@ -235,11 +235,20 @@ class InlineDirect:
         """Run a statement once per parameter list."""
         await self._send(sql, args, True)
 
+    async def execute(self, sql: str) -> None:
+        """Run a statement without parameters or rows (BEGIN IMMEDIATE, COMMIT, ROLLBACK)."""
+        await self._send(sql, None, False)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether SQLite has a transaction open on this connection."""
+        return _raw(self._adapted).in_transaction
+
     async def _send(self, sql: str, args: Any, many: bool) -> list[Any]:
         raw = _raw(self._adapted)
         try:
             return (await _patiently(lambda: _run(raw, sql, args, many)))[1]
         except Exception as error:
             await pg_direct.raise_as_sqlalchemy(
-                self.conn, self._adapted, error, sql, args[0] if many and args else args
+                self.conn, self._adapted, error, sql, (args[0] if many and args else args) or ()
             )
