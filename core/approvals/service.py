@@ -519,7 +519,7 @@ class ApprovalService:
     async def view(self, *, approval_id: str) -> ApprovalView | None:
         """One approval with its votes and next due time, as the API shows it."""
         async with self.db.sessions() as session:
-            row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id)
+            row = await approval_store.get_row(session=session, approval_id=approval_id)
             if row is None:
                 return None
             # Votes exist only toward a quorum above one, or as the one acknowledgement that decided: a vote that
@@ -654,7 +654,7 @@ class ApprovalService:
         if not row.approval_id:
             return
         approval_row = self._prefetched.pop(row.id, None) or await approval_store.get_row(
-            session=session, db=self.db, approval_id=row.approval_id
+            session=session, approval_id=row.approval_id
         )
         if approval_row is None:
             return
@@ -756,7 +756,7 @@ class ApprovalService:
             refusal = DecisionResult(ok=False, reason=DecisionReason.wrong_choice, message="Not a choice ackbot knows.")
             return Preview(refusal=refusal, claims=claims)
         async with self.db.sessions() as session:
-            row = await approval_store.get_row(session=session, db=self.db, approval_id=claims.approval_id)
+            row = await approval_store.get_row(session=session, approval_id=claims.approval_id)
             spent = await nonce_store.is_spent(session=session, nonce=claims.nonce)
         if row is None:
             refusal = DecisionResult(ok=False, reason=DecisionReason.not_found, message="No such approval.")
@@ -842,7 +842,7 @@ class ApprovalService:
         actor = Actor(platform="api", id=by)
         try:
             async with self.db.transaction() as session:
-                row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id, lock=True)
+                row = await approval_store.get_row(session=session, approval_id=approval_id, lock=True)
                 if row is None or (tenant is not None and row.tenant != tenant):
                     raise _Refused(
                         DecisionResult(ok=False, reason=DecisionReason.not_found, message="No such approval.")
@@ -898,7 +898,7 @@ class ApprovalService:
                         expires_at=claims.expires_at,
                     )
                 else:
-                    row = await approval_store.get_row(session=session, db=self.db, approval_id=approval_id, lock=True)
+                    row = await approval_store.get_row(session=session, approval_id=approval_id, lock=True)
                     spent = True
                 if row is None:
                     raise _Refused(
@@ -1188,7 +1188,7 @@ class ApprovalService:
             },
         )
         if updated is None:
-            current = await approval_store.get_row(session=session, db=self.db, approval_id=row.id)
+            current = await approval_store.get_row(session=session, approval_id=row.id)
             refusal = _final_refusal(approval_from_row(current or row), self.directory)
             raise _Refused(refusal)
         await self._resume(session, updated, now=now)

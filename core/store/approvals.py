@@ -112,9 +112,7 @@ def approval_from_row(row: ApprovalRecord) -> Approval:
     return Approval.model_validate(data)
 
 
-async def get_row(
-    *, session: AsyncSession, db: Database | None, approval_id: str, lock: bool = False
-) -> Row[Any] | None:
+async def get_row(*, session: AsyncSession, approval_id: str, lock: bool = False) -> Row[Any] | None:
     """One approval row; lock=True holds its row lock to the end of the transaction (PostgreSQL).
 
     On SQLite every write transaction already holds the database lock (BEGIN IMMEDIATE), so no more is needed.
@@ -138,7 +136,7 @@ async def lock_and_spend(
         params = {"approval_id": approval_id, "nonce": nonce, "spent_at": now, "expires_at": expires_at}
         rows = await _DIRECT_LOCK_AND_SPEND.fetch(await direct_of(session), params)
         return (rows[0], bool(getattr(rows[0], NONCE_SPENT))) if rows else (None, False)
-    row = await get_row(session=session, db=db, approval_id=approval_id, lock=True)
+    row = await get_row(session=session, approval_id=approval_id, lock=True)
     if row is None:
         return None, False
     spent = await nonce_store.spend(
@@ -157,7 +155,7 @@ async def get_rows(*, session: AsyncSession, approval_ids: Iterable[str]) -> lis
 
 async def get(*, session: AsyncSession, approval_id: str) -> Approval | None:
     """One approval by id."""
-    row = await get_row(session=session, db=None, approval_id=approval_id)
+    row = await get_row(session=session, approval_id=approval_id)
     return approval_from_row(row) if row is not None else None
 
 
