@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
@@ -60,7 +60,6 @@ from core.store.tables import ApprovalRow, DeliveryRow
 from core.tokens import CLOCK_SKEW_SECONDS, TokenClaims, TokenError
 
 log = logging.getLogger("ackbot.approvals")
-_DELIVERIES = cast(Table, DeliveryRow.__table__)
 
 CHOICE_LABELS = {Choice.acknowledge: "Acknowledge", Choice.deny: "Deny", Choice.escalate: "Escalate"}
 FOLLOW_UP_HOOKS = {

@@ -54,7 +54,7 @@ WAL_BACKSTOP_PAGES = 10000
 
 
 WRITE = "ackbot_write"
-# A PostgreSQL write transaction's session keeps its pg_direct.DirectConnection here (see direct_of).
+# A session keeps the driver connection for its statements sent without SQLAlchemy here (see direct_of).
 DIRECT = "ackbot_direct"
 # SQLite's kept write connection: its transactions are begun and ended by Database, not by SQLAlchemy.
 _BEGUN_OUTSIDE = "ackbot_begun_outside"
@@ -357,18 +357,13 @@ class Database:
         # PostgreSQL: BEGIN, COMMIT and ROLLBACK sent by asyncpg (see pg_direct), the session joined to the
         # transaction on the same connection; its statements go through SQLAlchemy, or through asyncpg where a
         # store function finds the connection in the session (direct_of).
-        assert self._keeper is not None
-        direct = await self._keeper.take()
-        try:
-            async with direct.transaction():
-                session = self.joined_session(direct.conn, direct)
-                try:
-                    yield session
-                    await session.flush()
-                finally:
-                    await session.close()
-        finally:
-            await self._keeper.give(direct)
+        async with self._kept() as direct, direct.transaction():
+            session = self.joined_session(direct.conn, direct)
+            try:
+                yield session
+                await session.flush()
+            finally:
+                await session.close()
 
     @asynccontextmanager
     async def single_statements(self) -> AsyncIterator[AsyncSession]:
@@ -390,21 +385,22 @@ class Database:
 
     async def fetch_statement(self, statement: pg_direct.Statement, params: dict[str, Any]) -> list[Any]:
         """PostgreSQL: one Core statement sent by asyncpg itself (pg_direct.Statement), committed on its own."""
-        if self._keeper is None:
-            raise RuntimeError("fetch_statement is for PostgreSQL")
-        direct = await self._keeper.take()
-        try:
+        async with self._kept() as direct:
             return await statement.fetch(direct, params)
-        finally:
-            await self._keeper.give(direct)
 
     async def fetch_direct(self, sql: str, *args: Any) -> Sequence[Any]:
         """PostgreSQL: one statement ($1, $2... parameters) sent by asyncpg itself, committed on its own; its rows."""
+        async with self._kept() as direct:
+            return await direct.fetch(sql, *args)
+
+    @asynccontextmanager
+    async def _kept(self) -> AsyncIterator[pg_direct.DirectConnection]:
+        # PostgreSQL: a kept connection for the block, given back after it (see pg_direct.Keeper).
         if self._keeper is None:
-            raise RuntimeError("fetch_direct is for PostgreSQL")
+            raise RuntimeError("statements sent by asyncpg are for PostgreSQL")
         direct = await self._keeper.take()
         try:
-            return await direct.fetch(sql, *args)
+            yield direct
         finally:
             await self._keeper.give(direct)
 

@@ -172,7 +172,8 @@ class _Compiled:
 
 
 class Statement:
-    """A Core statement compiled once for PostgreSQL and sent by asyncpg itself, for the hot paths of a transaction.
+    """A Core statement compiled once per dialect and sent by the driver itself (a Direct: asyncpg's connection here,
+    or SQLite's in sqlite_driver.InlineDirect), for the hot paths.
 
     The SQL is what SQLAlchemy would send (its casts included), the parameters go through the same bind processors
     (JSON serialised, datetimes in UTC), and each row comes back as a named tuple of the statement's columns
