@@ -16,6 +16,7 @@ from core.approvals import CALLBACK_CHANNEL, ApprovalService
 from core.auth import ApiKeyring
 from core.channels.base import Channel, ChannelContext, Renderer
 from core.channels.registry import ChannelRegistry
+from core.channels.shown import ShownMessages
 from core.clock import Clock, SystemClock
 from core.config import AckbotConfig, ChannelConfig
 from core.dispatch import Dispatcher, DispatcherConfig, Enricher
@@ -54,6 +55,8 @@ class Runtime:
         self.keyring = ApiKeyring(self.config.api_keys)
         self.rulebook = RuleBook(db=self.db, config_rules=self.config.rules)
         self.channels: dict[str, Channel] = {}
+        # Shared by the click listeners (which note what they showed) and the channels (which skip the same edit).
+        self.shown = ShownMessages()
         self.channel_configs: dict[str, ChannelConfig] = {}
         self.http: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
@@ -86,7 +89,9 @@ class Runtime:
 
     def channel_context(self) -> ChannelContext:
         """What every channel is lent: the shared HTTP session, our public URL, the renderers."""
-        return ChannelContext(http=self.http, public_url=self.public_url, renderers=self.renderers, origin=self.origin)
+        return ChannelContext(
+            http=self.http, public_url=self.public_url, renderers=self.renderers, origin=self.origin, shown=self.shown
+        )
 
     def add_channel(self, channel_config: ChannelConfig) -> Channel:
         """Build a channel from its config and put it into service (replacing one of the same name)."""

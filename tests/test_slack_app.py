@@ -114,7 +114,7 @@ def click_body(
         "team": {"id": fake.team_id, "domain": "acme"},
         "channel": {"id": channel, "name": "ops"},
         "message": {"type": "message", "ts": ts, "text": "approval", "blocks": []},
-        "response_url": fake.response_url(response),
+        "response_url": fake.response_url(response, message=(channel, ts)),
         "actions": [
             {
                 "action_id": action_id,

@@ -11,8 +11,10 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from core.models import ApprovalState
+from core.models import ApprovalState, DeliveryPurpose, DeliveryStatus
+from core.store.tables import DeliveryRow
 from tests.conftest import AppFactory, auth, make_config
 from tests.peers.fake_slack import Call, FakeSlack
 from tests.test_slack_app import ALICE, MALLORY, click, command, reply_text, signed, slack, slack_settings
@@ -106,19 +108,65 @@ async def test_event_to_buttons_to_click_to_updated_message(
     decided = await runtime.approvals.get(approval_id=approval.id)
     assert decided.decided_by == "alice"
 
-    # ... and the approvals service's resume edits the posted message through the outbox (chat.update).
-    [update] = await slack.wait_for("chat.update")
-    assert (update.args["channel"], update.args["ts"]) == ("C0OPS", ts)
     shown = slack.messages[("C0OPS", ts)]
     assert "Alice" in shown["text"] or "alice" in shown["text"]
     assert not [b for b in shown["blocks"] if b["type"] == "actions"]
+
+    # ... and the approvals service's resume queued an edit of the posted message, which the outbox settles
+    # without a chat.update: the click's answer already put exactly that there.
+    await wait_until(lambda: update_settled(runtime, approval.id))
+    assert slack.calls_to("chat.update") == []
 
     # The same click again is refused: a token is spent once.
     await click(client, slack, token, user=ALICE, response="replay", ts=ts)
     [*_, replay] = await slack.wait_for("response_url", 3)
     assert replay.args["response_type"] == "ephemeral" and replay.args["replace_original"] is False
     assert await approval_state(runtime, approval.id) is ApprovalState.acknowledged
-    assert len(slack.calls_to("chat.update")) == 1
+    assert slack.messages[("C0OPS", ts)] == shown and slack.calls_to("chat.update") == []
+
+
+async def update_settled(runtime: Any, approval_id: str) -> bool:
+    """Whether the approval's update deliveries have all been sent."""
+    async with runtime.db.sessions() as session:
+        rows = (
+            await session.execute(
+                select(DeliveryRow.status).where(
+                    DeliveryRow.approval_id == approval_id, DeliveryRow.purpose == DeliveryPurpose.update.value
+                )
+            )
+        ).all()
+    return bool(rows) and all(status == DeliveryStatus.sent.value for (status,) in rows)
+
+
+@pytest.mark.parametrize("refusal", ["expired_url", "used_url"])
+async def test_the_outbox_edits_the_clicked_message_when_its_response_url_fails(
+    app_factory: AppFactory, database_url: str, slack: FakeSlack, refusal: str
+) -> None:
+    client, runtime = await app_factory(e2e_config(database_url, slack))
+    assert (await client.post("/api/v1/events", json=EVENT, headers=auth())).status == 202
+    [post] = await slack.wait_for("chat.postMessage")
+    [approval] = (await runtime.approvals.list_approvals(tenants=None))[0]
+    ts = "1700000000.000001"
+    # Slack refuses the response_url (a 404 once it expired; ok:false with a 200 for one used too often).
+    slack.fail("response_url", refusal, status=404 if refusal == "expired_url" else 200)
+    await click(client, slack, button_values(post)["ackbot.acknowledge"], response="refused", ts=ts)
+    [update] = await slack.wait_for("chat.update")
+    assert (update.args["channel"], update.args["ts"]) == ("C0OPS", ts)
+    assert not [b for b in slack.messages[("C0OPS", ts)]["blocks"] if b["type"] == "actions"]
+    await wait_until(lambda: update_settled(runtime, approval.id))
+
+
+async def test_a_click_on_another_copy_still_edits_the_posted_message(
+    app_factory: AppFactory, database_url: str, slack: FakeSlack
+) -> None:
+    # The click comes from a message the outbox did not post (a forwarded copy, say): its answer replaces that
+    # copy, and the message the outbox posted is edited as before.
+    client, _ = await app_factory(e2e_config(database_url, slack))
+    assert (await client.post("/api/v1/events", json=EVENT, headers=auth())).status == 202
+    [post] = await slack.wait_for("chat.postMessage")
+    await click(client, slack, button_values(post)["ackbot.acknowledge"], response="copy", ts="1700000099.000001")
+    [update] = await slack.wait_for("chat.update")
+    assert (update.args["channel"], update.args["ts"]) == ("C0OPS", "1700000000.000001")
 
 
 async def test_a_stranger_and_a_forged_click_change_nothing(
@@ -182,10 +230,15 @@ async def test_an_approval_for_a_person_goes_to_their_dm(
     [post] = await slack.wait_for("chat.postMessage")
     assert post.args["channel"].startswith("D")
     token = button_values(post)["ackbot.acknowledge"]
+    dm = (await slack.wait_for("chat.postMessage"))[0]
     await click(client, slack, token, channel=post.args["channel"], ts="1700000000.000001", response="dm")
-    await slack.wait_for("chat.update")
     [approval] = (await runtime.approvals.list_approvals(tenants=None))[0]
+    await wait_until(lambda: update_settled(runtime, approval.id))
     assert await approval_state(runtime, approval.id) is ApprovalState.acknowledged
+    # The click's answer replaced the DM's message; the outbox's edit of it had nothing left to change.
+    shown = slack.messages[(dm.args["channel"], "1700000000.000001")]
+    assert not [b for b in shown["blocks"] if b["type"] == "actions"]
+    assert slack.calls_to("chat.update") == []
 
 
 @pytest.mark.parametrize("quorum", [2])

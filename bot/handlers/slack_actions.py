@@ -30,6 +30,10 @@ CHOICE_ACTION = re.compile(r"^ackbot\.(acknowledge|deny|escalate)$")
 # block_actions for them, which must be acknowledged or the clicker sees a warning sign.
 LINK_ACTION = re.compile(r"^ackbot\.open[._]")
 
+# Seconds a response_url post may take: Slack answers in well under one, and an outbox edit of the clicked message
+# waits for the outcome (core/channels/shown.py).
+RESPONSE_TIMEOUT = 10
+
 FAILED = "ackbot could not record your decision. Try again in a moment, or use the link in the message."
 
 
@@ -62,19 +66,44 @@ async def decided_message(runtime: Runtime, approval: Approval) -> dict[str, Any
     return slack_cards.render_decided(note)
 
 
-async def post_response(runtime: Runtime, respond: AsyncRespond, message: dict[str, Any]) -> None:
-    """Post a message to the click's response_url over the process's HTTP session.
+async def post_response(runtime: Runtime, respond: AsyncRespond, message: dict[str, Any]) -> bool:
+    """Post a message to the click's response_url over the process's HTTP session; whether Slack took it.
 
     Bolt's respond() would open a new HTTP session (and connection) for every click.
     """
     if respond.response_url is None:
         raise ValueError("the click came without a response_url")
     client = AsyncWebhookClient(
-        url=respond.response_url, session=runtime.http, proxy=respond.proxy, ssl=respond.ssl, retry_handlers=[]
+        url=respond.response_url,
+        session=runtime.http,
+        proxy=respond.proxy,
+        ssl=respond.ssl,
+        retry_handlers=[],
+        timeout=RESPONSE_TIMEOUT,
     )
     response = await client.send_dict(message)
-    if response.status_code >= 300:
-        log.warning("the response_url answered %s: %s", response.status_code, str(response.body)[:200])
+    body = str(response.body or "")
+    # Slack answers {"ok": true} (older response_urls: "ok"); a refusal is a 4xx, or ok:false with the reason.
+    if response.status_code >= 300 or '"ok":false' in body.replace(" ", ""):
+        log.warning("the response_url answered %s: %s", response.status_code, body[:200])
+        return False
+    return True
+
+
+def message_key(channel: str, ts: str) -> tuple[str, str, str]:
+    """How a posted Slack message is named in the process's record of what messages show (runtime.shown)."""
+    return ("slack", channel, ts)
+
+
+def clicked_message(body: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The message whose button was clicked, if it is one the bot posted (not an ephemeral reply)."""
+    container = body.get("container") or {}
+    if container.get("type") != "message" or container.get("is_ephemeral"):
+        return None
+    channel, ts = container.get("channel_id"), container.get("message_ts")
+    if not isinstance(channel, str) or not isinstance(ts, str) or not channel or not ts:
+        return None
+    return message_key(channel, ts)
 
 
 async def tell(runtime: Runtime, respond: AsyncRespond, text: str) -> None:
@@ -112,14 +141,21 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
             # A vote toward a quorum: the approval is still open and the others still need their buttons.
             await tell(runtime, respond, result.message)
             return
-        # The approvals service updates every message of this approval through the outbox; this edit only makes
-        # the clicker's own copy show the outcome at once instead of after the next dispatch.
+        # The approvals service updates every message of this approval through the outbox; this edit makes the
+        # clicker's own copy show the outcome at once instead of after the next dispatch, and, once Slack took it,
+        # spares the outbox's chat.update of that message if it would show the same.
+        placed, placement = False, None
         try:
-            await post_response(
-                runtime, respond, {"replace_original": True, **await decided_message(runtime, result.approval)}
-            )
+            message = await decided_message(runtime, result.approval)
+            clicked = clicked_message(body)
+            # Noted before it is sent: the decision's commit has already woken the outbox.
+            placement = runtime.shown.placing(clicked, message) if clicked is not None else None
+            placed = await post_response(runtime, respond, {"replace_original": True, **message})
         except Exception:
             log.exception("could not update the clicked message of approval %s", result.approval.id)
+        finally:
+            if placement is not None:
+                placement.settle(placed)
 
     async def on_link(ack: AsyncAck) -> None:
         await ack()

@@ -69,6 +69,7 @@ class FakeSlack:
         # Every message that would not pass Slack's Block Kit checks, with the reason; tests expect it empty.
         self.block_errors: list[str] = []
         self._failures: dict[str, list[_Failure]] = {}
+        self._response_messages: dict[str, tuple[str, str]] = {}
         self._ts = 0
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -107,8 +108,14 @@ class FakeSlack:
         """What slack.api_base_url is set to."""
         return f"{self.base_url}/api/"
 
-    def response_url(self, name: str = "r1") -> str:
-        """A response_url to put into a signed payload: what ackbot posts there is recorded as "response_url"."""
+    def response_url(self, name: str = "r1", *, message: tuple[str, str] | None = None) -> str:
+        """A response_url to put into a signed payload: what ackbot posts there is recorded as "response_url".
+
+        With `message` (channel id, ts), the url belongs to that message, as a click's does: a post with
+        replace_original replaces it, as Slack would.
+        """
+        if message is not None:
+            self._response_messages[name] = message
         return f"{self.base_url}/response/{name}"
 
     # ---------------------------------------------------------------- scripting
@@ -177,19 +184,23 @@ class FakeSlack:
             return channel
         return None
 
+    def _scripted_failure(self, method: str) -> web.Response | None:
+        queue = self._failures.get(method)
+        if not queue:
+            return None
+        failure = queue[0]
+        failure.times -= 1
+        if failure.times <= 0:
+            queue.pop(0)
+        return web.json_response({"ok": False, "error": failure.error}, status=failure.status, headers=failure.headers)
+
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         args = await self._arguments(request)
         await self._record(Call(method, args, request.headers, request.path))
-        queue = self._failures.get(method)
-        if queue:
-            failure = queue[0]
-            failure.times -= 1
-            if failure.times <= 0:
-                queue.pop(0)
-            return web.json_response(
-                {"ok": False, "error": failure.error}, status=failure.status, headers=failure.headers
-            )
+        failed = self._scripted_failure(method)
+        if failed is not None:
+            return failed
         # Socket Mode URLs are handed out for the app-level token only; everything else wants the bot token.
         expected = self.app_token if method == "apps.connections.open" else self.token
         if request.headers.get("Authorization") != f"Bearer {expected}":
@@ -203,10 +214,16 @@ class FakeSlack:
     async def _response_url(self, request: web.Request) -> web.Response:
         args = await self._arguments(request)
         await self._record(Call("response_url", args, request.headers, request.path))
+        failed = self._scripted_failure("response_url")
+        if failed is not None:
+            return failed
         invalid = self._invalid_blocks(args)
         if invalid:
             self.block_errors.append(f"response_url: {invalid}")
             return web.json_response({"ok": False, "error": "invalid_blocks"}, status=400)
+        key = self._response_messages.get(request.match_info["id"])
+        if key in self.messages and args.get("replace_original") in (True, "true"):
+            self.messages[key] = {k: args.get(k) for k in ("text", "blocks", "attachments")}
         return web.json_response({"ok": True})
 
     def _invalid_blocks(self, args: dict[str, Any]) -> str | None:
