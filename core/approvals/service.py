@@ -517,14 +517,14 @@ class ApprovalService:
 
     async def view(self, *, approval_id: str) -> ApprovalView | None:
         """One approval with its votes and next due time, as the API shows it."""
-        async with self.db.sessions() as session:
-            row = await approval_store.get_row(session=session, approval_id=approval_id)
+        async with self.db.direct_reads() as direct:
+            row = await approval_store.get_row(session=direct, approval_id=approval_id)
             if row is None:
                 return None
             # Votes exist only toward a quorum above one, or as the one acknowledgement that decided: a vote that
             # reaches the quorum decides in the same transaction, so an open quorum-1 approval has none to read.
             may_have_votes = row.quorum > 1 or row.state == ApprovalState.acknowledged.value
-            votes = await approval_store.votes(session=session, approval_id=approval_id) if may_have_votes else []
+            votes = await approval_store.votes(session=direct, approval_id=approval_id) if may_have_votes else []
             return ApprovalView(approval=approval_from_row(row), votes=votes, next_due_at=row.next_due_at)
 
     async def wait(

@@ -15,7 +15,7 @@ from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
 from core.store import nonces as nonce_store
 from core.store.db import Database, direct_of
 from core.store.pagination import decode_cursor
-from core.store.pg_direct import Statement
+from core.store.pg_direct import Direct, Statement
 from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow, SpentNonceRow, table_of
 
 # An approval as stored: a new ORM row, or a row read with a Core statement (same attribute names). Reads and
@@ -112,7 +112,7 @@ def approval_from_row(row: ApprovalRecord) -> Approval:
     return Approval.model_validate(data)
 
 
-async def get_row(*, session: AsyncSession, approval_id: str, lock: bool = False) -> Row[Any] | None:
+async def get_row(*, session: AsyncSession | Direct, approval_id: str, lock: bool = False) -> Row[Any] | None:
     """One approval row; lock=True holds its row lock to the end of the transaction (PostgreSQL).
 
     On SQLite every write transaction already holds the database lock (BEGIN IMMEDIATE), so no more is needed.
@@ -309,7 +309,7 @@ async def count_votes(*, session: AsyncSession, approval_id: str, choice: str) -
     return int((await session.execute(query)).scalar_one())
 
 
-async def votes(*, session: AsyncSession, approval_id: str) -> list[dict[str, Any]]:
+async def votes(*, session: AsyncSession | Direct, approval_id: str) -> list[dict[str, Any]]:
     """Every vote on an approval, oldest first, as JSON-ready dicts."""
     rows = await _DIRECT_LIST_VOTES.fetch(await direct_of(session), {"approval_id": approval_id})
     return [

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, Text, bindparam, func, insert, select
 from sqlalchemy import cast as sql_cast
@@ -20,7 +21,44 @@ GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
 
 
-def canonical_json(row: AuditRow) -> str:
+class AuditContent(Protocol):
+    """What an audit row's hash covers: a stored AuditRow, or a row about to be appended."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def tenant(self) -> str | None: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def approval_id(self) -> str | None: ...
+    @property
+    def alert_id(self) -> str | None: ...
+    @property
+    def actor(self) -> str | None: ...
+    @property
+    def actor_platform(self) -> str | None: ...
+    @property
+    def data(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Appended:
+    # A row about to be appended: no ORM instance (which only this JSON would use) is built for it.
+    seq: int
+    at: datetime
+    tenant: str | None
+    type: str
+    approval_id: str | None
+    alert_id: str | None
+    actor: str | None
+    actor_platform: str | None
+    data: Any
+
+
+def canonical_json(row: AuditContent) -> str:
     """The row's content as canonical JSON: sorted keys, no spaces, UTC ISO time; what its hash covers."""
     document = {
         "seq": row.seq,
@@ -36,7 +74,7 @@ def canonical_json(row: AuditRow) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def row_hash(prev_hash: str, row: AuditRow) -> str:
+def row_hash(prev_hash: str, row: AuditContent) -> str:
     """sha256(prev_hash + canonical JSON of the row), hex."""
     return hashlib.sha256((prev_hash + canonical_json(row)).encode("utf-8")).hexdigest()
 
@@ -104,7 +142,7 @@ async def append(
     """
     # Round-trip the data through JSON now, so the hash is computed over exactly what the database returns.
     stored = json.loads(json.dumps(data or {}, default=str))
-    row = AuditRow(
+    row = _Appended(
         seq=_SEQ_MARK,
         at=at,
         tenant=tenant,
@@ -114,8 +152,6 @@ async def append(
         actor=actor,
         actor_platform=actor_platform,
         data=stored,
-        prev_hash="",
-        hash="",
     )
     # The canonical JSON around the seq: keys are sorted, so the top-level seq is the last one, before "tenant".
     before, mark, after = canonical_json(row).rpartition(f'"seq":{_SEQ_MARK},')

@@ -185,13 +185,16 @@ class Writer:
         return self._conn
 
 
-async def direct_of(session: AsyncSession) -> pg_direct.Direct:
+async def direct_of(session: AsyncSession | pg_direct.Direct) -> pg_direct.Direct:
     """The driver connection for a session's statements sent without SQLAlchemy (pg_direct.Statement).
 
     PostgreSQL: a write transaction's session has its own; a read session takes one the first time it is asked
     (so a read that sends nothing still connects to nothing), and gives it back when the session ends. SQLite:
-    the session's own connection, inside whatever transaction it has begun.
+    the session's own connection, inside whatever transaction it has begun. A driver connection (from
+    Database.direct_reads) is its own.
     """
+    if not isinstance(session, AsyncSession):
+        return session
     direct: pg_direct.Direct | None = session.info.get(DIRECT)
     if direct is None:
         keeper: pg_direct.Keeper | None = session.info.get(_KEEPER)  # a PostgreSQL read session's
@@ -241,7 +244,11 @@ class Session(AsyncSession):
             await self.close()
 
     async def close(self) -> None:
-        await super().close()
+        sync = self.sync_session
+        # A session that began nothing and holds nothing (a read whose statements went direct, or none at all) has
+        # nothing to close: AsyncSession.close() would still cost a greenlet switch there and back.
+        if sync.in_transaction() or sync.identity_map or sync.new or sync.deleted:
+            await super().close()
         keeper: pg_direct.Keeper | None = self.info.get(_KEEPER)
         if keeper is not None and DIRECT in self.info:
             await keeper.give(self.info.pop(DIRECT))
@@ -382,6 +389,19 @@ class Database:
             yield session
             if session.new:
                 raise RuntimeError("single_statements() writes statements only: ORM objects added to it are lost")
+
+    @asynccontextmanager
+    async def direct_reads(self) -> AsyncIterator[pg_direct.Direct]:
+        """A driver connection for reads sent without SQLAlchemy (pg_direct.Statement), each on its own.
+
+        PostgreSQL: a kept connection, with no session around it; SQLite: a read session's connection.
+        """
+        if self._keeper is not None:
+            async with self._kept() as direct:
+                yield direct
+            return
+        async with self.sessions() as session:
+            yield await direct_of(session)
 
     async def fetch_statement(self, statement: pg_direct.Statement, params: dict[str, Any]) -> list[Any]:
         """PostgreSQL: one Core statement sent by asyncpg itself (pg_direct.Statement), committed on its own."""
