@@ -213,3 +213,24 @@ async def test_write_transactions_share_one_kept_connection_and_a_failed_one_lea
         other.execute("ROLLBACK")
     finally:
         other.close()
+
+
+async def test_direct_reads_share_one_kept_connection_and_see_every_commit(db: Database) -> None:
+    checkouts: list[int] = []
+    event.listen(db.engine.sync_engine.pool, "checkout", lambda *_: checkouts.append(1))
+    seen: list[list[Any]] = []
+    for n in range(3):
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO t (name, n) VALUES (:name, :n)"), {"name": f"row{n}", "n": n})
+        async with db.direct_reads() as direct:
+            seen.append([tuple(row) for row in await direct.fetch("SELECT name, n FROM t ORDER BY id")])
+    # Each read sees the commit before it: the shared connection holds no snapshot between statements.
+    assert seen == [[("row0", 0)], [("row0", 0), ("row1", 1)], [("row0", 0), ("row1", 1), ("row2", 2)]]
+    # One checkout for the writer, one for the reads, whatever their number.
+    assert len(checkouts) == 2
+    # Nor does it hold a read lock that would keep the WAL from being checkpointed in full.
+    other = sqlite3.connect(db.url.split(":///", 1)[1], timeout=0, isolation_level=None)
+    try:
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        other.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -15,7 +16,7 @@ from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
 from core.store import nonces as nonce_store
 from core.store.db import Database, direct_of
 from core.store.pagination import decode_cursor
-from core.store.pg_direct import Direct, Statement
+from core.store.pg_direct import Direct, Statement, json_values
 from core.store.tables import ApprovalRow, ApprovalVoteRow, DeliveryRow, SpentNonceRow, table_of
 
 # An approval as stored: a new ORM row, or a row read with a Core statement (same attribute names). Reads and
@@ -67,9 +68,13 @@ _DIRECT_GET_ROW = Statement(_GET_ROW)
 _DIRECT_GET_ROW_LOCKED = Statement(_GET_ROW_LOCKED)
 _DIRECT_LIST_VOTES = Statement(_LIST_VOTES)
 # = ANY(array) rather than IN (...), whose SQL would depend on the number of ids.
-_DIRECT_GET_ROWS = Statement(
-    select(_APPROVALS).where(_APPROVALS.c.id == any_(bindparam("approval_ids", type_=postgresql.ARRAY(String()))))
-)
+_DIRECT_GET_ROWS = {
+    True: Statement(
+        select(_APPROVALS).where(_APPROVALS.c.id == any_(bindparam("approval_ids", type_=postgresql.ARRAY(String()))))
+    ),
+    # SQLite: the ids as one JSON array.
+    False: Statement(select(_APPROVALS).where(_APPROVALS.c.id.in_(json_values("approval_ids")))),
+}
 _DIRECT_VOTE = {
     postgres: Statement(_VOTE[postgres].returning(_VOTES.c.id), keys=_VOTE_KEYS) for postgres in (True, False)
 }
@@ -148,9 +153,9 @@ async def lock_and_spend(
 async def get_rows(*, session: AsyncSession, approval_ids: Iterable[str]) -> list[Row[Any]]:
     """The approval rows of these ids that exist, in one query."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
-        return await _DIRECT_GET_ROWS.fetch(await direct_of(session), {"approval_ids": list(approval_ids)})
-    query = select(_APPROVALS).where(_APPROVALS.c.id.in_(list(approval_ids)))
-    return list((await session.execute(query)).all())
+        return await _DIRECT_GET_ROWS[True].fetch(await direct_of(session), {"approval_ids": list(approval_ids)})
+    ids = json.dumps(list(approval_ids))
+    return await _DIRECT_GET_ROWS[False].fetch(await direct_of(session), {"approval_ids": ids})
 
 
 async def get(*, session: AsyncSession, approval_id: str) -> Approval | None:

@@ -306,7 +306,8 @@ class Database:
             else None
         )
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
-        self._sqlite_kept: sqlite_driver.InlineDirect | None = None  # SQLite's write connection (transaction())
+        # SQLite's kept connections: the write transactions' (transaction()) and the reads' (direct_reads()).
+        self._sqlite_kept: dict[str, sqlite_driver.InlineDirect] = {}
 
     @staticmethod
     def _ensure_sqlite_dir(url: str) -> str | None:
@@ -394,14 +395,15 @@ class Database:
     async def direct_reads(self) -> AsyncIterator[pg_direct.Direct]:
         """A driver connection for reads sent without SQLAlchemy (pg_direct.Statement), each on its own.
 
-        PostgreSQL: a kept connection, with no session around it; SQLite: a read session's connection.
+        PostgreSQL: a kept connection, with no session around it. SQLite: one kept connection that every read
+        shares, as each statement runs to its end on the loop's thread (see sqlite_driver) and a SELECT outside a
+        transaction reads the last commit.
         """
         if self._keeper is not None:
             async with self._kept() as direct:
                 yield direct
             return
-        async with self.sessions() as session:
-            yield await direct_of(session)
+        yield await self._sqlite_connection(READ, {READ: True})
 
     async def fetch_statement(self, statement: pg_direct.Statement, params: dict[str, Any]) -> list[Any]:
         """PostgreSQL: one Core statement sent by asyncpg itself (pg_direct.Statement), committed on its own."""
@@ -440,15 +442,19 @@ class Database:
             await writer.close()
 
     async def _sqlite_writer(self) -> sqlite_driver.InlineDirect:
-        writer = self._sqlite_kept
-        if writer is not None and (writer.conn.invalidated or writer.conn.closed):
-            self._sqlite_kept = None
-            await writer.conn.close()
-            writer = None
-        if writer is None:
-            conn = await self.engine.execution_options(**{WRITE: True, _BEGUN_OUTSIDE: True}).connect()
-            writer = self._sqlite_kept = await sqlite_driver.InlineDirect.of(conn)
-        return writer
+        return await self._sqlite_connection(WRITE, {WRITE: True, _BEGUN_OUTSIDE: True})
+
+    async def _sqlite_connection(self, role: str, options: dict[str, Any]) -> sqlite_driver.InlineDirect:
+        # One kept connection per role, opened on first use and again after it was lost.
+        kept = self._sqlite_kept.get(role)
+        if kept is not None and (kept.conn.invalidated or kept.conn.closed):
+            del self._sqlite_kept[role]
+            await kept.conn.close()
+            kept = None
+        if kept is None:
+            conn = await self.engine.execution_options(**options).connect()
+            kept = self._sqlite_kept[role] = await sqlite_driver.InlineDirect.of(conn)
+        return kept
 
     def joined_session(self, conn: AsyncConnection, direct: pg_direct.DirectConnection | None = None) -> AsyncSession:
         """An ORM session inside a Writer's transaction on conn: it flushes into it, its owner ends it.
@@ -494,9 +500,9 @@ class Database:
     async def close(self) -> None:
         if self._keeper is not None:
             await self._keeper.close()
-        if self._sqlite_kept is not None:
-            kept, self._sqlite_kept = self._sqlite_kept, None
-            await kept.conn.close()
+        kept, self._sqlite_kept = list(self._sqlite_kept.values()), {}
+        for connection in kept:
+            await connection.conn.close()
         await self.engine.dispose()
         if self._sqlite_file is not None:
             await asyncio.to_thread(self._close_checkpointer)

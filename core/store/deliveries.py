@@ -9,7 +9,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
-from sqlalchemy import Integer, String, any_, bindparam, func, insert, literal, or_, select, union_all, update
+from sqlalchemy import (
+    Integer,
+    String,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +30,7 @@ from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStat
 from core.store.convert import attempt_from_row, delivery_from_row
 from core.store.db import Database, direct_of, new_id
 from core.store.pagination import decode_cursor
-from core.store.pg_direct import Statement
+from core.store.pg_direct import Statement, json_values
 from core.store.tables import DeliveryAttemptRow, DeliveryRow, table_of
 
 CLAIMABLE = (DeliveryStatus.pending, DeliveryStatus.failed)
@@ -146,12 +158,13 @@ _DIRECT_CLAIM = Statement(_claim_statement(True))
 
 @functools.cache
 def _settle_sent_statement() -> Any:
+    # SQLite: the batch's ids as one JSON array, so that the statement is the same whatever their number.
     table = table_of(DeliveryRow)
     when = bindparam("when", type_=table.c.updated_at.type)
     return (
         update(table)
         .where(
-            table.c.id.in_(bindparam("ids", expanding=True)),
+            table.c.id.in_(json_values("ids")),
             table.c.claimed_by == bindparam("worker"),
             table.c.status == DeliveryStatus.sending,
         )
@@ -178,7 +191,17 @@ def _set_message_ref_statement() -> Any:
     )
 
 
-_INSERT_ATTEMPTS = insert(table_of(DeliveryAttemptRow))
+# SQLite's settling, sent by the driver on the write transaction's connection (see pg_direct.Statement).
+_DIRECT_SETTLE_SENT = Statement(_settle_sent_statement())
+_DIRECT_SET_MESSAGE_REF = Statement(_set_message_ref_statement())
+_DIRECT_INSERT_ATTEMPTS = Statement(
+    insert(table_of(DeliveryAttemptRow)).values(
+        {
+            name: bindparam(name, type_=table_of(DeliveryAttemptRow).c[name].type)
+            for name in ("delivery_id", "number", "started_at", "finished_at", "outcome", "status_code", "error")
+        }
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -282,19 +305,21 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
         return {row["id"] for row in rows}
     numbers: dict[str, int] = {}
     async with db.transaction() as session:
+        direct = await direct_of(session)
         sent = [s for s in settlements if s.status is DeliveryStatus.sent and s.error is None]
         if sent:
-            params = {"ids": [s.delivery_id for s in sent], "worker": worker, "when": max(s.now for s in sent)}
-            result = await session.execute(_settle_sent_statement(), params)
-            numbers.update({str(id_): int(number) for id_, number in result.all()})
+            ids = json.dumps([s.delivery_id for s in sent])
+            params = {"ids": ids, "worker": worker, "when": max(s.now for s in sent)}
+            result = await _DIRECT_SETTLE_SENT.fetch(direct, params)
+            numbers.update({str(id_): int(number) for id_, number in result})
             refs = [
                 {"b_id": s.delivery_id, "b_ref": s.message_ref}
                 for s in sent
                 if s.message_ref is not None and s.delivery_id in numbers
             ]
             if refs:
-                # Both statements are built once: a CASE over the batch's refs would be compiled anew each time.
-                await session.execute(_set_message_ref_statement(), refs)
+                # A CASE over the batch's refs would be a new statement each time: one UPDATE per ref instead.
+                await _DIRECT_SET_MESSAGE_REF.executemany(direct, refs)
         for s in settlements:
             if s in sent:
                 continue
@@ -340,7 +365,7 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
             if s.delivery_id in numbers
         ]
         if attempts:
-            await session.execute(_INSERT_ATTEMPTS, attempts)
+            await _DIRECT_INSERT_ATTEMPTS.executemany(direct, attempts)
     return set(numbers)
 
 

@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
+from sqlalchemy import String, bindparam, func, literal_column, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.base import Executable
@@ -171,6 +172,13 @@ class _Compiled:
     row: Callable[[Sequence[Any]], Any]
 
 
+def json_values(name: str) -> Any:
+    """SQLite: the values of a JSON array parameter, as a subquery for IN (the same SQL whatever their number)."""
+    return (
+        select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=String()))).scalar_subquery()
+    )
+
+
 class Statement:
     """A Core statement compiled once per dialect and sent by the driver itself (a Direct: asyncpg's connection here,
     or SQLite's in sqlite_driver.InlineDirect), for the hot paths.
@@ -210,7 +218,10 @@ class Statement:
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled: Any = self._statement.compile(dialect=dialect, column_keys=self._keys)  # type: ignore[attr-defined]
         if "POSTCOMPILE" in compiled.string:
-            raise ValueError("pg_direct.Statement cannot send an IN list: its SQL depends on the list's length")
+            raise ValueError(
+                "pg_direct.Statement cannot send an IN list, whose SQL depends on the list's length: use"
+                " = any_(array) on PostgreSQL, or in_(json_values(name)) with the list as JSON on SQLite"
+            )
         processors = compiled._bind_processors
         binds = tuple((name, processors.get(name)) for name in compiled.positiontup or ())
         # The values the statement carries itself (a literal compared with a column), by their parameter names.
