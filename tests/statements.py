@@ -26,17 +26,37 @@ async def recorded_statements(db: Database) -> AsyncIterator[list[str]]:
     """The statements db sends inside the block, in order (the list fills as they are sent)."""
     statements: list[str] = []
 
-    def record(statement: str) -> None:
+    def record(statement: str, _parameters: tuple[Any, ...]) -> None:
         text = " ".join(statement.split())
         if not text.upper().startswith(_BOUNDARIES):
             statements.append(text)
 
-    def on_cursor(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        record(statement)
+    async with _watching(db, record):
+        yield statements
 
-    def watching(method: Callable[..., Any]) -> Callable[..., Any]:
+
+@asynccontextmanager
+async def recorded_calls(db: Database) -> AsyncIterator[list[tuple[str, tuple[Any, ...]]]]:
+    """The statements db sends inside the block as sent, with their parameters (a statement sent many times by
+    executemany, with its first parameter set)."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def record(statement: str, parameters: tuple[Any, ...]) -> None:
+        if not statement.lstrip().upper().startswith(_BOUNDARIES):
+            calls.append((statement, parameters))
+
+    async with _watching(db, record):
+        yield calls
+
+
+@asynccontextmanager
+async def _watching(db: Database, record: Callable[[str, tuple[Any, ...]], None]) -> AsyncIterator[None]:
+    def on_cursor(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        record(statement, tuple(parameters or ()))
+
+    def watching(method: Callable[..., Any], many: bool) -> Callable[..., Any]:
         async def sent(self: Any, sql: str, *args: Any) -> Any:
-            record(sql)
+            record(sql, tuple(args[0][0] if many and args and args[0] else args))
             return await method(self, sql, *args)
 
         return sent
@@ -45,10 +65,12 @@ async def recorded_statements(db: Database) -> AsyncIterator[list[str]]:
     event.listen(engine, "before_cursor_execute", on_cursor)
     with pytest.MonkeyPatch.context() as patch:
         for name in ("execute", "fetch", "executemany"):
-            patch.setattr(pg_direct.DirectConnection, name, watching(getattr(pg_direct.DirectConnection, name)))
+            method = getattr(pg_direct.DirectConnection, name)
+            patch.setattr(pg_direct.DirectConnection, name, watching(method, name == "executemany"))
         for name in ("fetch", "executemany"):
-            patch.setattr(sqlite_driver.InlineDirect, name, watching(getattr(sqlite_driver.InlineDirect, name)))
+            method = getattr(sqlite_driver.InlineDirect, name)
+            patch.setattr(sqlite_driver.InlineDirect, name, watching(method, name == "executemany"))
         try:
-            yield statements
+            yield
         finally:
             event.remove(engine, "before_cursor_execute", on_cursor)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from core.channels import signing
 from core.clock import ManualClock
@@ -22,7 +22,7 @@ from core.store.db import Database
 from core.store.tables import DeliveryAttemptRow, DeliveryRow
 from tests.conftest import API_KEY, AppFactory, auth, make_config
 from tests.peers.http_sink import HttpSink, Reply
-from tests.statements import recorded_statements
+from tests.statements import recorded_calls, recorded_statements
 
 SECRET = "whsec-test-0123456789"
 EVENT = {"kind": "deploy.failed", "tenant": "acme", "severity": "high", "title": "deploy of api failed"}
@@ -449,19 +449,12 @@ async def plan_with_history(sqlite_url: str, marker: str, run: Any, *, analyze: 
         )
         if analyze:
             conn.execute("ANALYZE")
-    sent: list[tuple[str, tuple[object, ...]]] = []
-
-    def capture(_conn: object, _cursor: object, statement: str, parameters: object, *_: object) -> None:
-        if marker in statement:
-            sent.append((statement, tuple(parameters)))  # type: ignore[call-overload]
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
     try:
-        await run(db)
+        async with recorded_calls(db) as calls:
+            await run(db)
     finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
         await db.close()
-    ((statement, parameters),) = sent
+    ((statement, parameters),) = [(sql, args) for sql, args in calls if marker in sql]
     with sqlite3.connect(path) as conn:
         return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, parameters)]
 
