@@ -392,6 +392,7 @@ class HmacCodec(TokenCodec):
                 secret, salt=HMAC_SALT, signer_kwargs={"digest_method": hashlib.sha256}
             )
         self._retired = {e.kid for e in ring.entries if e.retired}
+        self._signers = {kid: serializer.make_signer() for kid, serializer in self._serializers.items()}
 
     @property
     def signing_kid(self) -> str:
@@ -401,8 +402,9 @@ class HmacCodec(TokenCodec):
     def _sign(self, claims: TokenClaims) -> str:
         return self._serializers[claims.kid].dumps(claims.wire())
 
-    def _peek_kid(self, token: str) -> str:
-        # The kid is read before the signature is checked only to choose the key; nothing else is trusted yet.
+    def _peek(self, token: str) -> tuple[str, dict[str, Any]]:
+        # The payload is decoded before the signature is checked only to read the kid, which chooses the key;
+        # nothing in it is trusted until the signature over it is verified.
         payload, sep, mac = token.rpartition(".")
         # An HMAC-SHA256 is 32 bytes: 43 base64url characters. Anything else was never a token of ours.
         if not sep or not payload or len(mac) != 43:
@@ -422,17 +424,19 @@ class HmacCodec(TokenCodec):
         kid = data.get("k") if isinstance(data, dict) else None
         if not isinstance(kid, str) or not kid:
             raise TokenError(TokenErrorReason.malformed)
-        return kid
+        return kid, data
 
     def _verify_signature(self, token: str) -> TokenClaims:
         if not _HMAC_TOKEN_RE.fullmatch(token):
             raise TokenError(TokenErrorReason.malformed)
-        kid = self._peek_kid(token)
+        kid, data = self._peek(token)
         serializer = self._serializers.get(kid)
         if serializer is None:
             raise TokenError(TokenErrorReason.unknown_key)
         try:
-            data = serializer.loads(token)
+            # The signature only: the payload it covers was decoded above the way serializer.loads() decodes it
+            # (base64url, zlib when it starts with a dot, JSON), so it is not decoded a second time.
+            self._signers[kid].unsign(token)
         except BadSignature:
             raise TokenError(TokenErrorReason.bad_signature) from None
         except (BadData, ValueError, RecursionError):

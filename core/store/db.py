@@ -227,6 +227,13 @@ def _ends_locally(session: AsyncSession) -> bool:
     return options.get("isolation_level") == "AUTOCOMMIT"
 
 
+async def _flush_pending(session: AsyncSession) -> None:
+    # Most transactions send everything as statements (many by the driver): a flush with nothing to write would
+    # still cost a greenlet switch there and back and SQLAlchemy's flush bookkeeping.
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+
+
 class Session(AsyncSession):
     """An AsyncSession whose `async with` ends in the calling task when ending cannot wait on the database.
 
@@ -350,7 +357,7 @@ class Database:
             session.info[DIRECT] = direct
             try:
                 yield session
-                await session.flush()
+                await _flush_pending(session)
                 await direct.execute("COMMIT")
             except BaseException:
                 # Runs at once on the loop's thread (sqlite_driver): nothing a cancellation could cut short.
@@ -369,7 +376,7 @@ class Database:
             session = self.joined_session(direct.conn, direct)
             try:
                 yield session
-                await session.flush()
+                await _flush_pending(session)
             finally:
                 await session.close()
 
