@@ -1,7 +1,7 @@
 """Benchmark Slack clicks: click-to-decision latency through POST /slack/events, beside a bare-aiohttp baseline.
 
 Run from the repository root:  .venv/bin/python bench/bench_clicks.py [--rates 100] [--seconds 10] [--pg]
-    [--no-wait] [--lead 0] [--drain 30] [--profile | --statements]
+    [--no-wait] [--lead 0] [--drain 30] [--profile | --statements | --calls]
 
 Set-up, not measured: a fake Slack Web API (tests/peers/fake_slack.py, run as its own process; it logs every call
 it receives to a file) and `ackbot serve` with a Slack app in HTTP mode pointed at it (bot token and signing secret
@@ -36,7 +36,10 @@ out" on this machine. Ratios are ackbot / baseline. The issue #8 target: click-t
 clicks/s.
 
 --profile samples where the server's CPU went during the clicks; --statements instead counts the SQL statements
-the server sent during the clicks (all of them: decisions, long polls, the dispatcher), per click and by kind.
+the server sent during the clicks (all of them: decisions, long polls, the dispatcher), per click and by kind;
+--calls counts the function calls of the server's event-loop thread per click, a measure of its work that does
+not move with the machine's speed (see harness.CALLS; run it at 25 clicks/s, which the slowed server keeps up
+with).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ from harness import (
     API_KEY,
     API_KEY_ENV,
     CpuSample,
+    calls_report,
+    counted_command,
     create_pg_database,
     drop_pg_database,
     free_port,
@@ -592,6 +597,7 @@ async def run_one(
     profile = workdir / f"{name}.profile"
     profiling = args.profile and system == "ackbot"
     counting = args.statements and system == "ackbot"
+    calling = args.calls and system == "ackbot"
     count = max(1, round(rate * args.seconds))
     run = secrets.token_hex(4)
     pg_url: str | None = None
@@ -610,6 +616,8 @@ async def run_one(
                 cmd = profiled_command(config, profile)
             elif counting:
                 cmd = statements_command(config, profile)
+            elif calling:
+                cmd = counted_command(config, profile)
             else:
                 cmd = serve_command(config)
         else:
@@ -642,7 +650,7 @@ async def run_one(
                     ]
                     response_base = "http://127.0.0.1:9"
                 offset = log_size(log)
-                if profiling or counting:
+                if profiling or counting or calling:
                     proc.send_signal(signal.SIGUSR1)
                 before = CpuSample(proc.pid)
                 deadline = time.time() + args.seconds + args.drain
@@ -657,7 +665,7 @@ async def run_one(
                     deadline=deadline,
                 )
                 after = CpuSample(proc.pid)
-                if profiling or counting:
+                if profiling or counting or calling:
                     proc.send_signal(signal.SIGUSR2)
                 load_avg = load_average()
                 replaced: dict[int, float] = {}
@@ -685,6 +693,8 @@ async def run_one(
                     profile_text = await read_profile(profile)
                 elif counting:
                     profile_text = statements_report(await read_profile(profile), count)
+                elif calling:
+                    profile_text = calls_report(await read_profile(profile), count, "clicks")
         finally:
             stop(proc)
     finally:
@@ -711,7 +721,7 @@ async def run_one(
         load_avg=load_avg,
         max_lag=clicks.max_lag,
         setup=setup,
-        profile=profile_text if profiling or counting else "",
+        profile=profile_text if profiling or counting or calling else "",
     )
     result.errors = logged_problems(log, offset)
     return result
@@ -795,7 +805,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     )
     for r in results:
         if r.profile:
-            what = "--statements" if args.statements else "--profile"
+            what = "--statements" if args.statements else "--calls" if args.calls else "--profile"
             print(f"\n{what}: {r.system} at {r.rate:g} clicks/s, during the clicks\n{r.profile}", end="")
 
 
@@ -839,9 +849,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pg", action="store_true", help="ackbot on PostgreSQL at 127.0.0.1:5432 (a fresh database)")
     parser.add_argument("--profile", action="store_true", help="sample where ackbot's CPU goes during the clicks")
     parser.add_argument("--statements", action="store_true", help="count ackbot's SQL statements during the clicks")
+    parser.add_argument("--calls", action="store_true", help="count ackbot's function calls during the clicks")
     args = parser.parse_args(argv)
-    if args.profile and args.statements:
-        parser.error("--profile and --statements each need the server to themselves: choose one")
+    if args.profile + args.statements + args.calls > 1:
+        parser.error("--profile, --statements and --calls each need the server to themselves: choose one")
     if args.seconds <= 0 or args.lead < 0 or args.drain < 0 or max(args.rates) * args.seconds > 20000:
         parser.error("--seconds > 0 (at most 20000 clicks per rate), --lead and --drain >= 0")
     print(

@@ -434,6 +434,62 @@ runpy.run_module("bot.cli", run_name="__main__", alter_sys=True)
 """
 
 
+# --calls: `python -c CALLS OUT serve --config ...` counts the function calls the server's event-loop thread makes
+# between SIGUSR1 and SIGUSR2 (sys.setprofile: Python functions, and functions written in C such as a socket's
+# send or json.dumps), and writes "python C" to OUT. Unlike CPU time, the count does not move with the speed of a
+# shared machine (two runs of the same code agree within a fraction of a percent), so it shows what a change did
+# to the work per request where CPU time cannot tell a 10% change from the machine's own swings. It is a proxy:
+# a call to a C function that hashes a kilobyte counts as one, like a call that returns a constant. The hook
+# makes the server a few times slower; compare counts at a rate it still keeps up with.
+CALLS = r"""
+import runpy, signal, sys
+out = sys.argv[1]
+sys.argv = ["bot.cli", *sys.argv[3:]]
+counts = [0, 0]
+
+
+def count(frame, event, arg):
+    if event == "call":
+        counts[0] += 1
+    elif event == "c_call":
+        counts[1] += 1
+
+
+def start(*_):
+    counts[0] = counts[1] = 0
+    sys.setprofile(count)
+
+
+def dump(*_):
+    sys.setprofile(None)
+    with open(out, "w") as fh:
+        fh.write(f"{counts[0]} {counts[1]}\n")
+
+
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, dump)
+runpy.run_module("bot.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def counted_command(config: Path, out: Path) -> list[str]:
+    """`ackbot serve --config FILE` under CALLS: SIGUSR1 starts counting calls, SIGUSR2 writes the counts to out."""
+    return [sys.executable, "-c", CALLS, str(out), str(ROOT), "serve", "--config", str(config)]
+
+
+def calls_report(text: str, requests: int, what: str) -> str:
+    """The counts CALLS wrote, per request."""
+    try:
+        python, c = (int(part) for part in text.split())
+    except ValueError:
+        return f"(nothing was counted: {text.strip()!r})\n"
+    n = max(1, requests)
+    return (
+        f"{python + c} function calls during {requests} {what}: {(python + c) / n:.0f} a {what.rstrip('s')} "
+        f"({python / n:.0f} Python, {c / n:.0f} C)\n"
+    )
+
+
 def profiled_command(config: Path, out: Path) -> list[str]:
     """`ackbot serve --config FILE` under SAMPLER: SIGUSR1 starts sampling, SIGUSR2 writes the summary to out."""
     return [sys.executable, "-c", SAMPLER, str(out), str(ROOT), "serve", "--config", str(config)]
