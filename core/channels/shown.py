@@ -69,8 +69,11 @@ class ShownMessages:
         record = self._shown.pop(message, None)
         if record is None or record[1].content != content:
             return False
+        outcome = record[1].outcome
+        if outcome.done():
+            return outcome.result()
         try:
-            return await asyncio.wait_for(asyncio.shield(record[1].outcome), self.WAIT)
+            return await asyncio.wait_for(asyncio.shield(outcome), self.WAIT)
         except TimeoutError:
             return False
 
