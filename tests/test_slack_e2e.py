@@ -111,6 +111,8 @@ async def test_event_to_buttons_to_click_to_updated_message(
     shown = slack.messages[("C0OPS", ts)]
     assert "Alice" in shown["text"] or "alice" in shown["text"]
     assert not [b for b in shown["blocks"] if b["type"] == "actions"]
+    # The colour bar is the decided view's, not the pending one's.
+    assert "Acknowledged" in str(shown["attachments"]) and "rule deploys" not in str(shown["attachments"])
 
     # ... and the approvals service's resume queued an edit of the posted message, which the outbox settles
     # without a chat.update: the click's answer already put exactly that there.

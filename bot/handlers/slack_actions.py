@@ -150,7 +150,9 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
             clicked = clicked_message(body)
             # Noted before it is sent: the decision's commit has already woken the outbox.
             placement = runtime.shown.placing(clicked, message) if clicked is not None else None
-            placed = await post_response(runtime, respond, {"replace_original": True, **message})
+            # An empty attachments list removes the old colour bar when the decided view has none, as the outbox's
+            # chat.update does: the replaced message is then exactly what that edit would have made it.
+            placed = await post_response(runtime, respond, {"replace_original": True, "attachments": [], **message})
         except Exception:
             log.exception("could not update the clicked message of approval %s", result.approval.id)
         finally:
