@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, Text, bindparam, func, insert, select
 from sqlalchemy import cast as sql_cast
@@ -21,32 +21,9 @@ GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
 
 
-class AuditContent(Protocol):
-    """What an audit row's hash covers: a stored AuditRow, or a row about to be appended."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def at(self) -> datetime: ...
-    @property
-    def tenant(self) -> str | None: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def approval_id(self) -> str | None: ...
-    @property
-    def alert_id(self) -> str | None: ...
-    @property
-    def actor(self) -> str | None: ...
-    @property
-    def actor_platform(self) -> str | None: ...
-    @property
-    def data(self) -> Any: ...
-
-
 @dataclass(frozen=True, slots=True)
 class _Appended:
-    # A row about to be appended: no ORM instance (which only this JSON would use) is built for it.
+    # A row about to be appended, for its canonical JSON: an ORM instance would be built for nothing else.
     seq: int
     at: datetime
     tenant: str | None
@@ -58,7 +35,7 @@ class _Appended:
     data: Any
 
 
-def canonical_json(row: AuditContent) -> str:
+def canonical_json(row: AuditRow | _Appended) -> str:
     """The row's content as canonical JSON: sorted keys, no spaces, UTC ISO time; what its hash covers."""
     document = {
         "seq": row.seq,
@@ -74,7 +51,7 @@ def canonical_json(row: AuditContent) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def row_hash(prev_hash: str, row: AuditContent) -> str:
+def row_hash(prev_hash: str, row: AuditRow | _Appended) -> str:
     """sha256(prev_hash + canonical JSON of the row), hex."""
     return hashlib.sha256((prev_hash + canonical_json(row)).encode("utf-8")).hexdigest()
 

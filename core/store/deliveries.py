@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
-from sqlalchemy import (
-    Integer,
-    String,
-    any_,
-    bindparam,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    union_all,
-    update,
-)
+from sqlalchemy import Integer, String, any_, bindparam, func, insert, literal, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -157,7 +144,6 @@ def _claim_statement(postgres: bool) -> Any:
 _DIRECT_CLAIM = {postgres: Statement(_claim_statement(postgres)) for postgres in (True, False)}
 
 
-@functools.cache
 def _settle_sent_statement() -> Any:
     # SQLite: the batch's ids as one JSON array, so that the statement is the same whatever their number.
     table = table_of(DeliveryRow)
@@ -182,7 +168,6 @@ def _settle_sent_statement() -> Any:
     )
 
 
-@functools.cache
 def _set_message_ref_statement() -> Any:
     table = table_of(DeliveryRow)
     return (
