@@ -72,32 +72,17 @@ def _scrub(data: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-async def record(
-    *,
-    session: AsyncSession,
-    db: Database,
-    type: str,
-    at: datetime,
-    tenant: str | None = None,
-    approval_id: str | None = None,
-    alert_id: str | None = None,
-    actor: str | None = None,
-    actor_platform: str | None = None,
-    data: dict[str, Any] | None = None,
-) -> None:
-    """Append an audit row in the caller's transaction; it is chained into the log when the transaction commits."""
-    await audit_store.append(
-        session=session,
-        db=db,
-        type=type,
-        at=at,
-        tenant=tenant,
-        approval_id=approval_id,
-        alert_id=alert_id,
-        actor=actor,
-        actor_platform=actor_platform,
-        data=_scrub(data or {}),
-    )
+async def record(*, session: AsyncSession, db: Database, **fields: Any) -> None:
+    """Append an audit row (row_params' fields) in the caller's transaction; it is chained into the log when the
+    transaction commits."""
+    await audit_store.append(session=session, db=db, params=row_params(**fields))
+
+
+def row_params(**fields: Any) -> dict[str, Any]:
+    """What record() appends, as the parameters of the statement that appends it, perhaps with other writes:
+    audit_store.append_params of type, at, tenant, approval_id, alert_id, actor, actor_platform and data, the
+    data without secrets."""
+    return audit_store.append_params(**{**fields, "data": _scrub(fields.get("data") or {})})
 
 
 async def record_now(*, db: Database, type: str, at: datetime, **fields: Any) -> None:

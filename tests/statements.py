@@ -22,13 +22,14 @@ _BOUNDARIES = ("BEGIN", "COMMIT", "ROLLBACK")
 
 
 @asynccontextmanager
-async def recorded_statements(db: Database) -> AsyncIterator[list[str]]:
-    """The statements db sends inside the block, in order (the list fills as they are sent)."""
+async def recorded_statements(db: Database, *, boundaries: bool = False) -> AsyncIterator[list[str]]:
+    """The statements db sends inside the block, in order (the list fills as they are sent); BEGIN, COMMIT and
+    ROLLBACK only with boundaries."""
     statements: list[str] = []
 
     def record(statement: str, _parameters: tuple[Any, ...]) -> None:
         text = " ".join(statement.split())
-        if not text.upper().startswith(_BOUNDARIES):
+        if boundaries or not text.upper().startswith(_BOUNDARIES):
             statements.append(text)
 
     async with _watching(db, record):

@@ -27,6 +27,7 @@ from core.clock import ManualClock
 from core.models import Actor, ApprovalState, DeliveryPurpose
 from core.runtime import Runtime
 from core.store.tables import ApprovalVoteRow, AuditRow, DeliveryRow, SpentNonceRow
+from core.tokens import TokenClaims
 from tests.conftest import API_KEY, READ_KEY, TENANT_KEY, auth, make_config
 from tests.statements import recorded_statements
 
@@ -331,14 +332,18 @@ async def test_a_decision_takes_few_statements(harness: HarnessFactory) -> None:
     created = await h.create(targets=["chat"], approvers=["alice"])
     await h.dispatch()
     token = h.buttons(created["id"])["acknowledge"]
-    async with recorded_statements(h.runtime.db) as statements:
+    async with recorded_statements(h.runtime.db, boundaries=True) as statements:
         result = await h.runtime.approvals.decide(token=token, actor=ALICE)
     assert result.ok and result.approval is not None and result.approval.state is ApprovalState.acknowledged
-    # Read and lock the approval, spend the nonce (with the lock, in one statement on PostgreSQL), record the
-    # vote, move it, read the messages that show it, queue their update, append the audit row (chained by the
-    # database: at commit on PostgreSQL, by a trigger on SQLite). BEGIN and COMMIT are not counted.
-    expected = 6 if h.runtime.db.is_postgres else 7
-    assert len(statements) == expected, "\n".join(statements)
+    if h.runtime.db.is_postgres:
+        # Read the approval, the messages that show it and whether the nonce is spent; then one statement that
+        # moves it if it is still as read, spends the nonce, records the vote, queues the updates and appends the
+        # audit row (chained by the database as the statement commits). No BEGIN or COMMIT: each commits alone.
+        assert [s.split()[0] for s in statements] == ["SELECT", "WITH"], "\n".join(statements)
+    else:
+        # Read the approval, spend the nonce, record the vote, move it, read the messages that show it, queue
+        # their update, append the audit row (chained by a trigger), inside BEGIN IMMEDIATE ... COMMIT.
+        assert len([s for s in statements if not s.upper().startswith(("BEGIN", "COMMIT"))]) == 7, statements
     report = await audit.verify_chain(db=h.runtime.db)
     assert report.ok, report
 
@@ -575,6 +580,199 @@ async def test_quorum_needs_distinct_people(harness: HarnessFactory) -> None:
         approval_id=other["id"], choice="acknowledge", actor=Actor(platform="api", id="carol")
     )
     assert late.reason is DecisionReason.already_decided and "denied by bob at" in late.message
+
+
+async def _decision_writes(h: Harness, approval_id: str) -> dict[str, Any]:
+    """What deciding an approval wrote, with its ids, times and token details taken out: what two paths compare."""
+    async with h.runtime.db.sessions() as session:
+        deliveries = (
+            await session.execute(
+                select(DeliveryRow).where(
+                    DeliveryRow.approval_id == approval_id, DeliveryRow.purpose != DeliveryPurpose.notify
+                )
+            )
+        ).scalars()
+        audits = (await session.execute(select(AuditRow).where(AuditRow.approval_id == approval_id))).scalars()
+        votes = (
+            await session.execute(select(ApprovalVoteRow).where(ApprovalVoteRow.approval_id == approval_id))
+        ).scalars()
+        nonces = await session.execute(select(func.count()).where(SpentNonceRow.approval_id == approval_id))
+        view = await h.runtime.approvals.view(approval_id=approval_id)
+        assert view is not None
+        unlike = {"delivery_id", "nonce_hash", "kid"}
+        return {
+            "deliveries": sorted(
+                (
+                    d.channel,
+                    d.target or "",
+                    d.purpose,
+                    d.status,
+                    # Both made by the same builders; the key hashes the approval's id, the reference names a message.
+                    len(d.idempotency_key),
+                    json.dumps(
+                        {**(d.extra or {}), "message_ref": "message_ref" in (d.extra or {})}, sort_keys=True
+                    ).replace(approval_id, "ID"),
+                    d.next_attempt_at == d.created_at,
+                )
+                for d in deliveries
+            ),
+            "audit": [
+                (a.type, a.actor, a.actor_platform, {k: v for k, v in a.data.items() if k not in unlike})
+                for a in audits
+            ],
+            "votes": [(v.person, v.choice, v.actor_platform, v.actor_id, v.channel) for v in votes],
+            "nonces": nonces.scalar_one(),
+            "approval": view.approval.model_dump(
+                exclude={"id", "created_at", "expires_at", "decided_at", "updated_at"}
+            ),
+            "view_votes": [vote.model_dump(exclude={"at"}) for vote in view.votes],
+        }
+
+
+@pytest.mark.parametrize("choice", ["acknowledge", "deny"])
+async def test_a_decision_at_once_writes_what_the_locked_path_writes(harness: HarnessFactory, choice: str) -> None:
+    # PostgreSQL decides the usual click with one read and one statement; the locked path is what every other
+    # click, and SQLite, takes. Both must leave the same rows and give the same answer.
+    h = await harness()
+    if not h.runtime.db.is_postgres:
+        pytest.skip("the one-statement decision is PostgreSQL's; SQLite always takes the locked path")
+    approvals = h.runtime.approvals
+    fields = {
+        "targets": ["chat", "person:alice", "mail"],
+        "approvers": ["oncall"],
+        "callback_url": "https://ci.example/cb",
+    }
+    fast, locked = await h.create(**fields), await h.create(**fields)
+    await h.dispatch()
+    results = {}
+    async with recorded_statements(h.runtime.db, boundaries=True) as statements:
+        results["fast"] = await approvals.decide(token=h.buttons(fast["id"], target="U0ALICE")[choice], actor=ALICE)
+    assert [s.split()[0] for s in statements] == ["SELECT", "WITH"]
+
+    async def not_at_once(**_: Any) -> None:
+        return None
+
+    approvals._decide_at_once = not_at_once  # type: ignore[method-assign]
+    async with recorded_statements(h.runtime.db) as statements:
+        results["locked"] = await approvals.decide(token=h.buttons(locked["id"], target="U0ALICE")[choice], actor=ALICE)
+    assert len(statements) > 2
+    answers = {
+        path: result.model_dump(exclude={"approval"}) | {"message": result.message.replace(ids["id"], "ID")}
+        for (path, result), ids in zip(results.items(), (fast, locked), strict=True)
+    }
+    assert answers["fast"] == answers["locked"] and answers["fast"]["reason"] == "decided"
+    writes = {path: await _decision_writes(h, ids["id"]) for path, ids in (("fast", fast), ("locked", locked))}
+    assert writes["fast"] == writes["locked"]
+    # An update of each of the four messages (the channel, alice on Slack and by email, the mail list) and the
+    # callback.
+    assert sorted((d[0], d[2]) for d in writes["fast"]["deliveries"]) == [
+        ("_callback", "callback"),
+        ("chat", "update"),
+        ("chat", "update"),
+        ("mail", "update"),
+        ("mail", "update"),
+    ]
+    report = await audit.verify_chain(db=h.runtime.db)
+    assert report.ok, report
+    # And the updates go out as any others do.
+    await h.dispatch()
+    assert len(h.recorder.updated) == 8
+
+
+async def _posted_on_postgres(harness: HarnessFactory) -> tuple[Harness, dict[str, Any], dict[str, str], TokenClaims]:
+    """On PostgreSQL only: an approval posted to the chat channel, its buttons' tokens and the claims of its
+    Acknowledge button."""
+    h = await harness()
+    if not h.runtime.db.is_postgres:
+        pytest.skip("the one-statement decision is PostgreSQL's")
+    created = await h.create(targets=["chat"])
+    await h.dispatch()
+    tokens = h.buttons(created["id"])
+    claims = h.runtime.approvals.keys.authenticated_claims(tokens["acknowledge"])
+    assert claims is not None
+    return h, created, tokens, claims
+
+
+async def test_a_decision_at_once_changes_nothing_if_the_approval_changed_after_the_read(
+    harness: HarnessFactory,
+) -> None:
+    h, created, tokens, claims = await _posted_on_postgres(harness)
+    from core.store import approvals as approval_store
+
+    approvals = h.runtime.approvals
+    peeked = await approval_store.peek(db=h.runtime.db, approval_id=created["id"], nonce=claims.nonce)
+    assert peeked is not None
+    row, shown, spent = peeked
+    assert not spent and [(c, t) for c, t, _, _ in shown] == [("chat", None)]
+    # Meanwhile someone else denies it (another button: another nonce).
+    denied = await approvals.decide(token=tokens["deny"], actor=BOB)
+    assert denied.ok
+    before = await _decision_writes(h, created["id"])
+    now = h.clock.now()
+    values = {
+        "state": "acknowledged",
+        "decided_at": now,
+        "decided_by": "alice",
+        "decided_choice": "acknowledge",
+        "decision_channel": "chat",
+        "next_due_at": None,
+        "updated_at": now,
+    }
+    moved = await approval_store.decide_at_once(
+        db=h.runtime.db,
+        seen=row,
+        values=values,
+        nonce=claims.nonce,
+        spent_at=now,
+        expires_at=claims.expires_at,
+        vote={
+            "person": "alice",
+            "choice": "acknowledge",
+            "actor_platform": "slack",
+            "actor_id": "U0ALICE",
+            "channel": "chat",
+            "created_at": now,
+        },
+        deliveries=[],
+        audit=audit.row_params(type="approval.acknowledged", at=now, tenant="acme", approval_id=created["id"]),
+    )
+    assert moved is None
+    assert await _decision_writes(h, created["id"]) == before
+    # The click itself is told what became of the approval.
+    late = await approvals.decide(token=tokens["acknowledge"], actor=ALICE)
+    assert late.reason is DecisionReason.already_decided and "denied by bob" in late.message.lower()
+
+
+async def test_a_nonce_spent_by_an_open_transaction_is_not_spent_twice(harness: HarnessFactory) -> None:
+    # The read finds the nonce unspent; another transaction has spent it but not committed. The one statement
+    # waits for it and then fails whole on the nonce's key, and the locked path refuses the click as a replay.
+    h, created, tokens, claims = await _posted_on_postgres(harness)
+    import asyncpg
+
+    approvals = h.runtime.approvals
+    token = tokens["acknowledge"]
+    url = h.runtime.config.database.url.replace("postgresql+asyncpg", "postgresql")
+    conn = await asyncpg.connect(url)
+    try:
+        spending = conn.transaction()
+        await spending.start()
+        await conn.execute(
+            "INSERT INTO spent_nonces (nonce, approval_id, spent_at, expires_at) VALUES ($1, $2, now(), now())",
+            claims.nonce,
+            created["id"],
+        )
+        click = asyncio.create_task(approvals.decide(token=token, actor=ALICE))
+        await asyncio.sleep(0.5)
+        assert not click.done()  # waiting on the open transaction's key
+        await spending.commit()
+        result = await asyncio.wait_for(click, 10)
+    finally:
+        await conn.close()
+    assert result.reason is DecisionReason.replayed, result
+    assert await h.state(created["id"]) is ApprovalState.pending
+    assert await h.count(DeliveryRow, DeliveryRow.purpose == DeliveryPurpose.update) == 0
+    assert await h.count(AuditRow, AuditRow.type == "approval.acknowledged") == 0
+    assert await h.count(ApprovalVoteRow) == 0
 
 
 async def test_fifty_concurrent_clicks_give_exactly_one_decision(harness: HarnessFactory) -> None:

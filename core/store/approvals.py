@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
-from sqlalchemy import String, any_, bindparam, exists, func, or_, select, update
+from sqlalchemy import String, any_, bindparam, exists, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
+from core.store import audit as audit_store
+from core.store import deliveries as delivery_store
 from core.store import nonces as nonce_store
 from core.store.db import Database, direct_of
 from core.store.pagination import decode_cursor
@@ -43,22 +46,20 @@ _VOTE = {
     for postgres in (True, False)
 }
 _LIST_VOTES = select(_VOTES).where(_VOTES.c.approval_id == bindparam("approval_id")).order_by(_VOTES.c.id)
-_SHOWN_ON = (
-    select(
-        _DELIVERIES.c.channel,
-        _DELIVERIES.c.target,
-        _DELIVERIES.c.extra,
-        _DELIVERIES.c.status,
-        _DELIVERIES.c.message_ref,
-    )
-    .where(
-        _DELIVERIES.c.approval_id == bindparam("approval_id"),
-        _DELIVERIES.c.purpose == DeliveryPurpose.notify,
-        # Not IN (...): a literal list is rendered per execution, which pg_direct.Statement does not do.
-        or_(_DELIVERIES.c.status == DeliveryStatus.sent, _DELIVERIES.c.status == DeliveryStatus.sending),
-    )
-    .order_by(_DELIVERIES.c.created_at)
+_SHOWN_COLUMNS = (
+    _DELIVERIES.c.channel,
+    _DELIVERIES.c.target,
+    _DELIVERIES.c.extra,
+    _DELIVERIES.c.status,
+    _DELIVERIES.c.message_ref,
 )
+_SHOWN_WHERE = (
+    _DELIVERIES.c.approval_id == bindparam("approval_id"),
+    _DELIVERIES.c.purpose == DeliveryPurpose.notify,
+    # Not IN (...): a literal list is rendered per execution, which pg_direct.Statement does not do.
+    or_(_DELIVERIES.c.status == DeliveryStatus.sent, _DELIVERIES.c.status == DeliveryStatus.sending),
+)
+_SHOWN_ON = select(*_SHOWN_COLUMNS).where(*_SHOWN_WHERE).order_by(_DELIVERIES.c.created_at)
 # Conditional moves, one statement per shape (which columns change, and which conditions apply).
 _TRANSITIONS: dict[tuple[tuple[str, ...], bool, bool, bool], Any] = {}
 _VOTE_KEYS = ("approval_id", "person", "choice", "actor_platform", "actor_id", "channel", "created_at")
@@ -329,9 +330,10 @@ async def votes(*, session: AsyncSession | Direct, approval_id: str) -> list[dic
     ]
 
 
-async def shown_on(
-    *, session: AsyncSession, approval_id: str
-) -> list[tuple[str, str | None, dict[str, Any], dict[str, Any] | None]]:
+Shown: TypeAlias = list[tuple[str, str | None, dict[str, Any], dict[str, Any] | None]]
+
+
+async def shown_on(*, session: AsyncSession, approval_id: str) -> Shown:
     """(channel, target, extra, message_ref) of every message that showed the approval and may need an update.
 
     Notify deliveries already sent, or being sent right now; ones still queued will render the new state
@@ -340,6 +342,11 @@ async def shown_on(
     while none is known yet.
     """
     rows = await _DIRECT_SHOWN_ON.fetch(await direct_of(session), {"approval_id": approval_id})
+    return _shown(rows)
+
+
+def _shown(rows: Iterable[Sequence[Any]]) -> Shown:
+    # rows: (channel, target, extra, status, message_ref) of _SHOWN_ON, oldest first.
     shown: dict[tuple[str, str | None], tuple[dict[str, Any], dict[str, Any] | None]] = {}
     for channel, target, extra, status, ref in rows:
         if (extra or {}).get("follow_up"):
@@ -350,3 +357,117 @@ async def shown_on(
             first_ref = dict(ref)
         shown[key] = (first_extra, first_ref)
     return [(channel, target, extra, ref) for (channel, target), (extra, ref) in shown.items()]
+
+
+# ---------------------------------------------------------------- a decision at once (PostgreSQL)
+
+# What a decision changes on the approval row (core.approvals.service: the final values).
+DECISION_KEYS = ("state", "decided_at", "decided_by", "decided_choice", "decision_channel", "next_due_at", "updated_at")
+
+
+def _peek_statement() -> Any:
+    shown = (
+        select(
+            func.coalesce(
+                func.json_agg(aggregate_order_by(func.json_build_array(*_SHOWN_COLUMNS), _DELIVERIES.c.created_at)),
+                literal_column("'[]'::json"),
+            )
+        )
+        .where(*_SHOWN_WHERE)
+        .scalar_subquery()
+    )
+    spent = exists(select(_NONCES.c.nonce).where(_NONCES.c.nonce == bindparam("nonce", type_=_NONCES.c.nonce.type)))
+    return select(_APPROVALS, shown.label("shown_on"), spent.label(NONCE_SPENT)).where(
+        _APPROVALS.c.id == bindparam("approval_id")
+    )
+
+
+def _decide_statement(with_vote: bool) -> Any:
+    # The move is conditional on the row being as the caller read it, and on the nonce being unspent; every other
+    # write is conditional on the move, so the statement (a transaction of its own) does all of it or nothing.
+    # A concurrent decision holds the row: this one waits for it, then finds the row changed and moves nothing.
+    nonce = bindparam("nonce", type_=_NONCES.c.nonce.type)
+    moved = (
+        update(_APPROVALS)
+        .where(
+            _APPROVALS.c.id == bindparam("approval_id"),
+            _APPROVALS.c.state == bindparam("w_state"),
+            _APPROVALS.c.escalation_level == bindparam("w_level"),
+            _APPROVALS.c.updated_at == bindparam("w_updated_at", type_=_APPROVALS.c.updated_at.type),
+            ~exists(select(_NONCES.c.nonce).where(_NONCES.c.nonce == nonce)),
+        )
+        .values({key: bindparam(f"v_{key}", type_=_APPROVALS.c[key].type) for key in DECISION_KEYS})
+        .returning(*_APPROVALS.c)
+        .cte("moved")
+    )
+    applied = exists(select(moved.c.id))
+    # No ON CONFLICT: a nonce spent by a transaction this statement did not see fails it whole.
+    spend = select(
+        nonce,
+        moved.c.id,
+        bindparam("spent_at", type_=_NONCES.c.spent_at.type),
+        bindparam("expires_at", type_=_NONCES.c.expires_at.type),
+    )
+    writes = [
+        insert(_NONCES).from_select(["nonce", "approval_id", "spent_at", "expires_at"], spend).cte("spent"),
+        delivery_store.insert_from_json(name="deliveries", when=applied).cte("queued"),
+        audit_store.pending_append(prefix="audit_", when=applied).cte("audited"),
+    ]
+    if with_vote:
+        vote = select(moved.c.id, *(bindparam(f"vote_{key}", type_=_VOTES.c[key].type) for key in _VOTE_KEYS[1:]))
+        writes.append(insert(_VOTES).from_select(list(_VOTE_KEYS), vote).cte("voted"))
+    return select(moved).add_cte(*writes)
+
+
+_DIRECT_PEEK = Statement(_peek_statement())
+_DIRECT_DECIDE = {with_vote: Statement(_decide_statement(with_vote)) for with_vote in (True, False)}
+
+
+async def peek(*, db: Database, approval_id: str, nonce: str) -> tuple[Row[Any], Shown, bool] | None:
+    """PostgreSQL, one read without a lock: an approval's row, the messages that show it (shown_on) and whether a
+    token's nonce is spent; None if there is no such approval."""
+    rows = await db.fetch_statement(_DIRECT_PEEK, {"approval_id": approval_id, "nonce": nonce})
+    if not rows:
+        return None
+    row = rows[0]
+    return row, _shown(row.shown_on), bool(getattr(row, NONCE_SPENT))
+
+
+def as_moved(seen: Row[Any], values: dict[str, Any]) -> Row[Any]:
+    """The row peek() read as decide_at_once() with these values would leave it."""
+    return cast(Row[Any], seen._replace(**values))  # a pg_direct row: a named tuple
+
+
+async def decide_at_once(
+    *,
+    db: Database,
+    seen: ApprovalRecord,
+    values: dict[str, Any],
+    nonce: str,
+    spent_at: datetime,
+    expires_at: datetime,
+    vote: dict[str, Any] | None,
+    deliveries: Sequence[dict[str, Any]],
+    audit: dict[str, Any],
+) -> Row[Any] | None:
+    """PostgreSQL: decide an approval read by peek() in one statement: move it to `values` (DECISION_KEYS), spend
+    the nonce, record the vote (add_vote's columns but approval_id), queue the deliveries (delivery_values) and
+    append the audit row (audit.row_params). The moved row, or None, having changed nothing, if the approval is no
+    longer as `seen` or the nonce was spent meanwhile.
+    """
+    params: dict[str, Any] = {
+        "approval_id": seen.id,
+        "w_state": seen.state,
+        "w_level": seen.escalation_level,
+        "w_updated_at": seen.updated_at,
+        "nonce": nonce,
+        "spent_at": spent_at,
+        "expires_at": expires_at,
+        "deliveries": delivery_store.json_rows(deliveries),
+    }
+    params.update({f"v_{key}": values[key] for key in DECISION_KEYS})
+    params.update({f"audit_{key}": value for key, value in audit.items()})
+    if vote is not None:
+        params.update({f"vote_{key}": vote[key] for key in _VOTE_KEYS[1:]})
+    rows = await db.fetch_statement(_DIRECT_DECIDE[vote is not None], params)
+    return rows[0] if rows else None

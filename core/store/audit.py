@@ -97,10 +97,8 @@ _DIRECT_APPEND = {postgres: Statement(statement) for postgres, statement in _APP
 _SEQ_MARK = -1
 
 
-async def append(
+def append_params(
     *,
-    session: AsyncSession,
-    db: Database,
     type: str,
     at: datetime,
     tenant: str | None = None,
@@ -109,14 +107,8 @@ async def append(
     actor: str | None = None,
     actor_platform: str | None = None,
     data: dict[str, Any] | None = None,
-) -> None:
-    """Append one row inside the caller's transaction; it is chained to the last one when the transaction commits.
-
-    PostgreSQL: one INSERT into audit_pending, chained by the database at commit, so concurrent appends wait for
-    the head only while another commit runs. SQLite: one INSERT that reads the head, which a trigger moves;
-    BEGIN IMMEDIATE already makes writers take turns. Either way the chain never forks, and a transaction that
-    rolls back leaves no row and no gap.
-    """
+) -> dict[str, Any]:
+    """The parameters of the statement that appends this row: its columns and its canonical JSON around the seq."""
     # Round-trip the data through JSON now, so the hash is computed over exactly what the database returns.
     stored = json.loads(json.dumps(data or {}, default=str))
     row = _Appended(
@@ -136,6 +128,27 @@ async def append(
         raise AssertionError("the canonical JSON of an audit row has no top-level seq")
     params = {name: getattr(row, name) for name in _GIVEN}
     params.update(before_seq=before + '"seq":', after_seq="," + after)
+    return params
+
+
+def pending_append(*, prefix: str, when: Any) -> Any:
+    """PostgreSQL: the INSERT into audit_pending of append_params (named prefix + name), made only `when` holds
+    (a SQL condition), for a statement that writes more than the audit row (a CTE of it)."""
+    names = [*_GIVEN, "before_seq", "after_seq"]
+    types = {**{name: _AUDIT.c[name].type for name in _GIVEN}, "before_seq": Text(), "after_seq": Text()}
+    values = select(*(bindparam(prefix + name, type_=types[name]) for name in names)).where(when)
+    return insert(_PENDING).from_select(names, values)
+
+
+async def append(*, session: AsyncSession, db: Database, params: dict[str, Any]) -> None:
+    """Append one row (append_params) inside the caller's transaction; it is chained to the last one when the
+    transaction commits.
+
+    PostgreSQL: one INSERT into audit_pending, chained by the database at commit, so concurrent appends wait for
+    the head only while another commit runs. SQLite: one INSERT that reads the head, which a trigger moves;
+    BEGIN IMMEDIATE already makes writers take turns. Either way the chain never forks, and a transaction that
+    rolls back leaves no row and no gap.
+    """
     direct = await direct_of(session)
     if db.is_postgres:
         await _DIRECT_APPEND[True].fetch(direct, params)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from sqlalchemy import Integer, String, any_, bindparam, func, insert, literal, or_, select, union_all, update
+from sqlalchemy import column as sql_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -81,6 +82,25 @@ async def insert_many(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     if not rows:
         return
     await _DIRECT_INSERT_DELIVERIES.executemany(await direct_of(session), rows)
+
+
+def insert_from_json(*, name: str, when: Any) -> Any:
+    """PostgreSQL: an INSERT of new deliveries given as one JSON array parameter `name` (json_rows), made only
+    when `when` holds (a SQL condition), for a statement that writes more than the deliveries (a CTE of it)."""
+    table = table_of(DeliveryRow)
+    rows = (
+        func.jsonb_to_recordset(bindparam(name, type_=postgresql.JSONB()))
+        .table_valued(*(sql_column(key, table.c[key].type) for key in _DELIVERY_COLUMNS))
+        .render_derived(name="new_deliveries", with_types=True)
+    )
+    return insert(table).from_select(list(_DELIVERY_COLUMNS), select(*rows.c).where(when))
+
+
+def json_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New deliveries (delivery_values) as insert_from_json takes them: times as ISO 8601 text."""
+    return [
+        {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()} for row in rows
+    ]
 
 
 def new_delivery(**columns: Any) -> DeliveryRow:
