@@ -868,7 +868,7 @@ class ApprovalService:
                 ),
             )
         except IntegrityError:
-            return None  # the nonce was spent by a click that committed after the read: _apply says so
+            return None  # the nonce was spent by a transaction still open when the statement began: _apply says so
         if moved is None:
             return None
         decided = approval_from_row(moved)
