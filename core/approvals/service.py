@@ -845,14 +845,15 @@ class ApprovalService:
         vote = None
         if acknowledged:
             details["votes"] = 1
-            vote = {
-                "person": person.name,
-                "choice": choice.value,
-                "actor_platform": actor.platform,
-                "actor_id": actor.id,
-                "channel": claims.channel,
-                "created_at": now,
-            }
+            vote = approval_store.vote_values(
+                approval_id=row.id,
+                person=person.name,
+                choice=choice.value,
+                actor_platform=actor.platform,
+                actor_id=actor.id,
+                channel=claims.channel,
+                now=now,
+            )
         try:
             moved = await approval_store.decide_at_once(
                 db=self.db,

@@ -297,7 +297,30 @@ async def add_vote(
     now: datetime,
 ) -> bool:
     """Record one person's vote; False if this person has voted on this approval already."""
-    vote = {
+    vote = vote_values(
+        approval_id=approval_id,
+        person=person,
+        choice=choice,
+        actor_platform=actor_platform,
+        actor_id=actor_id,
+        channel=channel,
+        now=now,
+    )
+    return bool(await _DIRECT_VOTE[db.is_postgres].fetch(await direct_of(session), vote))
+
+
+def vote_values(
+    *,
+    approval_id: str,
+    person: str,
+    choice: str,
+    actor_platform: str,
+    actor_id: str,
+    channel: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The columns of one vote (for add_vote, or decide_at_once's)."""
+    return {
         "approval_id": approval_id,
         "person": person,
         "choice": choice,
@@ -306,7 +329,6 @@ async def add_vote(
         "channel": channel,
         "created_at": now,
     }
-    return bool(await _DIRECT_VOTE[db.is_postgres].fetch(await direct_of(session), vote))
 
 
 async def count_votes(*, session: AsyncSession, approval_id: str, choice: str) -> int:
@@ -451,7 +473,7 @@ async def decide_at_once(
     audit: dict[str, Any],
 ) -> Row[Any] | None:
     """PostgreSQL: decide an approval read by peek() in one statement: move it to `values` (DECISION_KEYS), spend
-    the nonce, record the vote (add_vote's columns but approval_id), queue the deliveries (delivery_values) and
+    the nonce, record the vote (vote_values), queue the deliveries (delivery_values) and
     append the audit row (audit.row_params). The moved row, or None, having changed nothing, if the approval is no
     longer as `seen` or the nonce was spent meanwhile.
     """
