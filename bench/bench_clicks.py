@@ -26,9 +26,9 @@ due time:
   decision committed, so it bounds click-to-decision from above without adding any request;
 - shown: the clicked message (each click comes from the message the dispatcher posted, as a real click names it in
   its payload) showing the decision: the earlier of the response_url post and the outbox's chat.update of it. The
-  approvals service enqueues that edit in the decision's transaction; the dispatcher skips it when the click's
-  response_url already put the same content there (core/channels/shown.py), and the run reports how many
-  chat.update calls were made.
+  decision queues that edit held for the click's answer (claimed by the process's outbox worker), the listener
+  settles it once Slack took the response_url post and hands it to the outbox otherwise, and the run reports how
+  many chat.update calls were made.
 
 The baseline, run the same way at the same rate with the same bodies, is a bare aiohttp app that checks the same
 signature (and the 5-minute timestamp window) and answers 200: the floor for "a signed Slack request in, an answer
@@ -762,8 +762,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
                 print(f"{indent}long-poll states: {r.states}")
             if r.shown:
                 print(
-                    f"{indent}chat.update: {r.edits} by the outbox; the other clicked messages already showed the "
-                    "decision (the click's response_url put the same content there)"
+                    f"{indent}chat.update: {r.edits} by the outbox; the click's response_url post stood for the "
+                    "edit of the other clicked messages"
                 )
             if r.refused:
                 print(f"{indent}!! refused: {r.refused}")

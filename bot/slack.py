@@ -320,10 +320,6 @@ class SlackChannel(BaseChannel):
         if not isinstance(channel, str) or not isinstance(ts, str):
             raise PermanentChannelError(f"{self.label}: the message reference {dict(message_ref)!r} has no channel/ts")
         message = self.build_message(note)
-        if await self.context.shown.shows(slack_actions.message_key(channel, ts), message):
-            # The click's response_url put exactly this there a moment ago.
-            log.debug("%s: message %s %s already shows this; no chat.update", self.label, channel, ts)
-            return SendResult(message_ref={"channel": channel, "ts": ts}, status_code=None)
         # An edit replaces only what it names: an empty list removes the old colour bar when the new view has none.
         message.setdefault("attachments", [])
         await self._call("chat.update", self._client().chat_update(channel=channel, ts=ts, **message))

@@ -26,7 +26,7 @@ from core.channels.base import (
 )
 from core.clock import Clock
 from core.metrics import Metrics
-from core.models import Alert, DeliveryPurpose, DeliveryStatus, Event
+from core.models import Alert, DeliveryPurpose, DeliveryStatus, Event, HeldUpdate
 from core.secrets import SecretError
 from core.store import alerts as alert_store
 from core.store import deliveries as delivery_store
@@ -119,12 +119,18 @@ class DispatcherConfig:
     public_url: str = ""
 
 
+def new_worker_id() -> str:
+    """A name for one process's outbox worker, unique across replicas (what its claims are recorded under)."""
+    return f"{socket.gethostname()}:{new_id('wrk')}"
+
+
 class Dispatcher:
     """Runs in every replica; the database decides which replica sends which delivery."""
 
     def __init__(
         self,
         *,
+        worker_id: str | None = None,
         db: Database,
         channels: Mapping[str, Channel],
         clock: Clock,
@@ -140,7 +146,7 @@ class Dispatcher:
         self.config = config
         self.enrichers = enrichers or []
         self.prefetchers = prefetchers or []
-        self.worker_id = f"{socket.gethostname()}:{new_id('wrk')}"
+        self.worker_id = worker_id or new_worker_id()
         self.pacer = Pacer()
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[DeliveryRecord] = asyncio.Queue(maxsize=config.workers * 2)
@@ -409,11 +415,7 @@ class Dispatcher:
                 )
             )
             if settled:
-                self.metrics.delivery_attempts.labels(channel=row.channel, result="sent").inc()
-                self.metrics.deliveries.labels(channel=row.channel, status="sent").inc()
-                self.metrics.delivery_latency.labels(channel=row.channel).observe(
-                    max(0.0, (now - row.created_at).total_seconds())
-                )
+                self._count_sent(row.channel, created_at=row.created_at, now=now)
             return
         max_attempts = channel.max_attempts if channel is not None else 1
         permanent = isinstance(outcome, PermanentChannelError) or not isinstance(outcome, TransientChannelError)
@@ -447,6 +449,32 @@ class Dispatcher:
                 log.error("delivery %s to %s is dead after %d attempts: %s", row.id, row.channel, attempt, error)
             else:
                 log.warning("delivery %s to %s failed (attempt %d), retrying: %s", row.id, row.channel, attempt, error)
+
+    def _count_sent(self, channel: str, *, created_at: datetime, now: datetime) -> None:
+        self.metrics.delivery_attempts.labels(channel=channel, result="sent").inc()
+        self.metrics.deliveries.labels(channel=channel, status="sent").inc()
+        self.metrics.delivery_latency.labels(channel=channel).observe(max(0.0, (now - created_at).total_seconds()))
+
+    async def settle_held(self, held: HeldUpdate, *, shown: bool) -> None:
+        """An update a decision queued claimed by this worker for the click's own answer: record it sent when that
+        answer showed the decision (with the other outcomes of the moment), else hand it back to be sent now."""
+        now = self.clock.now()
+        if not shown:
+            await self._release([held.delivery_id], now)
+            self.wake()
+            return
+        settled = await self._settle(
+            Settlement(
+                delivery_id=held.delivery_id,
+                started_at=held.created_at,
+                now=now,
+                outcome="sent",
+                status=DeliveryStatus.sent,
+                message_ref=held.message_ref,
+            )
+        )
+        if settled:
+            self._count_sent(held.channel, created_at=held.created_at, now=now)
 
     async def _settle(self, settlement: Settlement) -> bool:
         """Record an outcome; False if our lease was lost. Outcomes that arrive together share a transaction."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -514,6 +515,19 @@ class DeliveryAttempt(BaseModel):
     outcome: Literal["sent", "retry", "permanent"]
     status_code: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class HeldUpdate:
+    """The update of a clicked message, queued already claimed by this process's outbox worker for the click's own
+    answer to make (Slack's response_url replaces the clicked message): the surface settles it as sent once the
+    platform took that answer, or hands it back to the outbox; if the process dies first, the claim's lease runs
+    out and the outbox edits the message then."""
+
+    delivery_id: str
+    channel: str
+    message_ref: dict[str, Any]
+    created_at: datetime
 
 
 # ---------------------------------------------------------------- people

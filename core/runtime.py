@@ -16,13 +16,13 @@ from core.approvals import CALLBACK_CHANNEL, ApprovalService
 from core.auth import ApiKeyring
 from core.channels.base import Channel, ChannelContext, Renderer
 from core.channels.registry import ChannelRegistry
-from core.channels.shown import ShownMessages
 from core.clock import Clock, SystemClock
 from core.config import AckbotConfig, ChannelConfig
-from core.dispatch import Dispatcher, DispatcherConfig, Enricher
+from core.dispatch import Dispatcher, DispatcherConfig, Enricher, new_worker_id
 from core.ingest import IngestDeps
 from core.intake import IngestQueue
 from core.metrics import Metrics
+from core.models import HeldUpdate
 from core.noise import NoiseScheduler, NoiseSettings
 from core.rulebook import RuleBook
 from core.store import channels as channel_store
@@ -55,8 +55,8 @@ class Runtime:
         self.keyring = ApiKeyring(self.config.api_keys)
         self.rulebook = RuleBook(db=self.db, config_rules=self.config.rules)
         self.channels: dict[str, Channel] = {}
-        # Shared by the click listeners (which note what they showed) and the channels (which skip the same edit).
-        self.shown = ShownMessages()
+        # This process's outbox worker: it claims deliveries, and holds a clicked message's update for the click.
+        self.worker_id = new_worker_id()
         self.channel_configs: dict[str, ChannelConfig] = {}
         self.http: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
@@ -75,6 +75,7 @@ class Runtime:
             channel_types=lambda: {name: c.type for name, c in self.channel_configs.items()},
             public_url=lambda: self.public_url,
             on_commit=self._wake_dispatcher,
+            holder=self.worker_id,
         )
         # Whether this process runs the approvals scheduler; None: whenever it runs the dispatcher.
         self.run_scheduler: bool | None = None
@@ -89,9 +90,7 @@ class Runtime:
 
     def channel_context(self) -> ChannelContext:
         """What every channel is lent: the shared HTTP session, our public URL, the renderers."""
-        return ChannelContext(
-            http=self.http, public_url=self.public_url, renderers=self.renderers, origin=self.origin, shown=self.shown
-        )
+        return ChannelContext(http=self.http, public_url=self.public_url, renderers=self.renderers, origin=self.origin)
 
     def add_channel(self, channel_config: ChannelConfig) -> Channel:
         """Build a channel from its config and put it into service (replacing one of the same name)."""
@@ -154,6 +153,16 @@ class Runtime:
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
+    async def settle_answer(self, held: HeldUpdate | None, *, shown: bool) -> None:
+        """A click's answer replaced the clicked message (shown) or could not: settle the update its decision held
+        for it as sent, or hand it to the outbox now. Never raises: unsettled, it is sent when its hold runs out."""
+        if held is None or self.dispatcher is None:
+            return
+        try:
+            await self.dispatcher.settle_held(held, shown=shown)
+        except Exception:
+            log.exception("could not settle the held update %s; the outbox sends it when the hold runs out", held)
+
     async def start(self, *, migrate_db: bool = True) -> None:
         """Migrate, load rules and channels, and start the workers."""
         if migrate_db:
@@ -175,6 +184,7 @@ class Runtime:
             self.enrichers.append(self.approvals.enrich)
         dispatch = self.config.dispatch
         self.dispatcher = Dispatcher(
+            worker_id=self.worker_id,
             db=self.db,
             channels=self.channels,
             clock=self.clock,

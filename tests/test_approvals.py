@@ -22,11 +22,12 @@ from sqlalchemy import event, func, select
 from bot.app import build_runtime, create_app
 from core import audit
 from core.approvals import DecisionReason
+from core.approvals.service import ANSWER_HOLD
 from core.channels.base import BaseChannel, Notification, SendResult
 from core.clock import ManualClock
 from core.models import Actor, ApprovalState, DeliveryPurpose
 from core.runtime import Runtime
-from core.store.tables import ApprovalVoteRow, AuditRow, DeliveryRow, SpentNonceRow
+from core.store.tables import ApprovalVoteRow, AuditRow, DeliveryAttemptRow, DeliveryRow, SpentNonceRow
 from core.tokens import TokenClaims
 from tests.conftest import API_KEY, READ_KEY, TENANT_KEY, auth, make_config
 from tests.statements import recorded_statements
@@ -124,6 +125,12 @@ class Harness:
             for condition in where:
                 query = query.where(condition)
             return int((await session.execute(query)).scalar_one())
+
+    async def delivery(self, delivery_id: str) -> DeliveryRow:
+        async with self.runtime.db.sessions() as session:
+            row = await session.get(DeliveryRow, delivery_id)
+        assert row is not None
+        return row
 
     async def replica(self, *, run_dispatcher: bool = False, run_scheduler: bool | None = None) -> Runtime:
         """Another ackbot process on the same database (its own connections, service and scheduler); started."""
@@ -404,6 +411,77 @@ async def test_a_decision_updates_every_message_and_is_audited(harness: HarnessF
     assert row.data["kid"] and row.data["nonce_hash"] and tokens["acknowledge"] not in str(row.data)
     # The message of a decided approval carries no buttons, even when it goes out later.
     assert h.runtime.approvals.buttons(approval=approval, delivery_id="dlv_x", channel="chat") == []
+
+
+def by_message(ref: Mapping[str, Any]) -> str:
+    return str(ref["message"])
+
+
+@pytest.mark.parametrize("answer", ["shown", "refused", "lost"])
+async def test_the_clicked_messages_update_is_held_for_the_clicks_own_answer(
+    harness: HarnessFactory, answer: str
+) -> None:
+    h = await harness()
+    created = await h.create(targets=["chat", "person:alice"])
+    await h.dispatch()
+    # Alice's copy is the clicked one; another goes to the channel and one to her mailbox.
+    [clicked] = [note for note in h.recorder.sent if note.target == "U0ALICE"]
+    others = [{"message": n.delivery_id, "to": n.target} for n in h.recorder.sent if n.target != "U0ALICE"]
+    ref = {"message": clicked.delivery_id, "to": "U0ALICE"}
+    token = h.buttons(created["id"], target="U0ALICE")["acknowledge"]
+    result = await h.runtime.approvals.decide(token=token, actor=ALICE, answering=ref)
+    held = result.held_update
+    assert result.ok and held is not None and held.message_ref == ref and held.channel == "chat"
+    assert "held" not in result.model_dump_json()
+    row = await h.delivery(held.delivery_id)
+    assert (row.status, row.purpose, row.claimed_by) == ("sending", "update", h.runtime.worker_id)
+    assert row.lease_until == h.clock.now() + ANSWER_HOLD
+    # The outbox edits the other message and leaves the clicked one to the click's answer.
+    await h.dispatch()
+    assert sorted((r for r, _ in h.recorder.updated), key=by_message) == sorted(others, key=by_message)
+    if answer == "shown":
+        await h.runtime.settle_answer(held, shown=True)
+    elif answer == "refused":
+        await h.runtime.settle_answer(held, shown=False)  # handed to the outbox at once
+    else:
+        h.clock.advance(ANSWER_HOLD + timedelta(seconds=1))  # the process died before it could settle it
+    await h.dispatch()
+    edited = [r for r, _ in h.recorder.updated]
+    assert edited.count(ref) == (0 if answer == "shown" else 1)
+    row = await h.delivery(held.delivery_id)
+    assert (row.status, row.attempts, row.message_ref, row.claimed_by) == ("sent", 1, ref, None)
+    assert await h.count(DeliveryAttemptRow, DeliveryAttemptRow.delivery_id == held.delivery_id) == 1
+    # Settled once: a late settle of a delivery that went another way changes nothing.
+    await h.runtime.settle_answer(held, shown=False)
+    assert (await h.delivery(held.delivery_id)).status == "sent" and await h.dispatch() == 0
+
+
+async def test_only_a_final_decision_of_the_clicked_message_holds_its_update(harness: HarnessFactory) -> None:
+    h = await harness()
+    escalation = [{"after": "10m", "targets": ["person:dave"], "approvers": ["dave"]}]
+    created = await h.create(targets=["chat"], quorum=2, escalation=escalation)
+    await h.dispatch()
+    [clicked] = h.recorder.sent
+    ref = {"message": clicked.delivery_id, "to": None}
+    approvals = h.runtime.approvals
+    # A vote toward the quorum: the surface tells the clicker privately, and the message gets the new count.
+    vote = await approvals.decide(token=h.buttons(created["id"])["acknowledge"], actor=ALICE, answering=ref)
+    assert vote.reason is DecisionReason.vote_recorded and vote.held_update is None
+    await h.dispatch()
+    fresh = {b.choice: b.token for b in h.recorder.updated[-1][1].buttons}
+    # An escalation: the message gets the next level's buttons from the outbox.
+    escalated = await approvals.decide(token=fresh["escalate"], actor=BOB, answering=ref)
+    assert escalated.reason is DecisionReason.escalated and escalated.held_update is None
+    await h.dispatch()
+    # A final decision clicked on a message that is not one of the approval's (a forwarded copy, say).
+    latest = {b.choice: b.token for b in h.recorder.updated[-1][1].buttons}
+    denied = await approvals.decide(token=latest["deny"], actor=BOB, answering={"message": "dlv_copy", "to": None})
+    assert denied.ok and denied.approval is not None and denied.approval.state is ApprovalState.denied
+    assert denied.held_update is None
+    await h.dispatch()
+    # The clicked message was edited by the outbox each time (the vote, the escalation, the decision).
+    edits = [note for r, note in h.recorder.updated if r == ref]
+    assert len(edits) == 3 and edits[-1].approval is not None and edits[-1].approval.state is ApprovalState.denied
 
 
 async def test_one_button_clicked_twice_at_once_counts_once(harness: HarnessFactory) -> None:

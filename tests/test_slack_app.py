@@ -134,6 +134,7 @@ class Decided:
     message: str
     approval: Approval | None
     reason: str = ""
+    held_update: None = None
 
 
 @dataclass
@@ -151,8 +152,10 @@ class StubApprovals:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    async def decide(self, *, token: str, actor: Actor, choice: str | None = None) -> Decided:
-        self.calls.append(("decide", (token, actor, choice)))
+    async def decide(
+        self, *, token: str, actor: Actor, choice: str | None = None, answering: dict[str, str] | None = None
+    ) -> Decided:
+        self.calls.append(("decide", (token, actor, choice, answering)))
         await asyncio.sleep(self.delay)
         if token != "good-token":
             return Decided(False, "This button's token is not valid.", None, "invalid")
@@ -409,9 +412,11 @@ async def test_a_click_decides_and_updates_the_clicked_message(
     [update] = await slack.wait_for("response_url")
     assert update.args["replace_original"] is True
     assert "u0alice" in reply_text(update) and not [b for b in update.args["blocks"] if b["type"] == "actions"]
-    [(name, (token, actor, choice))] = stub.calls
+    [(name, (token, actor, choice, answering))] = stub.calls
     assert (name, token, choice) == ("decide", "good-token", "acknowledge")
     assert actor == Actor(platform="slack", id=ALICE, display_name="u0alice")
+    # The message the click came from, named as the Slack channel records a posted message.
+    assert answering == {"channel": "C0OPS", "ts": "1700000000.000001"}
 
 
 async def test_a_refused_click_is_told_privately(app_factory: AppFactory, database_url: str, slack: FakeSlack) -> None:

@@ -114,10 +114,16 @@ async def test_event_to_buttons_to_click_to_updated_message(
     # The colour bar is the decided view's, not the pending one's.
     assert "Acknowledged" in str(shown["attachments"]) and "rule deploys" not in str(shown["attachments"])
 
-    # ... and the approvals service's resume queued an edit of the posted message, which the outbox settles
-    # without a chat.update: the click's answer already put exactly that there.
-    await wait_until(lambda: update_settled(runtime, approval.id))
+    # ... and the decision queued an edit of the posted message held for the click's answer, which settled it once
+    # Slack took that answer, without a chat.update: the answer put there exactly what the outbox's edit would.
+    await wait_until(lambda: settled(runtime, approval.id))
     assert slack.calls_to("chat.update") == []
+    [held] = await deliveries(runtime, approval.id, DeliveryPurpose.update)
+    assert held.message_ref == {"channel": "C0OPS", "ts": ts} and held.attempts == 1
+    assert runtime.dispatcher is not None
+    note = await runtime.dispatcher.build_notification(held)
+    edit = {"attachments": [], **runtime.channels["ops"].build_message(note)}
+    assert {k: v for k, v in replaced.args.items() if k != "replace_original"} == edit
 
     # The same click again is refused: a token is spent once.
     await click(client, slack, token, user=ALICE, response="replay", ts=ts)
@@ -127,17 +133,16 @@ async def test_event_to_buttons_to_click_to_updated_message(
     assert slack.messages[("C0OPS", ts)] == shown and slack.calls_to("chat.update") == []
 
 
-async def update_settled(runtime: Any, approval_id: str) -> bool:
-    """Whether the approval's update deliveries have all been sent."""
+async def deliveries(runtime: Any, approval_id: str, purpose: DeliveryPurpose) -> list[DeliveryRow]:
     async with runtime.db.sessions() as session:
-        rows = (
-            await session.execute(
-                select(DeliveryRow.status).where(
-                    DeliveryRow.approval_id == approval_id, DeliveryRow.purpose == DeliveryPurpose.update.value
-                )
-            )
-        ).all()
-    return bool(rows) and all(status == DeliveryStatus.sent.value for (status,) in rows)
+        query = select(DeliveryRow).where(DeliveryRow.approval_id == approval_id, DeliveryRow.purpose == purpose)
+        return list((await session.execute(query)).scalars().all())
+
+
+async def settled(runtime: Any, approval_id: str, purpose: DeliveryPurpose = DeliveryPurpose.update) -> bool:
+    """Whether the approval's deliveries of this purpose (its updates: its messages' edits) have all been sent."""
+    rows = await deliveries(runtime, approval_id, purpose)
+    return bool(rows) and all(row.status == DeliveryStatus.sent for row in rows)
 
 
 @pytest.mark.parametrize("refusal", ["expired_url", "used_url"])
@@ -155,7 +160,7 @@ async def test_the_outbox_edits_the_clicked_message_when_its_response_url_fails(
     [update] = await slack.wait_for("chat.update")
     assert (update.args["channel"], update.args["ts"]) == ("C0OPS", ts)
     assert not [b for b in slack.messages[("C0OPS", ts)]["blocks"] if b["type"] == "actions"]
-    await wait_until(lambda: update_settled(runtime, approval.id))
+    await wait_until(lambda: settled(runtime, approval.id))
 
 
 async def test_a_click_on_another_copy_still_edits_the_posted_message(
@@ -233,11 +238,13 @@ async def test_an_approval_for_a_person_goes_to_their_dm(
     assert post.args["channel"].startswith("D")
     token = button_values(post)["ackbot.acknowledge"]
     dm = (await slack.wait_for("chat.postMessage"))[0]
-    await click(client, slack, token, channel=post.args["channel"], ts="1700000000.000001", response="dm")
     [approval] = (await runtime.approvals.list_approvals(tenants=None))[0]
-    await wait_until(lambda: update_settled(runtime, approval.id))
+    # Recorded as sent (with the message's reference) before anyone can click on it, as with a person's click.
+    await wait_until(lambda: settled(runtime, approval.id, DeliveryPurpose.notify))
+    await click(client, slack, token, channel=post.args["channel"], ts="1700000000.000001", response="dm")
+    await wait_until(lambda: settled(runtime, approval.id))
     assert await approval_state(runtime, approval.id) is ApprovalState.acknowledged
-    # The click's answer replaced the DM's message; the outbox's edit of it had nothing left to change.
+    # The click's answer replaced the DM's message, and stood for the outbox's edit of it.
     shown = slack.messages[(dm.args["channel"], "1700000000.000001")]
     assert not [b for b in shown["blocks"] if b["type"] == "actions"]
     assert slack.calls_to("chat.update") == []

@@ -30,8 +30,8 @@ CHOICE_ACTION = re.compile(r"^ackbot\.(acknowledge|deny|escalate)$")
 # block_actions for them, which must be acknowledged or the clicker sees a warning sign.
 LINK_ACTION = re.compile(r"^ackbot\.open[._]")
 
-# Seconds a response_url post may take: Slack answers in well under one, and an outbox edit of the clicked message
-# waits for the outcome (core/channels/shown.py).
+# Seconds a response_url post may take: Slack answers in well under one. The clicked message's update is held for
+# the post meanwhile, and the approvals service holds it for longer than this (ANSWER_HOLD).
 RESPONSE_TIMEOUT = 10
 
 FAILED = "ackbot could not record your decision. Try again in a moment, or use the link in the message."
@@ -90,20 +90,16 @@ async def post_response(runtime: Runtime, respond: AsyncRespond, message: dict[s
     return True
 
 
-def message_key(channel: str, ts: str) -> tuple[str, str, str]:
-    """How a posted Slack message is named in the process's record of what messages show (runtime.shown)."""
-    return ("slack", channel, ts)
-
-
-def clicked_message(body: dict[str, Any]) -> tuple[str, str, str] | None:
-    """The message whose button was clicked, if it is one the bot posted (not an ephemeral reply)."""
+def clicked_message(body: dict[str, Any]) -> dict[str, str] | None:
+    """The clicked message's reference as the Slack channel records a posted one (channel id and ts), if the click
+    came from a message in a conversation (not an ephemeral reply)."""
     container = body.get("container") or {}
     if container.get("type") != "message" or container.get("is_ephemeral"):
         return None
     channel, ts = container.get("channel_id"), container.get("message_ts")
     if not isinstance(channel, str) or not isinstance(ts, str) or not channel or not ts:
         return None
-    return message_key(channel, ts)
+    return {"channel": channel, "ts": ts}
 
 
 async def tell(runtime: Runtime, respond: AsyncRespond, text: str) -> None:
@@ -127,8 +123,12 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
         # The button names the choice too; the service refuses a token minted for another choice.
         match = CHOICE_ACTION.match(str(action.get("action_id") or ""))
         try:
+            # The answer below replaces the clicked message: a final decision holds that message's update for it.
             result = await runtime.approvals.decide(
-                token=str(action.get("value") or ""), actor=actor, choice=match.group(1) if match else None
+                token=str(action.get("value") or ""),
+                actor=actor,
+                choice=match.group(1) if match else None,
+                answering=clicked_message(body),
             )
         except Exception:
             log.exception("deciding a Slack click by %s failed", actor.id)
@@ -142,22 +142,19 @@ def register(bolt: AsyncApp, runtime: Runtime) -> None:
             await tell(runtime, respond, result.message)
             return
         # The approvals service updates every message of this approval through the outbox; this edit makes the
-        # clicker's own copy show the outcome at once instead of after the next dispatch, and, once Slack took it,
-        # spares the outbox's chat.update of that message if it would show the same.
-        placed, placement = False, None
+        # clicker's own copy show the outcome at once, and, once Slack took it, stands for the outbox's edit of
+        # that message (held for it). An escalation's edit is not held: the outbox then gives the message the
+        # buttons of the next level.
+        placed = False
         try:
             message = await decided_message(runtime, result.approval)
-            clicked = clicked_message(body)
-            # Noted before it is sent: the decision's commit has already woken the outbox.
-            placement = runtime.shown.placing(clicked, message) if clicked is not None else None
             # An empty attachments list removes the old colour bar when the decided view has none, as the outbox's
             # chat.update does: the replaced message is then exactly what that edit would have made it.
             placed = await post_response(runtime, respond, {"replace_original": True, "attachments": [], **message})
         except Exception:
             log.exception("could not update the clicked message of approval %s", result.approval.id)
         finally:
-            if placement is not None:
-                placement.settle(placed)
+            await runtime.settle_answer(result.held_update, shown=placed)
 
     async def on_link(ack: AsyncAck) -> None:
         await ack()

@@ -7,9 +7,9 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
-from core.models import Approval, Choice, Duration, EscalationStep, Strict, UtcDatetime, parse_duration
+from core.models import Approval, Choice, Duration, EscalationStep, HeldUpdate, Strict, UtcDatetime, parse_duration
 
 MAX_CONTEXT_BYTES = 16 * 1024
 
@@ -202,6 +202,19 @@ class DecisionResult(BaseModel):
     person: str | None = Field(default=None, description="the person the click was recorded as")
     votes: int = Field(default=0, description="acknowledge votes so far")
     quorum: int = 1
+    # Not part of any answer: the clicked message's update, held for the surface that asked (decide's answering).
+    _held_update: HeldUpdate | None = PrivateAttr(default=None)
+
+    @property
+    def held_update(self) -> HeldUpdate | None:
+        """The update of the clicked message that the decision left to the surface's own answer, if any."""
+        return self._held_update
+
+    def holding(self, update: HeldUpdate) -> DecisionResult:
+        """This result, holding `update` for the surface."""
+        result = self.model_copy()
+        result._held_update = update
+        return result
 
     @property
     def http_status(self) -> int:

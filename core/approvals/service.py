@@ -47,6 +47,7 @@ from core.models import (
     DeliveryPurpose,
     EscalationStep,
     Event,
+    HeldUpdate,
     Person,
     Rule,
 )
@@ -55,7 +56,7 @@ from core.store import approvals as approval_store
 from core.store import nonces as nonce_store
 from core.store.approvals import ApprovalRecord, approval_from_row
 from core.store.db import Database, new_id
-from core.store.deliveries import DeliveryRecord, delivery_values, new_delivery
+from core.store.deliveries import DeliveryRecord, claimed_values, delivery_values, new_delivery
 from core.store.deliveries import insert_many as insert_deliveries
 from core.store.tables import ApprovalRow, DeliveryRow
 from core.tokens import CLOCK_SKEW_SECONDS, TokenClaims, TokenError
@@ -85,6 +86,9 @@ PENDING_SCAN = 500
 PRUNE_EVERY = timedelta(minutes=1)
 # The platform whose clicks a chat channel's buttons come back from.
 CLICK_PLATFORM = {"slack": "slack", "teams": "teams"}
+# How long the update of a clicked message is held for the click's own answer (Slack's response_url, which the
+# listener allows 10 s) before the outbox edits the message itself: only if the process died in between.
+ANSWER_HOLD = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,34 @@ class Preview:
     def ok(self) -> bool:
         """Whether the link would be accepted now."""
         return self.refusal is None
+
+
+@dataclass
+class _Answer:
+    """The message a click came from, which the surface's own answer replaces with the decided view.
+
+    A final decision queues that message's update already claimed by `holder` (this process's outbox worker), so
+    the outbox leaves it to the surface, which settles it (runtime.settle_answer). What else the decision queued
+    decides whether the outbox is woken.
+    """
+
+    message_ref: Mapping[str, Any]
+    holder: str
+    held: HeldUpdate | None = None
+    others: bool = True
+
+    def hold(self, rows: list[dict[str, Any]], *, now: datetime) -> None:
+        """Claim the clicked message's update among a final decision's deliveries (rows, changed in place)."""
+        self.held, self.others = None, False
+        for index, row in enumerate(rows):
+            ref = (row["extra"] or {}).get("message_ref")
+            if self.held is None and row["purpose"] is DeliveryPurpose.update and ref == self.message_ref:
+                rows[index] = claimed_values(row, worker=self.holder, lease_until=now + ANSWER_HOLD)
+                self.held = HeldUpdate(
+                    delivery_id=row["id"], channel=row["channel"], message_ref=dict(ref), created_at=now
+                )
+            else:
+                self.others = True
 
 
 class _Refused(Exception):
@@ -148,6 +180,7 @@ class ApprovalService:
         channel_types: Callable[[], Mapping[str, str]],
         public_url: Callable[[], str],
         on_commit: Callable[[], None] | None = None,
+        holder: str | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -158,6 +191,8 @@ class ApprovalService:
         self._channel_types = channel_types
         self._public_url = public_url
         self._on_commit = on_commit
+        # The outbox worker that a clicked message's update is held under for the click's answer (None: never held).
+        self._holder = holder
         # Long polls waiting on an approval: each future is answered with the final view when a decision in this
         # process knows it, or with None ("read it again") when it was changed without one at hand.
         self._waiters: dict[str, set[asyncio.Future[ApprovalView | None]]] = {}
@@ -234,15 +269,16 @@ class ApprovalService:
             except Exception:
                 log.exception("reloading the token keys failed")
 
-    def _committed(self, approval_id: str, view: ApprovalView | None = None) -> None:
-        """After a commit that changed the approval: wake its long polls (with its final view, when known)."""
+    def _committed(self, approval_id: str, view: ApprovalView | None = None, *, queued: bool = True) -> None:
+        """After a commit that changed the approval: wake its long polls (with its final view, when known), and the
+        outbox if the commit queued work for it."""
         futures = self._waiters.get(approval_id)
         if futures:
             answer = view if view is not None and view.approval.state.final else None
             for future in futures:
                 if not future.done():
                     future.set_result(answer)
-        if self._on_commit is not None:
+        if queued and self._on_commit is not None:
             self._on_commit()
 
     def _watch(self, approval_id: str) -> asyncio.Future[ApprovalView | None]:
@@ -780,14 +816,23 @@ class ApprovalService:
     # ------------------------------------------------------------ deciding
 
     async def decide(
-        self, *, token: str, actor: Actor, choice: str | None = None, tenant: str | None = None
+        self,
+        *,
+        token: str,
+        actor: Actor,
+        choice: str | None = None,
+        tenant: str | None = None,
+        answering: Mapping[str, Any] | None = None,
     ) -> DecisionResult:
         """THE decision entry point for a click: verify the token, authorize the person, decide once, resume.
 
         `choice` and `tenant`, when the surface knows them, must match the token's. A refusal changes nothing,
-        is audited, and says why in `reason` (machine) and `message` (people).
+        is audited, and says why in `reason` (machine) and `message` (people). `answering`: the reference of the
+        message clicked, when the surface replaces it with the decided view itself; a final decision then holds
+        that message's update for it (`DecisionResult.held_update`, settled with runtime.settle_answer).
         """
         now = self.clock.now()
+        answer = _Answer(message_ref=answering, holder=self._holder) if answering and self._holder else None
         try:
             claims = await self.keys.verify(
                 token, now=int(now.timestamp()), expected_tenant=tenant, expected_choice=choice
@@ -804,13 +849,17 @@ class ApprovalService:
             await self._audit_refusal(result=result, actor=actor, claims=claims, approval=None, now=now)
             return result
         if self.db.is_postgres and chosen in (Choice.acknowledge, Choice.deny):
-            at_once = await self._decide_at_once(claims=claims, choice=chosen, actor=actor, now=now)
+            at_once = await self._decide_at_once(claims=claims, choice=chosen, actor=actor, now=now, answer=answer)
             if at_once is not None:
-                return await self._after_decision(claims.approval_id, *at_once, now=now)
-        return await self._apply(approval_id=claims.approval_id, choice=chosen, actor=actor, claims=claims, now=now)
+                return await self._after_decision(claims.approval_id, *at_once, now=now, answer=answer)
+            if answer is not None:
+                answer = _Answer(message_ref=answer.message_ref, holder=answer.holder)  # its hold was not written
+        return await self._apply(
+            approval_id=claims.approval_id, choice=chosen, actor=actor, claims=claims, now=now, answer=answer
+        )
 
     async def _decide_at_once(
-        self, *, claims: TokenClaims, choice: Choice, actor: Actor, now: datetime
+        self, *, claims: TokenClaims, choice: Choice, actor: Actor, now: datetime, answer: _Answer | None
     ) -> tuple[DecisionResult, list[dict[str, Any]]] | None:
         """PostgreSQL, the usual click (acknowledge or deny of an open quorum-1 approval): one read, then one
         statement that decides only if the approval is still as read and the nonce unspent, where the locked path
@@ -854,6 +903,9 @@ class ApprovalService:
                 channel=claims.channel,
                 now=now,
             )
+        deliveries = self._final_deliveries(expected, shown, now=now)
+        if answer is not None:
+            answer.hold(deliveries, now=now)
         try:
             moved = await approval_store.decide_at_once(
                 db=self.db,
@@ -863,7 +915,7 @@ class ApprovalService:
                 spent_at=now,
                 expires_at=claims.expires_at,
                 vote=vote,
-                deliveries=self._final_deliveries(expected, shown, now=now),
+                deliveries=deliveries,
                 audit=audit.row_params(
                     **_decision_audit(expected, f"approval.{state.value}", person, actor, now, details)
                 ),
@@ -952,6 +1004,7 @@ class ApprovalService:
         claims: TokenClaims | None,
         now: datetime,
         tenant: str | None = None,
+        answer: _Answer | None = None,
     ) -> DecisionResult:
         person = self.directory.resolve(actor)
         approval: Approval | None = None
@@ -1000,7 +1053,14 @@ class ApprovalService:
                     )
                 elif choice is Choice.acknowledge:
                     result, votes = await self._acknowledge(
-                        session, row, person=person, actor=actor, channel=channel, now=now, details=details
+                        session,
+                        row,
+                        person=person,
+                        actor=actor,
+                        channel=channel,
+                        now=now,
+                        details=details,
+                        answer=answer,
                     )
                 else:
                     updated = await self._finish(
@@ -1011,6 +1071,7 @@ class ApprovalService:
                         person=person.name,
                         channel=channel,
                         now=now,
+                        answer=answer,
                     )
                     await self._audit_decision(session, updated, "approval.denied", person, actor, now, details)
                     votes = [] if updated.quorum == 1 else None  # no acknowledgement toward a quorum of one is kept
@@ -1026,18 +1087,27 @@ class ApprovalService:
                 result=refusal.result, actor=actor, claims=claims, approval=approval, now=now, person=person
             )
             return refusal.result
-        return await self._after_decision(approval_id, result, votes, now=now)
+        return await self._after_decision(approval_id, result, votes, now=now, answer=answer)
 
     async def _after_decision(
-        self, approval_id: str, result: DecisionResult, votes: list[dict[str, Any]] | None, *, now: datetime
+        self,
+        approval_id: str,
+        result: DecisionResult,
+        votes: list[dict[str, Any]] | None,
+        *,
+        now: datetime,
+        answer: _Answer | None = None,
     ) -> DecisionResult:
-        # After the commit: the long polls get the decided view (votes: as the decision left them, if known), and
-        # the approval's alert is marked acknowledged.
+        # After the commit: the long polls get the decided view (votes: as the decision left them, if known), the
+        # outbox is woken unless all the decision queued is held for the surface's answer, and the approval's
+        # alert is marked acknowledged.
         decided = result.approval
         view = None
         if decided is not None and decided.state.final and votes is not None:
             view = ApprovalView.model_validate({"approval": decided, "votes": votes, "next_due_at": None})
-        self._committed(approval_id, view)
+        self._committed(approval_id, view, queued=answer is None or answer.others)
+        if answer is not None and answer.held is not None:
+            result = result.holding(answer.held)
         if decided is not None and decided.state is ApprovalState.acknowledged and decided.alert_id:
             # Its own transaction: a decision that also locked the alert row could deadlock against an ingest
             # batch (which locks alert rows and the audit head in event order). The approval is what counts.
@@ -1137,6 +1207,7 @@ class ApprovalService:
         channel: str,
         now: datetime,
         details: dict[str, Any],
+        answer: _Answer | None = None,
     ) -> tuple[DecisionResult, list[dict[str, Any]]]:
         """Record an acknowledgement; decide when it reaches the quorum. Also returns the approval's votes."""
         approval = approval_from_row(row)
@@ -1190,6 +1261,7 @@ class ApprovalService:
             person=person.name,
             channel=channel,
             now=now,
+            answer=answer,
         )
         await self._audit_decision(
             session, updated, "approval.acknowledged", person, actor, now, {**details, "votes": count}
@@ -1254,6 +1326,7 @@ class ApprovalService:
         person: str | None,
         channel: str | None,
         now: datetime,
+        answer: _Answer | None = None,
     ) -> ApprovalRecord:
         updated = await approval_store.transition(
             session=session,
@@ -1264,13 +1337,18 @@ class ApprovalService:
             current = await approval_store.get_row(session=session, approval_id=row.id)
             refusal = _final_refusal(approval_from_row(current or row), self.directory)
             raise _Refused(refusal)
-        await self._resume(session, updated, now=now)
+        await self._resume(session, updated, now=now, answer=answer)
         return updated
 
-    async def _resume(self, session: AsyncSession, row: ApprovalRecord, *, now: datetime) -> None:
+    async def _resume(
+        self, session: AsyncSession, row: ApprovalRecord, *, now: datetime, answer: _Answer | None = None
+    ) -> None:
         """A final state: update every message, queue the signed callback and the rule's follow-ups."""
         shown = await approval_store.shown_on(session=session, approval_id=row.id)
-        await insert_deliveries(session=session, rows=self._final_deliveries(row, shown, now=now))
+        deliveries = self._final_deliveries(row, shown, now=now)
+        if answer is not None:
+            answer.hold(deliveries, now=now)
+        await insert_deliveries(session=session, rows=deliveries)
 
     def _final_deliveries(
         self, row: ApprovalRecord, shown: approval_store.Shown, *, now: datetime

@@ -17,7 +17,6 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.channels.shown import ShownMessages
 from core.models import Alert, Approval, DeliveryPurpose, Event, Severity, UtcDatetime
 from core.secrets import SecretError, redact
 from core.secrets import resolve_secret as read_secret
@@ -219,8 +218,6 @@ class ChannelContext:
     # Identifies this ackbot installation on every outbound request (X-Ackbot-Origin), so a receiver, or
     # another ackbot, can recognise and drop what came from here and loops cannot form.
     origin: str = ""
-    # What messages the process's click answers just made to show: an edit of the same content is skipped.
-    shown: ShownMessages = field(default_factory=ShownMessages)
 
 
 class BaseChannel:

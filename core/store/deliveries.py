@@ -64,13 +64,19 @@ def delivery_values(
         extra=extra,
         created_at=now,
         updated_at=now,
+        lease_until=None,
+        claimed_by=None,
     )
 
 
+def claimed_values(values: dict[str, Any], *, worker: str, lease_until: datetime) -> dict[str, Any]:
+    """A new delivery (delivery_values) inserted already claimed by `worker` until `lease_until`: no other worker
+    takes it before, and it is reclaimed as abandoned after, like any claim whose worker went away."""
+    return {**values, "status": DeliveryStatus.sending, "claimed_by": worker, "lease_until": lease_until}
+
+
 _DELIVERY_COLUMNS = tuple(
-    column.key
-    for column in table_of(DeliveryRow).columns
-    if column.key not in ("lease_until", "claimed_by", "last_error", "message_ref", "sent_at")
+    column.key for column in table_of(DeliveryRow).columns if column.key not in ("last_error", "message_ref", "sent_at")
 )
 _INSERT_DELIVERIES = insert(table_of(DeliveryRow))
 # Sent by asyncpg itself inside a PostgreSQL write transaction (see pg_direct.Statement).
