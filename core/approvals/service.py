@@ -1211,9 +1211,7 @@ class ApprovalService:
     ) -> tuple[DecisionResult, list[dict[str, Any]]]:
         """Record an acknowledgement; decide when it reaches the quorum. Also returns the approval's votes."""
         approval = approval_from_row(row)
-        added = await approval_store.add_vote(
-            session=session,
-            db=self.db,
+        vote = approval_store.vote_values(
             approval_id=row.id,
             person=person.name,
             choice=Choice.acknowledge.value,
@@ -1222,6 +1220,7 @@ class ApprovalService:
             channel=channel,
             now=now,
         )
+        added = await approval_store.add_vote(session=session, db=self.db, vote=vote)
         if added and row.quorum == 1:
             # A vote that reaches the quorum decides in its own transaction, so an open quorum-1 approval has no
             # votes: this one is the only one, and nothing needs counting.

@@ -284,28 +284,8 @@ async def take_unaudited(
     return list((await session.execute(statement)).all())
 
 
-async def add_vote(
-    *,
-    session: AsyncSession,
-    db: Database,
-    approval_id: str,
-    person: str,
-    choice: str,
-    actor_platform: str,
-    actor_id: str,
-    channel: str | None,
-    now: datetime,
-) -> bool:
-    """Record one person's vote; False if this person has voted on this approval already."""
-    vote = vote_values(
-        approval_id=approval_id,
-        person=person,
-        choice=choice,
-        actor_platform=actor_platform,
-        actor_id=actor_id,
-        channel=channel,
-        now=now,
-    )
+async def add_vote(*, session: AsyncSession, db: Database, vote: dict[str, Any]) -> bool:
+    """Record one person's vote (vote_values); False if this person has voted on this approval already."""
     return bool(await _DIRECT_VOTE[db.is_postgres].fetch(await direct_of(session), vote))
 
 
