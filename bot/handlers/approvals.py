@@ -12,7 +12,7 @@ from bot.handlers.http import ApiError, authenticate, json_response, parse_model
 from bot.handlers.openapi import ErrorBody, documented
 from core.approvals import ApprovalInputError, ApprovalRequest, DecisionResult
 from core.approvals.models import ApprovalDocument, ApprovalView
-from core.approvals.service import MAX_WAIT_SECONDS
+from core.approvals.waiters import MAX_WAIT_SECONDS
 from core.auth import Principal
 from core.config import ApiScope
 from core.models import Actor, Approval, ApprovalState, Choice, Strict

@@ -5,6 +5,7 @@ Surfaces (Slack, Teams, the web ack page, the HTTP API) call one `ApprovalServic
 for a "pending" list; each answers a `DecisionResult`.
 """
 
+from core.approvals.buttons import CHOICE_LABELS
 from core.approvals.callback import CALLBACK_CHANNEL, CallbackChannel
 from core.approvals.directory import Directory
 from core.approvals.keys import KeyManager, KeyOperationError
@@ -15,7 +16,8 @@ from core.approvals.models import (
     DecisionReason,
     DecisionResult,
 )
-from core.approvals.service import CHOICE_LABELS, ApprovalService, Preview, TargetPlan
+from core.approvals.service import ApprovalService, Preview
+from core.approvals.targets import TargetPlan
 
 __all__ = [
     "CALLBACK_CHANNEL",

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, Text, bindparam, func, insert, select
+from sqlalchemy import Integer, Table, Text, bindparam, func, insert, select
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import column as sql_column
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.store.db import Database, direct_of
@@ -19,6 +21,17 @@ from core.store.tables import AuditHeadRow, AuditPendingRow, AuditRow
 
 GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
+# Keys whose values never belong in an audit row, whatever a caller passes.
+_SECRET_KEYS = frozenset({"token", "secret", "password", "csrf", "material", "authorization", "nonce"})
+
+
+def _scrub(data: dict[str, Any]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if key.lower() in _SECRET_KEYS:
+            continue
+        clean[key] = _scrub(value) if isinstance(value, dict) else value
+    return clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +121,11 @@ def append_params(
     actor_platform: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The parameters of the statement that appends this row: its columns and its canonical JSON around the seq."""
+    """The parameters of the statement that appends this row: its columns and its canonical JSON around the seq.
+
+    The data loses every key that could hold a secret (_SECRET_KEYS), at any depth."""
     # Round-trip the data through JSON now, so the hash is computed over exactly what the database returns.
-    stored = json.loads(json.dumps(data or {}, default=str))
+    stored = json.loads(json.dumps(_scrub(data or {}), default=str))
     row = _Appended(
         seq=_SEQ_MARK,
         at=at,
@@ -138,6 +153,28 @@ def pending_append(*, prefix: str, when: Any) -> Any:
     types = {**{name: _AUDIT.c[name].type for name in _GIVEN}, "before_seq": Text(), "after_seq": Text()}
     values = select(*(bindparam(prefix + name, type_=types[name]) for name in names)).where(when)
     return insert(_PENDING).from_select(names, values)
+
+
+def pending_from_json(*, name: str, when: Any) -> Any:
+    """PostgreSQL: the INSERT into audit_pending of several rows (pending_json), given as one JSON array parameter
+    `name`, in their order, made only when `when` holds (a SQL condition): a CTE of a statement that writes more."""
+    names = [*_GIVEN, "before_seq", "after_seq"]
+    types = {**{name: _AUDIT.c[name].type for name in _GIVEN}, "before_seq": Text(), "after_seq": Text()}
+    rows = (
+        func.jsonb_to_recordset(bindparam(name, type_=postgresql.JSONB()))
+        .table_valued(*(sql_column(key, types[key]) for key in names), sql_column("ord", Integer()))
+        .render_derived(name="new_audit", with_types=True)
+    )
+    chosen = select(*(rows.c[key] for key in names)).where(when).order_by(rows.c.ord)
+    return insert(_PENDING).from_select(names, chosen)
+
+
+def pending_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows' append_params as pending_from_json takes them: times as ISO 8601 text, each with its place."""
+    return [
+        {**{key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}, "ord": i}
+        for i, row in enumerate(rows)
+    ]
 
 
 async def append(*, session: AsyncSession, db: Database, params: dict[str, Any]) -> None:

@@ -277,6 +277,8 @@ class ApprovalRow(Base):
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_choice: Mapped[str | None] = mapped_column(String(16))
     decision_channel: Mapped[str | None] = mapped_column(String(100))
+    # Moved on by every write; a write is made only on the version its plan read (core/approvals/machine.py).
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_approvals_tenant_state_id", "tenant", "state", "id"),)
 

@@ -1,0 +1,810 @@
+"""The decision machine: an approval as read, and what someone or something asks of it, in; a plan out.
+
+Pure: no I/O, no database, no logging. Every way an approval changes (a click, a typed command, a cancel, the
+scheduler's escalation step or expiry) is asked here, and the answer is either a refusal or a plan: the columns to
+write on the version that was read, the nonce to spend, the vote, every delivery to queue, the audit rows and the
+result to answer. The approvals store applies a plan exactly once (core/store/approvals.py); the web page's preview
+asks the same question and applies nothing.
+
+The states and their moves, declared once (MOVES):
+
+    pending | escalated --acknowledge (at quorum)--> acknowledged
+                        --acknowledge (below it)---> (a vote; the state stays)
+                        --deny--------------------> denied
+                        --escalate (a step left)--> escalated (next level)
+                        --the expiry--------------> expired
+                        --cancel------------------> cancelled
+    acknowledged | denied | expired | cancelled: final, every intent is refused
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from core.approvals.callback import CALLBACK_CHANNEL
+from core.approvals.directory import Directory
+from core.approvals.models import DecisionReason, DecisionResult
+from core.approvals.targets import delivery_key, plan_quietly
+from core.models import Actor, Approval, ApprovalState, Choice, DeliveryPurpose, EscalationStep, Person, Rule
+from core.tokens import TokenClaims, nonce_digest
+
+# What each move leads to, from an open state (pending or escalated); a final state has no moves.
+OPEN = frozenset({ApprovalState.pending, ApprovalState.escalated})
+MOVES: dict[str, ApprovalState] = {
+    "acknowledge": ApprovalState.acknowledged,
+    "deny": ApprovalState.denied,
+    "escalate": ApprovalState.escalated,
+    "expire": ApprovalState.expired,
+    "cancel": ApprovalState.cancelled,
+}
+# The rule's actions each final state (and an escalation) sets off.
+FOLLOW_UP_HOOKS = {
+    ApprovalState.acknowledged: "on_acknowledge",
+    ApprovalState.denied: "on_deny",
+    ApprovalState.escalated: "on_escalate",
+    ApprovalState.expired: "on_expire",
+}
+# The platform whose clicks a chat channel's buttons come back from.
+CLICK_PLATFORM = {"slack": "slack", "teams": "teams"}
+# How long the update of a clicked message is held for the click's own answer (Slack's response_url, which the
+# listener allows 10 s) before the outbox edits the message itself: only if the process died in between.
+ANSWER_HOLD = timedelta(seconds=30)
+TAKEN = frozenset({DecisionReason.decided, DecisionReason.vote_recorded, DecisionReason.escalated})
+
+
+class IntentKind(StrEnum):
+    """What is asked of an approval."""
+
+    click = "click"  # a signed token: a button, a web link, the API's decide
+    command = "command"  # a typed command vouched for by the platform (`/ackbot ack <id>`)
+    cancel = "cancel"  # the requester withdraws it
+    tick = "tick"  # the scheduler: the due escalation step or the expiry
+    bad_token = "bad_token"  # a click whose token did not verify: refused, and audited
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One request of an approval, by whom, with what."""
+
+    kind: IntentKind
+    actor: Actor
+    choice: str | None = None  # as asked: a choice ackbot may not know
+    claims: TokenClaims | None = None
+    tenant: str | None = None  # the tenant the surface is bound to, when it is
+    # bad_token: the token's refusal (reason and message) and whether the token was signed by us but stale
+    refusal: DecisionResult | None = None
+    stale: bool = False
+    # click: the message clicked, when the surface replaces it with the decided view itself, and the outbox
+    # worker its update is then held under
+    answering: Mapping[str, Any] | None = None
+    holder: str | None = None
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A conversation an approval was posted to, and the message there an update edits (None: not known yet)."""
+
+    channel: str
+    target: str | None
+    person: str | None
+    message_ref: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An approval as read, with everything a decision looks at; `version` is what a plan's write is made on."""
+
+    approval: Approval
+    version: int
+    event_id: str | None
+    created_by: str | None
+    created_audited: bool
+    next_due_at: datetime | None
+    votes: tuple[Mapping[str, Any], ...] = ()  # as the API lists them, oldest first
+    shown: tuple[Shown, ...] = ()
+    notified: frozenset[tuple[str, str | None]] = frozenset()  # conversations its own messages went to
+    nonce_spent: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a decision reads of the configuration: people and groups, channels, rules. Read when asked."""
+
+    directory: Directory
+    channel_types: Callable[[], Mapping[str, str]]
+    rules: Callable[[], Sequence[Rule]]
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A delivery a plan queues for the approval (its tenant, event, alert and id are the approval's)."""
+
+    channel: str
+    purpose: DeliveryPurpose
+    key: str
+    target: str | None = None
+    rule: str | None = None
+    action_index: int | None = None
+    extra: Mapping[str, Any] | None = None
+    held_by: str | None = None  # queued already claimed by this worker, for the click's own answer
+    held_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NonceSpend:
+    """The token's nonce, spent with the write: a second use of the token finds it."""
+
+    nonce: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to write, all or nothing, and what to answer. `version` None: nothing on the approval row changes."""
+
+    result: DecisionResult
+    approval_id: str | None = None
+    version: int | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+    nonce: NonceSpend | None = None
+    vote: Mapping[str, Any] | None = None
+    deliveries: tuple[Queued, ...] = ()
+    audit: tuple[Mapping[str, Any], ...] = ()
+    votes: tuple[Mapping[str, Any], ...] | None = None  # the votes as the plan leaves them (final states)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        """Whether the intent was refused (what is written then is the audit of it)."""
+        return not self.result.ok
+
+    @property
+    def writes(self) -> bool:
+        """Whether there is anything to write at all."""
+        return bool(self.values or self.audit or self.deliveries or self.vote or self.nonce)
+
+    @property
+    def wakes_outbox(self) -> bool:
+        """Whether the outbox has work from this plan that no surface is holding."""
+        return any(queued.held_by is None for queued in self.deliveries)
+
+
+class _Refusal(Exception):
+    def __init__(self, result: DecisionResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+# ---------------------------------------------------------------- asking
+
+
+def decide(snapshot: Snapshot | None, intent: Intent, *, now: datetime, policy: Policy) -> Plan:
+    """The plan for an intent on an approval as read (None: no such approval), or its refusal."""
+    if intent.kind is IntentKind.tick:
+        raise ValueError("the scheduler's intent is tick(), not decide()")
+    person: Person | None = None
+    about: Approval | None = None  # the approval a refusal is audited against
+    try:
+        if intent.kind is IntentKind.bad_token:
+            refusal = _stale_token_refusal(snapshot, intent, policy)
+            about = refusal.approval
+            raise _Refusal(refusal)
+        if intent.kind is IntentKind.cancel:
+            return _cancel(snapshot, intent, now=now, policy=policy)
+        choice = _choice(intent)
+        person = policy.directory.resolve(intent.actor)
+        if snapshot is None:
+            raise _Refusal(_refusal(DecisionReason.not_found, "No such approval."))
+        about = snapshot.approval
+        person = _authorize(snapshot.approval, choice, intent, person, policy, now)
+        if snapshot.nonce_spent and intent.claims is not None:
+            message = "This button or link was used already."
+            raise _Refusal(_result(DecisionReason.replayed, message, about, choice, person))
+        if choice is Choice.escalate:
+            return _escalate(snapshot, intent, person, now=now, policy=policy)
+        if choice is Choice.acknowledge:
+            return _acknowledge(snapshot, intent, person, now=now, policy=policy)
+        return _deny(snapshot, intent, person, now=now, policy=policy)
+    except _Refusal as refusal:
+        return _refused(snapshot, intent, refusal.result, person, about, now=now)
+
+
+def tick(snapshot: Snapshot | None, *, now: datetime, policy: Policy) -> Plan | None:
+    """The scheduler's step for a due approval: expire it, fire its escalation step, or set its due time right.
+
+    None when there is nothing to do (not due, no longer open, or moved by someone else first).
+    """
+    if snapshot is None:
+        return None
+    approval = snapshot.approval
+    if approval.state not in OPEN or snapshot.next_due_at is None or snapshot.next_due_at > now:
+        return None
+    level = approval.escalation_level
+    steps = approval.escalation
+    if now >= approval.expires_at:
+        values = {"state": ApprovalState.expired.value, "decided_at": now, "next_due_at": None, "updated_at": now}
+        after = _moved(approval, values)
+        deliveries, warnings = _final_deliveries(snapshot, after, now=now, policy=policy)
+        note = _transition_note(after, "approval.expired", now, "scheduler", "ackbot", {"level": level})
+        result = DecisionResult(ok=True, reason=DecisionReason.expired, message="Expired.", approval=after)
+        return _plan(snapshot, after, values, result, deliveries=deliveries, notes=[note], warnings=warnings)
+    if level < len(steps) and approval.created_at + steps[level].after <= now:
+        return _escalation_plan(snapshot, now=now, policy=policy, actor="scheduler", platform="ackbot", details=None)
+    # The due time was early (the row was edited by hand, say): set it right, nothing else (ok False: nothing moved).
+    due = next_due(created_at=approval.created_at, expires_at=approval.expires_at, steps=steps, level=level)
+    result = DecisionResult(ok=False, reason=DecisionReason.not_found, message="Not due yet.", approval=approval)
+    return Plan(result=result, approval_id=approval.id, version=snapshot.version, values={"next_due_at": due})
+
+
+def next_due(*, created_at: datetime, expires_at: datetime, steps: Sequence[EscalationStep], level: int) -> datetime:
+    """When the scheduler must act next: the next escalation step's time, else the expiry."""
+    if level < len(steps):
+        return min(created_at + steps[level].after, expires_at)
+    return expires_at
+
+
+def final_refusal(approval: Approval, directory: Directory) -> DecisionResult:
+    """The refusal of any intent on an approval that is final already: by whom and when, or that it expired."""
+    if approval.state is ApprovalState.expired:
+        return _refusal(
+            DecisionReason.expired,
+            f"This approval expired at {_when(approval.decided_at or approval.expires_at)} without a decision.",
+            approval,
+        )
+    who = directory.display(approval.decided_by) or "someone"
+    return _refusal(
+        DecisionReason.already_decided,
+        f"Already {approval.state.value} by {who} at {_when(approval.decided_at)}.",
+        approval,
+    )
+
+
+def token_details(claims: TokenClaims | None) -> dict[str, Any]:
+    """What the audit log keeps of a token: choice, channel, delivery, key id and a hash of its nonce."""
+    if claims is None:
+        return {}
+    return {
+        "choice": claims.choice,
+        "channel": claims.channel,
+        "delivery_id": claims.delivery_id,
+        "kid": claims.kid,
+        "nonce_hash": nonce_digest(claims.nonce),
+    }
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _authorize(
+    approval: Approval, choice: Choice, intent: Intent, person: Person | None, policy: Policy, now: datetime
+) -> Person:
+    """The person a click or command is recorded as, or the refusal that says why it may not happen."""
+    directory = policy.directory
+    claims = intent.claims
+    actor = intent.actor
+
+    def refuse(reason: DecisionReason, message: str) -> _Refusal:
+        return _Refusal(_result(reason, message, approval, choice, person))
+
+    if (claims is not None and claims.tenant != approval.tenant) or (
+        intent.tenant is not None and intent.tenant != approval.tenant
+    ):
+        raise refuse(DecisionReason.wrong_tenant, "This token belongs to another tenant.")
+    if choice not in approval.choices:
+        raise refuse(DecisionReason.wrong_choice, f"{choice.value!r} is not one of this approval's choices.")
+    if claims is not None and actor.platform in CLICK_PLATFORM.values():
+        # A token is bound to the channel it was sent on: a Slack button comes back from Slack.
+        sent_on = CLICK_PLATFORM.get(policy.channel_types().get(claims.channel, ""))
+        if sent_on is not None and sent_on != actor.platform:
+            raise refuse(DecisionReason.wrong_channel, "This button belongs to a message on another platform.")
+    if approval.state not in OPEN:
+        refusal = final_refusal(approval, directory)
+        raise refuse(refusal.reason, refusal.message)
+    if now >= approval.expires_at:
+        raise refuse(DecisionReason.expired, f"This approval expired at {_when(approval.expires_at)}.")
+    if actor.platform == "web" and (claims is None or claims.subject is None):
+        raise refuse(
+            DecisionReason.no_subject,
+            "This link was not sent to a particular person, so it cannot record who decided. "
+            "Use the buttons in chat, or have the request sent to you (person:NAME).",
+        )
+    if person is None:
+        raise refuse(
+            DecisionReason.unknown_actor,
+            f"ackbot does not know who you are ({actor.platform} id {actor.id}); "
+            "an administrator can add your identity to people in the configuration.",
+        )
+    if claims is not None and claims.subject is not None and claims.subject != person.name:
+        raise refuse(DecisionReason.wrong_subject, "This link was sent to someone else.")
+    if not directory.may_decide(person, approval.approvers):
+        raise refuse(
+            DecisionReason.not_approver, f"{directory.display(person.name)} is not an approver of this request."
+        )
+    if choice is Choice.acknowledge and not approval.allow_self_approval:
+        if directory.is_requester(person, approval.requester):
+            raise refuse(DecisionReason.self_approval, "You asked for this; someone else has to approve it.")
+    if choice is Choice.escalate and approval.escalation_level >= len(approval.escalation):
+        raise refuse(DecisionReason.cannot_escalate, "There is nobody left to escalate to.")
+    return person
+
+
+def _stale_token_refusal(snapshot: Snapshot | None, intent: Intent, policy: Policy) -> DecisionResult:
+    # A genuine token that ran out (or whose key was retired) says what became of its approval.
+    refusal = intent.refusal
+    if refusal is None:
+        raise ValueError("a bad_token intent carries its refusal")
+    if not intent.stale or snapshot is None or intent.claims is None:
+        return refusal
+    approval = snapshot.approval
+    if approval.tenant != intent.claims.tenant:
+        return refusal
+    if approval.state not in OPEN:
+        return final_refusal(approval, policy.directory)
+    return refusal.model_copy(update={"approval": approval, "quorum": approval.quorum})
+
+
+# ---------------------------------------------------------------- the moves
+
+
+def _acknowledge(snapshot: Snapshot, intent: Intent, person: Person, *, now: datetime, policy: Policy) -> Plan:
+    approval = snapshot.approval
+    acks = [vote for vote in snapshot.votes if vote["choice"] == Choice.acknowledge.value]
+    if any(vote["person"] == person.name for vote in snapshot.votes):
+        count = len(acks)
+        raise _Refusal(
+            _result(
+                DecisionReason.already_voted,
+                f"You acknowledged already; {approval.quorum - count} more acknowledgement(s) needed.",
+                approval,
+                Choice.acknowledge,
+                person,
+                count,
+            )
+        )
+    channel = _channel(intent)
+    vote = {
+        "approval_id": approval.id,
+        "person": person.name,
+        "choice": Choice.acknowledge.value,
+        "actor_platform": intent.actor.platform,
+        "actor_id": intent.actor.id,
+        "channel": channel,
+        "created_at": now,
+    }
+    votes = (
+        *snapshot.votes,
+        {
+            "person": person.name,
+            "choice": "acknowledge",
+            "platform": intent.actor.platform,
+            "channel": channel,
+            "at": now.isoformat(),
+        },
+    )
+    count = len(acks) + 1
+    details = {**_details(intent), "votes": count}
+    if count < approval.quorum:
+        # Every message shows the count and gets fresh buttons (the clicked one's nonce is spent).
+        deliveries = _updates(snapshot, approval, now=now, stage=f"vote{count}")
+        note = _decision_note(approval, "approval.vote", person, intent.actor, now, details)
+        result = _result(
+            DecisionReason.vote_recorded,
+            f"Acknowledgement recorded: {count} of {approval.quorum}.",
+            approval,
+            Choice.acknowledge,
+            person,
+            count,
+        )
+        return _plan(snapshot, approval, {}, result, intent=intent, vote=vote, deliveries=deliveries, notes=[note])
+    values = _final_values(ApprovalState.acknowledged, Choice.acknowledge, person.name, channel, now)
+    after = _moved(approval, values)
+    deliveries, warnings = _final_deliveries(snapshot, after, now=now, policy=policy)
+    note = _decision_note(after, "approval.acknowledged", person, intent.actor, now, details)
+    name = policy.directory.display(person.name)
+    result = _result(DecisionReason.decided, f"Acknowledged by {name}.", after, Choice.acknowledge, person, count)
+    return _plan(
+        snapshot,
+        after,
+        values,
+        result,
+        intent=intent,
+        vote=vote,
+        deliveries=_hold(deliveries, intent, now),
+        notes=[note],
+        votes=votes,
+        warnings=warnings,
+    )
+
+
+def _deny(snapshot: Snapshot, intent: Intent, person: Person, *, now: datetime, policy: Policy) -> Plan:
+    values = _final_values(ApprovalState.denied, Choice.deny, person.name, _channel(intent), now)
+    after = _moved(snapshot.approval, values)
+    deliveries, warnings = _final_deliveries(snapshot, after, now=now, policy=policy)
+    note = _decision_note(after, "approval.denied", person, intent.actor, now, _details(intent))
+    name = policy.directory.display(person.name)
+    result = _result(DecisionReason.decided, f"Denied by {name}.", after, Choice.deny, person)
+    return _plan(
+        snapshot,
+        after,
+        values,
+        result,
+        intent=intent,
+        deliveries=_hold(deliveries, intent, now),
+        notes=[note],
+        votes=snapshot.votes,
+        warnings=warnings,
+    )
+
+
+def _escalate(snapshot: Snapshot, intent: Intent, person: Person, *, now: datetime, policy: Policy) -> Plan:
+    plan = _escalation_plan(
+        snapshot, now=now, policy=policy, actor=person.name, platform=_channel(intent), details=_details(intent)
+    )
+    name = policy.directory.display(person.name)
+    result = _result(DecisionReason.escalated, f"Escalated by {name}.", plan.result.approval, Choice.escalate, person)
+    return replace(plan, result=result, nonce=_nonce(intent))
+
+
+def _escalation_plan(
+    snapshot: Snapshot, *, now: datetime, policy: Policy, actor: str, platform: str, details: dict[str, Any] | None
+) -> Plan:
+    """The next escalation step: the approvers widened, the step's targets messaged, every message updated."""
+    approval = snapshot.approval
+    steps = approval.escalation
+    level = approval.escalation_level
+    step = steps[level]
+    values = {
+        "state": ApprovalState.escalated.value,
+        "escalation_level": level + 1,
+        "approvers": [*approval.approvers, *(a for a in step.approvers if a not in approval.approvers)],
+        "targets": [*approval.targets, *(t for t in step.targets if t not in approval.targets)],
+        "next_due_at": next_due(
+            created_at=approval.created_at, expires_at=approval.expires_at, steps=steps, level=level + 1
+        ),
+        "updated_at": now,
+    }
+    after = _moved(approval, values)
+    stage = f"level{level + 1}"
+    deliveries = _updates(snapshot, after, now=now, stage=stage)
+    plans, warnings = plan_quietly(policy.directory, policy.channel_types(), step.targets)
+    for target in plans:
+        # A conversation that shows the approval already gets the update above, not a second message.
+        if (target.channel, target.target) not in snapshot.notified:
+            deliveries.append(
+                Queued(
+                    channel=target.channel,
+                    purpose=DeliveryPurpose.notify,
+                    key=delivery_key("approval", approval.id, "notify", stage, target.channel, target.target or ""),
+                    target=target.target,
+                    rule=approval.rule,
+                    extra={"person": target.person} if target.person else None,
+                )
+            )
+    follow_ups, missing = _follow_ups(after, "on_escalate", stage, policy)
+    data = {**(details or {}), "level": level + 1}
+    if details is None:
+        data["timeout"] = True
+    note = _transition_note(after, "approval.escalated", now, actor, platform, data)
+    result = DecisionResult(ok=True, reason=DecisionReason.escalated, message="Escalated.", approval=after)
+    return _plan(
+        snapshot,
+        after,
+        values,
+        result,
+        deliveries=[*deliveries, *follow_ups],
+        notes=[note],
+        warnings=[*warnings, *missing],
+    )
+
+
+def _cancel(snapshot: Snapshot | None, intent: Intent, *, now: datetime, policy: Policy) -> Plan:
+    # A withdrawal that is refused is audited without the approval it named (about stays None).
+    if snapshot is None or (intent.tenant is not None and snapshot.approval.tenant != intent.tenant):
+        raise _Refusal(_refusal(DecisionReason.not_found, "No such approval."))
+    approval = snapshot.approval
+    if approval.state not in OPEN:
+        raise _Refusal(final_refusal(approval, policy.directory))
+    by = intent.actor.id
+    values = _final_values(ApprovalState.cancelled, None, by, "api", now)
+    after = _moved(approval, values)
+    deliveries = [*_updates(snapshot, after, now=now, stage="cancelled"), *_callback(snapshot, after)]
+    note = _transition_note(after, "approval.cancelled", now, by, "api", None)
+    result = DecisionResult(
+        ok=True, reason=DecisionReason.cancelled, message=f"Cancelled by {by}.", approval=after, quorum=after.quorum
+    )
+    return _plan(snapshot, after, values, result, deliveries=deliveries, notes=[note], votes=snapshot.votes)
+
+
+def _refused(
+    snapshot: Snapshot | None,
+    intent: Intent,
+    result: DecisionResult,
+    person: Person | None,
+    about: Approval | None,
+    *,
+    now: datetime,
+) -> Plan:
+    """A refusal changes nothing but the audit log, where it is written down (after the deferred creation row)."""
+    actor = intent.actor
+    claims = intent.claims
+    approval_id = about.id if about else (claims.approval_id if claims else None)
+    note = {
+        "type": "decision.refused",
+        "at": now,
+        "tenant": about.tenant if about else (claims.tenant if claims else None),
+        "approval_id": approval_id,
+        "alert_id": about.alert_id if about else None,
+        "actor": person.name if person else f"{actor.platform}:{actor.id}"[:200],
+        "actor_platform": actor.platform,
+        "data": {**_details(intent), "reason": result.reason.value, "actor_id": actor.id[:200]},
+    }
+    if snapshot is None or approval_id != snapshot.approval.id or snapshot.created_audited:
+        return Plan(result=result, approval_id=approval_id, audit=(note,))
+    return Plan(
+        result=result,
+        approval_id=approval_id,
+        version=snapshot.version,
+        values={"created_audited": True},
+        audit=(_creation_note(snapshot, snapshot.approval), note),
+    )
+
+
+# ---------------------------------------------------------------- what a move causes
+
+
+def _plan(
+    snapshot: Snapshot,
+    after: Approval,
+    values: dict[str, Any],
+    result: DecisionResult,
+    *,
+    intent: Intent | None = None,
+    vote: Mapping[str, Any] | None = None,
+    deliveries: Sequence[Queued] = (),
+    notes: Sequence[Mapping[str, Any]] = (),
+    votes: Sequence[Mapping[str, Any]] | None = None,
+    warnings: Sequence[str] = (),
+) -> Plan:
+    # The deferred "approval.created" row goes first, describing the approval as this plan leaves it.
+    audit = list(notes)
+    if not snapshot.created_audited:
+        audit.insert(0, _creation_note(snapshot, after))
+        values = {**values, "created_audited": True}
+    return Plan(
+        result=result,
+        approval_id=after.id,
+        version=snapshot.version,
+        values=values,
+        nonce=_nonce(intent) if intent is not None else None,
+        vote=vote,
+        deliveries=tuple(deliveries),
+        audit=tuple(audit),
+        votes=tuple(votes) if votes is not None else None,
+        warnings=tuple(warnings),
+    )
+
+
+def _final_deliveries(
+    snapshot: Snapshot, after: Approval, *, now: datetime, policy: Policy
+) -> tuple[list[Queued], list[str]]:
+    """A final state: an update of every message that shows it, the signed callback, the rule's follow-ups."""
+    hook = FOLLOW_UP_HOOKS.get(after.state)
+    follow_ups, warnings = _follow_ups(after, hook, after.state.value, policy) if hook else ([], [])
+    return [
+        *_updates(snapshot, after, now=now, stage=after.state.value),
+        *_callback(snapshot, after),
+        *follow_ups,
+    ], warnings
+
+
+def _updates(snapshot: Snapshot, after: Approval, *, now: datetime, stage: str) -> list[Queued]:
+    updates = []
+    for shown in snapshot.shown:
+        extra: dict[str, Any] = {"person": shown.person} if shown.person else {}
+        if shown.message_ref is not None:
+            # What the update edits, known now: the dispatcher need not look it up again.
+            extra["message_ref"] = dict(shown.message_ref)
+        updates.append(
+            Queued(
+                channel=shown.channel,
+                purpose=DeliveryPurpose.update,
+                key=delivery_key("approval", after.id, "update", stage, shown.channel, shown.target or ""),
+                target=shown.target,
+                rule=after.rule,
+                extra=extra or None,
+            )
+        )
+    return updates
+
+
+def _callback(snapshot: Snapshot, after: Approval) -> list[Queued]:
+    if not after.callback_url:
+        return []
+    state = after.state.value
+    body = {
+        "approval_id": after.id,
+        "tenant": after.tenant,
+        "state": state,
+        "decided_by": after.decided_by,
+        "decided_at": after.decided_at.isoformat() if after.decided_at else None,
+        "channel": after.decision_channel,
+        "choice": after.decided_choice.value if after.decided_choice else None,
+        "context": after.context,
+    }
+    return [
+        Queued(
+            channel=CALLBACK_CHANNEL,
+            purpose=DeliveryPurpose.callback,
+            key=delivery_key("approval", after.id, "callback", state),
+            extra={"url": after.callback_url, "body": body},
+        )
+    ]
+
+
+def _follow_ups(after: Approval, hook: str, stage: str, policy: Policy) -> tuple[list[Queued], list[str]]:
+    if not after.rule:
+        return [], []
+    rule = next((r for r in policy.rules() if r.name == after.rule), None)
+    if rule is None:
+        return [], [f"rule {after.rule} is gone; its {hook} actions are skipped"]
+    known = policy.channel_types()
+    queued, warnings = [], []
+    for index, action in enumerate(getattr(rule, hook)):
+        if action.channel not in known:
+            warnings.append(f"rule {rule.name} {hook}: channel {action.channel} is not configured; skipped")
+            continue
+        queued.append(
+            Queued(
+                channel=action.channel,
+                purpose=DeliveryPurpose.notify,
+                key=delivery_key("approval", after.id, hook, stage, index),
+                rule=rule.name,
+                action_index=index,
+                extra={"follow_up": hook},
+            )
+        )
+    return queued, warnings
+
+
+def _hold(deliveries: list[Queued], intent: Intent, now: datetime) -> list[Queued]:
+    """The clicked message's update, queued claimed by the surface's worker for the click's own answer."""
+    if not intent.answering or not intent.holder:
+        return deliveries
+    ref = dict(intent.answering)
+    for index, queued in enumerate(deliveries):
+        if queued.purpose is DeliveryPurpose.update and (queued.extra or {}).get("message_ref") == ref:
+            held = replace(queued, held_by=intent.holder, held_until=now + ANSWER_HOLD)
+            return [*deliveries[:index], held, *deliveries[index + 1 :]]
+    return deliveries
+
+
+# ---------------------------------------------------------------- small pieces
+
+
+def _final_values(
+    state: ApprovalState, choice: Choice | None, person: str | None, channel: str | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "state": state.value,
+        "decided_at": now,
+        "decided_by": person,
+        "decided_choice": choice.value if choice else None,
+        "decision_channel": channel,
+        "next_due_at": None,
+        "updated_at": now,
+    }
+
+
+_MODEL_FIELDS = frozenset(Approval.model_fields)
+
+
+def _moved(approval: Approval, values: Mapping[str, Any]) -> Approval:
+    """The approval as these column values leave it (no validation: the values are ours)."""
+    update = {key: value for key, value in values.items() if key in _MODEL_FIELDS}
+    if "state" in update:
+        update["state"] = ApprovalState(update["state"])
+    if update.get("decided_choice") is not None:
+        update["decided_choice"] = Choice(update["decided_choice"])
+    return approval.model_copy(update=update)
+
+
+def _choice(intent: Intent) -> Choice:
+    raw = intent.choice
+    try:
+        return Choice(raw or "")
+    except ValueError:
+        if intent.kind is IntentKind.command:
+            message = f"{raw!r} is not a choice: acknowledge, deny or escalate."
+        else:
+            message = "Not a choice ackbot knows."
+        raise _Refusal(_refusal(DecisionReason.wrong_choice, message)) from None
+
+
+def _nonce(intent: Intent) -> NonceSpend | None:
+    claims = intent.claims
+    return NonceSpend(claims.nonce, claims.expires_at) if claims is not None else None
+
+
+def _channel(intent: Intent) -> str:
+    return intent.claims.channel if intent.claims is not None else intent.actor.platform
+
+
+def _details(intent: Intent) -> dict[str, Any]:
+    return token_details(intent.claims)
+
+
+def _creation_note(snapshot: Snapshot, after: Approval) -> dict[str, Any]:
+    return {
+        "type": "approval.created",
+        "at": after.created_at,
+        "tenant": after.tenant,
+        "approval_id": after.id,
+        "alert_id": after.alert_id,
+        "actor": snapshot.created_by,
+        "actor_platform": "rule",
+        "data": {"targets": list(after.targets), "approvers": list(after.approvers), "quorum": after.quorum},
+    }
+
+
+def _decision_note(
+    after: Approval, kind: str, person: Person, actor: Actor, now: datetime, details: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "at": now,
+        "tenant": after.tenant,
+        "approval_id": after.id,
+        "alert_id": after.alert_id,
+        "actor": person.name,
+        "actor_platform": actor.platform,
+        "data": {**details, "actor_id": actor.id, "state": after.state.value},
+    }
+
+
+def _transition_note(
+    after: Approval, kind: str, now: datetime, actor: str, platform: str, data: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "at": now,
+        "tenant": after.tenant,
+        "approval_id": after.id,
+        "alert_id": after.alert_id,
+        "actor": actor,
+        "actor_platform": platform,
+        "data": data,
+    }
+
+
+def _result(
+    reason: DecisionReason,
+    message: str,
+    approval: Approval | None,
+    choice: Choice | None,
+    person: Person | None,
+    votes: int = 0,
+) -> DecisionResult:
+    return DecisionResult(
+        ok=reason in TAKEN,
+        reason=reason,
+        message=message,
+        approval=approval,
+        choice=choice,
+        person=person.name if person else None,
+        votes=votes,
+        quorum=approval.quorum if approval else 1,
+    )
+
+
+def _refusal(reason: DecisionReason, message: str, approval: Approval | None = None) -> DecisionResult:
+    return DecisionResult(
+        ok=False, reason=reason, message=message, approval=approval, quorum=approval.quorum if approval else 1
+    )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "an unknown time"
