@@ -22,7 +22,7 @@ from sqlalchemy import event, func, select
 from bot.app import build_runtime, create_app
 from core import audit
 from core.approvals import DecisionReason
-from core.approvals.machine import ANSWER_HOLD
+from core.approvals.effects import ANSWER_HOLD
 from core.channels.base import BaseChannel, Notification, SendResult
 from core.clock import ManualClock
 from core.models import Actor, ApprovalState, DeliveryPurpose
@@ -726,12 +726,12 @@ async def test_a_plan_lost_to_a_race_is_planned_again_on_what_won(harness: Harne
     # approval loses to a deny that lands before its write: it writes nothing, is planned again on the denied
     # approval, and the click is told what became of it.
     h, created, tokens, claims = await _posted_on_postgres(harness)
-    from core.approvals import machine
+    from core.approvals import machine, plans
     from core.store import approvals as approval_store
 
     approvals = h.runtime.approvals
     now = h.clock.now()
-    intent = machine.Intent(kind=machine.IntentKind.click, actor=ALICE, choice="acknowledge", claims=claims)
+    intent = plans.Intent(kind=plans.IntentKind.click, actor=ALICE, choice="acknowledge", claims=claims)
     async with h.runtime.db.direct_reads() as direct:
         pending = await approval_store.snapshot(session=direct, approval_id=created["id"], nonce=claims.nonce)
     stale = machine.decide(pending, intent, now=now, policy=approvals.policy)
@@ -740,7 +740,7 @@ async def test_a_plan_lost_to_a_race_is_planned_again_on_what_won(harness: Harne
     before = await _decision_writes(h, created["id"])
     planned_on: list[ApprovalState | None] = []
 
-    def plan(snapshot: machine.Snapshot | None) -> machine.Plan:
+    def plan(snapshot: plans.Snapshot | None) -> plans.Plan:
         if not planned_on:
             planned_on.append(None)
             return stale  # as if made before the deny committed

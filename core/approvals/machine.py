@@ -19,17 +19,26 @@ The states and their moves, declared once (MOVES):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from enum import StrEnum
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
-from core.approvals.callback import CALLBACK_CHANNEL
 from core.approvals.directory import Directory
+from core.approvals.effects import (
+    creation_note,
+    decision_note,
+    final_deliveries,
+    hold,
+    message_updates,
+    rule_follow_ups,
+    signed_callback,
+    transition_note,
+)
 from core.approvals.models import DecisionReason, DecisionResult
+from core.approvals.plans import Intent, IntentKind, NonceSpend, Plan, Policy, Queued, Snapshot
 from core.approvals.targets import delivery_key, plan_quietly
-from core.models import Actor, Approval, ApprovalState, Choice, DeliveryPurpose, EscalationStep, Person, Rule
+from core.models import Approval, ApprovalState, Choice, DeliveryPurpose, EscalationStep, Person
 from core.tokens import TokenClaims, nonce_digest
 
 # What each move leads to, from an open state (pending or escalated); a final state has no moves.
@@ -41,136 +50,9 @@ MOVES: dict[str, ApprovalState] = {
     "expire": ApprovalState.expired,
     "cancel": ApprovalState.cancelled,
 }
-# The rule's actions each final state (and an escalation) sets off.
-FOLLOW_UP_HOOKS = {
-    ApprovalState.acknowledged: "on_acknowledge",
-    ApprovalState.denied: "on_deny",
-    ApprovalState.escalated: "on_escalate",
-    ApprovalState.expired: "on_expire",
-}
 # The platform whose clicks a chat channel's buttons come back from.
 CLICK_PLATFORM = {"slack": "slack", "teams": "teams"}
-# How long the update of a clicked message is held for the click's own answer (Slack's response_url, which the
-# listener allows 10 s) before the outbox edits the message itself: only if the process died in between.
-ANSWER_HOLD = timedelta(seconds=30)
 TAKEN = frozenset({DecisionReason.decided, DecisionReason.vote_recorded, DecisionReason.escalated})
-
-
-class IntentKind(StrEnum):
-    """What is asked of an approval."""
-
-    click = "click"  # a signed token: a button, a web link, the API's decide
-    command = "command"  # a typed command vouched for by the platform (`/ackbot ack <id>`)
-    cancel = "cancel"  # the requester withdraws it
-    tick = "tick"  # the scheduler: the due escalation step or the expiry
-    bad_token = "bad_token"  # a click whose token did not verify: refused, and audited
-
-
-@dataclass(frozen=True)
-class Intent:
-    """One request of an approval, by whom, with what."""
-
-    kind: IntentKind
-    actor: Actor
-    choice: str | None = None  # as asked: a choice ackbot may not know
-    claims: TokenClaims | None = None
-    tenant: str | None = None  # the tenant the surface is bound to, when it is
-    # bad_token: the token's refusal (reason and message) and whether the token was signed by us but stale
-    refusal: DecisionResult | None = None
-    stale: bool = False
-    # click: the message clicked, when the surface replaces it with the decided view itself, and the outbox
-    # worker its update is then held under
-    answering: Mapping[str, Any] | None = None
-    holder: str | None = None
-
-
-@dataclass(frozen=True)
-class Shown:
-    """A conversation an approval was posted to, and the message there an update edits (None: not known yet)."""
-
-    channel: str
-    target: str | None
-    person: str | None
-    message_ref: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """An approval as read, with everything a decision looks at; `version` is what a plan's write is made on."""
-
-    approval: Approval
-    version: int
-    event_id: str | None
-    created_by: str | None
-    created_audited: bool
-    next_due_at: datetime | None
-    votes: tuple[Mapping[str, Any], ...] = ()  # as the API lists them, oldest first
-    shown: tuple[Shown, ...] = ()
-    notified: frozenset[tuple[str, str | None]] = frozenset()  # conversations its own messages went to
-    nonce_spent: bool = False
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What a decision reads of the configuration: people and groups, channels, rules. Read when asked."""
-
-    directory: Directory
-    channel_types: Callable[[], Mapping[str, str]]
-    rules: Callable[[], Sequence[Rule]]
-
-
-@dataclass(frozen=True)
-class Queued:
-    """A delivery a plan queues for the approval (its tenant, event, alert and id are the approval's)."""
-
-    channel: str
-    purpose: DeliveryPurpose
-    key: str
-    target: str | None = None
-    rule: str | None = None
-    action_index: int | None = None
-    extra: Mapping[str, Any] | None = None
-    held_by: str | None = None  # queued already claimed by this worker, for the click's own answer
-    held_until: datetime | None = None
-
-
-@dataclass(frozen=True)
-class NonceSpend:
-    """The token's nonce, spent with the write: a second use of the token finds it."""
-
-    nonce: str
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to write, all or nothing, and what to answer. `version` None: nothing on the approval row changes."""
-
-    result: DecisionResult
-    approval_id: str | None = None
-    version: int | None = None
-    values: Mapping[str, Any] = field(default_factory=dict)
-    nonce: NonceSpend | None = None
-    vote: Mapping[str, Any] | None = None
-    deliveries: tuple[Queued, ...] = ()
-    audit: tuple[Mapping[str, Any], ...] = ()
-    votes: tuple[Mapping[str, Any], ...] | None = None  # the votes as the plan leaves them (final states)
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def refused(self) -> bool:
-        """Whether the intent was refused (what is written then is the audit of it)."""
-        return not self.result.ok
-
-    @property
-    def writes(self) -> bool:
-        """Whether there is anything to write at all."""
-        return bool(self.values or self.audit or self.deliveries or self.vote or self.nonce)
-
-    @property
-    def wakes_outbox(self) -> bool:
-        """Whether the outbox has work from this plan that no surface is holding."""
-        return any(queued.held_by is None for queued in self.deliveries)
 
 
 class _Refusal(Exception):
@@ -226,10 +108,10 @@ def tick(snapshot: Snapshot | None, *, now: datetime, policy: Policy) -> Plan | 
     level = approval.escalation_level
     steps = approval.escalation
     if now >= approval.expires_at:
-        values = {"state": ApprovalState.expired.value, "decided_at": now, "next_due_at": None, "updated_at": now}
+        values = {"state": MOVES["expire"].value, "decided_at": now, "next_due_at": None, "updated_at": now}
         after = _moved(approval, values)
-        deliveries, warnings = _final_deliveries(snapshot, after, now=now, policy=policy)
-        note = _transition_note(after, "approval.expired", now, "scheduler", "ackbot", {"level": level})
+        deliveries, warnings = final_deliveries(snapshot, after, now=now, policy=policy)
+        note = transition_note(after, "approval.expired", now, "scheduler", "ackbot", {"level": level})
         result = DecisionResult(ok=True, reason=DecisionReason.expired, message="Expired.", approval=after)
         return _plan(snapshot, after, values, result, deliveries=deliveries, notes=[note], warnings=warnings)
     if level < len(steps) and approval.created_at + steps[level].after <= now:
@@ -389,8 +271,8 @@ def _acknowledge(snapshot: Snapshot, intent: Intent, person: Person, *, now: dat
     details = {**_details(intent), "votes": count}
     if count < approval.quorum:
         # Every message shows the count and gets fresh buttons (the clicked one's nonce is spent).
-        deliveries = _updates(snapshot, approval, now=now, stage=f"vote{count}")
-        note = _decision_note(approval, "approval.vote", person, intent.actor, now, details)
+        deliveries = message_updates(snapshot, approval, now=now, stage=f"vote{count}")
+        note = decision_note(approval, "approval.vote", person, intent.actor, now, details)
         result = _result(
             DecisionReason.vote_recorded,
             f"Acknowledgement recorded: {count} of {approval.quorum}.",
@@ -400,10 +282,10 @@ def _acknowledge(snapshot: Snapshot, intent: Intent, person: Person, *, now: dat
             count,
         )
         return _plan(snapshot, approval, {}, result, intent=intent, vote=vote, deliveries=deliveries, notes=[note])
-    values = _final_values(ApprovalState.acknowledged, Choice.acknowledge, person.name, channel, now)
+    values = _final_values(MOVES["acknowledge"], Choice.acknowledge, person.name, channel, now)
     after = _moved(approval, values)
-    deliveries, warnings = _final_deliveries(snapshot, after, now=now, policy=policy)
-    note = _decision_note(after, "approval.acknowledged", person, intent.actor, now, details)
+    deliveries, warnings = final_deliveries(snapshot, after, now=now, policy=policy)
+    note = decision_note(after, "approval.acknowledged", person, intent.actor, now, details)
     name = policy.directory.display(person.name)
     result = _result(DecisionReason.decided, f"Acknowledged by {name}.", after, Choice.acknowledge, person, count)
     return _plan(
@@ -413,7 +295,7 @@ def _acknowledge(snapshot: Snapshot, intent: Intent, person: Person, *, now: dat
         result,
         intent=intent,
         vote=vote,
-        deliveries=_hold(deliveries, intent, now),
+        deliveries=hold(deliveries, intent, now),
         notes=[note],
         votes=votes,
         warnings=warnings,
@@ -421,10 +303,10 @@ def _acknowledge(snapshot: Snapshot, intent: Intent, person: Person, *, now: dat
 
 
 def _deny(snapshot: Snapshot, intent: Intent, person: Person, *, now: datetime, policy: Policy) -> Plan:
-    values = _final_values(ApprovalState.denied, Choice.deny, person.name, _channel(intent), now)
+    values = _final_values(MOVES["deny"], Choice.deny, person.name, _channel(intent), now)
     after = _moved(snapshot.approval, values)
-    deliveries, warnings = _final_deliveries(snapshot, after, now=now, policy=policy)
-    note = _decision_note(after, "approval.denied", person, intent.actor, now, _details(intent))
+    deliveries, warnings = final_deliveries(snapshot, after, now=now, policy=policy)
+    note = decision_note(after, "approval.denied", person, intent.actor, now, _details(intent))
     name = policy.directory.display(person.name)
     result = _result(DecisionReason.decided, f"Denied by {name}.", after, Choice.deny, person)
     return _plan(
@@ -433,7 +315,7 @@ def _deny(snapshot: Snapshot, intent: Intent, person: Person, *, now: datetime, 
         values,
         result,
         intent=intent,
-        deliveries=_hold(deliveries, intent, now),
+        deliveries=hold(deliveries, intent, now),
         notes=[note],
         votes=snapshot.votes,
         warnings=warnings,
@@ -458,7 +340,7 @@ def _escalation_plan(
     level = approval.escalation_level
     step = steps[level]
     values = {
-        "state": ApprovalState.escalated.value,
+        "state": MOVES["escalate"].value,
         "escalation_level": level + 1,
         "approvers": [*approval.approvers, *(a for a in step.approvers if a not in approval.approvers)],
         "targets": [*approval.targets, *(t for t in step.targets if t not in approval.targets)],
@@ -469,7 +351,7 @@ def _escalation_plan(
     }
     after = _moved(approval, values)
     stage = f"level{level + 1}"
-    deliveries = _updates(snapshot, after, now=now, stage=stage)
+    deliveries = message_updates(snapshot, after, now=now, stage=stage)
     plans, warnings = plan_quietly(policy.directory, policy.channel_types(), step.targets)
     for target in plans:
         # A conversation that shows the approval already gets the update above, not a second message.
@@ -484,11 +366,11 @@ def _escalation_plan(
                     extra={"person": target.person} if target.person else None,
                 )
             )
-    follow_ups, missing = _follow_ups(after, "on_escalate", stage, policy)
+    follow_ups, missing = rule_follow_ups(after, "on_escalate", stage, policy)
     data = {**(details or {}), "level": level + 1}
     if details is None:
         data["timeout"] = True
-    note = _transition_note(after, "approval.escalated", now, actor, platform, data)
+    note = transition_note(after, "approval.escalated", now, actor, platform, data)
     result = DecisionResult(ok=True, reason=DecisionReason.escalated, message="Escalated.", approval=after)
     return _plan(
         snapshot,
@@ -509,10 +391,10 @@ def _cancel(snapshot: Snapshot | None, intent: Intent, *, now: datetime, policy:
     if approval.state not in OPEN:
         raise _Refusal(final_refusal(approval, policy.directory))
     by = intent.actor.id
-    values = _final_values(ApprovalState.cancelled, None, by, "api", now)
+    values = _final_values(MOVES["cancel"], None, by, "api", now)
     after = _moved(approval, values)
-    deliveries = [*_updates(snapshot, after, now=now, stage="cancelled"), *_callback(snapshot, after)]
-    note = _transition_note(after, "approval.cancelled", now, by, "api", None)
+    deliveries = [*message_updates(snapshot, after, now=now, stage="cancelled"), *signed_callback(snapshot, after)]
+    note = transition_note(after, "approval.cancelled", now, by, "api", None)
     result = DecisionResult(
         ok=True, reason=DecisionReason.cancelled, message=f"Cancelled by {by}.", approval=after, quorum=after.quorum
     )
@@ -549,7 +431,7 @@ def _refused(
         approval_id=approval_id,
         version=snapshot.version,
         values={"created_audited": True},
-        audit=(_creation_note(snapshot, snapshot.approval), note),
+        audit=(creation_note(snapshot, snapshot.approval), note),
     )
 
 
@@ -572,7 +454,7 @@ def _plan(
     # The deferred "approval.created" row goes first, describing the approval as this plan leaves it.
     audit = list(notes)
     if not snapshot.created_audited:
-        audit.insert(0, _creation_note(snapshot, after))
+        audit.insert(0, creation_note(snapshot, after))
         values = {**values, "created_audited": True}
     return Plan(
         result=result,
@@ -586,100 +468,6 @@ def _plan(
         votes=tuple(votes) if votes is not None else None,
         warnings=tuple(warnings),
     )
-
-
-def _final_deliveries(
-    snapshot: Snapshot, after: Approval, *, now: datetime, policy: Policy
-) -> tuple[list[Queued], list[str]]:
-    """A final state: an update of every message that shows it, the signed callback, the rule's follow-ups."""
-    hook = FOLLOW_UP_HOOKS.get(after.state)
-    follow_ups, warnings = _follow_ups(after, hook, after.state.value, policy) if hook else ([], [])
-    return [
-        *_updates(snapshot, after, now=now, stage=after.state.value),
-        *_callback(snapshot, after),
-        *follow_ups,
-    ], warnings
-
-
-def _updates(snapshot: Snapshot, after: Approval, *, now: datetime, stage: str) -> list[Queued]:
-    updates = []
-    for shown in snapshot.shown:
-        extra: dict[str, Any] = {"person": shown.person} if shown.person else {}
-        if shown.message_ref is not None:
-            # What the update edits, known now: the dispatcher need not look it up again.
-            extra["message_ref"] = dict(shown.message_ref)
-        updates.append(
-            Queued(
-                channel=shown.channel,
-                purpose=DeliveryPurpose.update,
-                key=delivery_key("approval", after.id, "update", stage, shown.channel, shown.target or ""),
-                target=shown.target,
-                rule=after.rule,
-                extra=extra or None,
-            )
-        )
-    return updates
-
-
-def _callback(snapshot: Snapshot, after: Approval) -> list[Queued]:
-    if not after.callback_url:
-        return []
-    state = after.state.value
-    body = {
-        "approval_id": after.id,
-        "tenant": after.tenant,
-        "state": state,
-        "decided_by": after.decided_by,
-        "decided_at": after.decided_at.isoformat() if after.decided_at else None,
-        "channel": after.decision_channel,
-        "choice": after.decided_choice.value if after.decided_choice else None,
-        "context": after.context,
-    }
-    return [
-        Queued(
-            channel=CALLBACK_CHANNEL,
-            purpose=DeliveryPurpose.callback,
-            key=delivery_key("approval", after.id, "callback", state),
-            extra={"url": after.callback_url, "body": body},
-        )
-    ]
-
-
-def _follow_ups(after: Approval, hook: str, stage: str, policy: Policy) -> tuple[list[Queued], list[str]]:
-    if not after.rule:
-        return [], []
-    rule = next((r for r in policy.rules() if r.name == after.rule), None)
-    if rule is None:
-        return [], [f"rule {after.rule} is gone; its {hook} actions are skipped"]
-    known = policy.channel_types()
-    queued, warnings = [], []
-    for index, action in enumerate(getattr(rule, hook)):
-        if action.channel not in known:
-            warnings.append(f"rule {rule.name} {hook}: channel {action.channel} is not configured; skipped")
-            continue
-        queued.append(
-            Queued(
-                channel=action.channel,
-                purpose=DeliveryPurpose.notify,
-                key=delivery_key("approval", after.id, hook, stage, index),
-                rule=rule.name,
-                action_index=index,
-                extra={"follow_up": hook},
-            )
-        )
-    return queued, warnings
-
-
-def _hold(deliveries: list[Queued], intent: Intent, now: datetime) -> list[Queued]:
-    """The clicked message's update, queued claimed by the surface's worker for the click's own answer."""
-    if not intent.answering or not intent.holder:
-        return deliveries
-    ref = dict(intent.answering)
-    for index, queued in enumerate(deliveries):
-        if queued.purpose is DeliveryPurpose.update and (queued.extra or {}).get("message_ref") == ref:
-            held = replace(queued, held_by=intent.holder, held_until=now + ANSWER_HOLD)
-            return [*deliveries[:index], held, *deliveries[index + 1 :]]
-    return deliveries
 
 
 # ---------------------------------------------------------------- small pieces
@@ -735,49 +523,6 @@ def _channel(intent: Intent) -> str:
 
 def _details(intent: Intent) -> dict[str, Any]:
     return token_details(intent.claims)
-
-
-def _creation_note(snapshot: Snapshot, after: Approval) -> dict[str, Any]:
-    return {
-        "type": "approval.created",
-        "at": after.created_at,
-        "tenant": after.tenant,
-        "approval_id": after.id,
-        "alert_id": after.alert_id,
-        "actor": snapshot.created_by,
-        "actor_platform": "rule",
-        "data": {"targets": list(after.targets), "approvers": list(after.approvers), "quorum": after.quorum},
-    }
-
-
-def _decision_note(
-    after: Approval, kind: str, person: Person, actor: Actor, now: datetime, details: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "at": now,
-        "tenant": after.tenant,
-        "approval_id": after.id,
-        "alert_id": after.alert_id,
-        "actor": person.name,
-        "actor_platform": actor.platform,
-        "data": {**details, "actor_id": actor.id, "state": after.state.value},
-    }
-
-
-def _transition_note(
-    after: Approval, kind: str, now: datetime, actor: str, platform: str, data: dict[str, Any] | None
-) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "at": now,
-        "tenant": after.tenant,
-        "approval_id": after.id,
-        "alert_id": after.alert_id,
-        "actor": actor,
-        "actor_platform": platform,
-        "data": data,
-    }
 
 
 def _result(

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from core import audit
 from core.approvals import machine
 from core.approvals.keys import KeyManager
-from core.approvals.machine import Policy
+from core.approvals.plans import Policy
 from core.clock import Clock
 from core.store import approvals as approval_store
 from core.store.db import Database

@@ -19,16 +19,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit
-from core.approvals import machine
+from core.approvals import machine, opening
 from core.approvals.buttons import Buttons
 from core.approvals.callback import CallbackChannel
 from core.approvals.directory import Directory
 from core.approvals.keys import KeyManager
-from core.approvals.machine import Intent, IntentKind, Plan, Policy
-from core.approvals.models import ApprovalInputError, ApprovalRequest, ApprovalView, DecisionReason, DecisionResult
+from core.approvals.models import ApprovalRequest, ApprovalView, DecisionReason, DecisionResult
+from core.approvals.plans import Intent, IntentKind, Plan, Policy, Snapshot
 from core.approvals.scheduler import Scheduler
-from core.approvals.targets import TargetPlan, check_names, delivery_key, plan_targets
+from core.approvals.targets import TargetPlan, plan_targets
 from core.approvals.waiters import Waiters
 from core.channels.base import ChannelContext
 from core.clock import Clock
@@ -40,7 +39,6 @@ from core.models import (
     Approval,
     ApprovalState,
     Choice,
-    DeliveryPurpose,
     Event,
     HeldUpdate,
     Person,
@@ -49,9 +47,7 @@ from core.models import (
 from core.store import alerts as alert_store
 from core.store import approvals as approval_store
 from core.store.approvals import Applied, approval_from_row
-from core.store.db import Database, new_id
-from core.store.deliveries import new_delivery
-from core.store.tables import ApprovalRow
+from core.store.db import Database
 from core.tokens import TokenClaims, TokenError
 
 log = logging.getLogger("ackbot.approvals")
@@ -166,137 +162,25 @@ class ApprovalService:
 
     async def create(self, *, request: ApprovalRequest, tenant: str, created_by: str | None = None) -> Approval:
         """Open an approval and queue one message per target, in one transaction; ApprovalInputError names a field."""
-        check_names(self.directory, request.approvers, "approvers")
-        plans = self.plan_targets(request.targets)
-        everyone = list(request.approvers)
-        for index, step in enumerate(request.escalation):
-            check_names(self.directory, step.approvers, f"escalation[{index}].approvers")
-            self.plan_targets(step.targets, field=f"escalation[{index}].targets")
-            everyone += step.approvers
-        eligible = self.directory.eligible_count(everyone) if everyone else len(self.directory.people)
-        if request.quorum > eligible:
-            raise ApprovalInputError(
-                "quorum", f"{request.quorum} acknowledgements are needed but the approvers name {eligible} people"
-            )
-        now = self.clock.now()
-        row = self._new_row(
-            tenant=tenant,
-            title=request.title,
-            summary=request.summary,
-            requester=request.requester,
-            approvers=list(request.approvers),
-            targets=list(request.targets),
-            choices=list(request.choices),
-            quorum=request.quorum,
-            allow_self_approval=request.allow_self_approval,
-            escalation=list(request.escalation),
-            timeout=request.timeout,
-            callback_url=request.callback_url,
-            context=request.context,
-            created_by=created_by,
-            now=now,
+        approval = await opening.create(
+            db=self.db, policy=self.policy, request=request, tenant=tenant, created_by=created_by, now=self.clock.now()
         )
-        async with self.db.transaction() as session:
-            await approval_store.add(session=session, row=row)
-            for plan in plans:
-                session.add(
-                    new_delivery(
-                        tenant=row.tenant,
-                        channel=plan.channel,
-                        idempotency_key=delivery_key(
-                            "approval", row.id, "notify", "0", plan.channel, plan.target or ""
-                        ),
-                        now=now,
-                        purpose=DeliveryPurpose.notify,
-                        approval_id=row.id,
-                        target=plan.target,
-                        extra={"person": plan.person} if plan.person else None,
-                    )
-                )
-            await audit.record(
-                session=session,
-                db=self.db,
-                type="approval.created",
-                at=now,
-                tenant=tenant,
-                approval_id=row.id,
-                actor=created_by,
-                actor_platform="api",
-                data={
-                    "targets": list(request.targets),
-                    "approvers": list(request.approvers),
-                    "quorum": request.quorum,
-                    "expires_at": row.expires_at.isoformat(),
-                },
-            )
-        self._changed(row.id)
-        return approval_from_row(row)
+        self._changed(approval.id)
+        return approval
 
     async def open_for_action(
         self, session: AsyncSession, event: Event, alert: Alert | None, rule: Rule, action: Action
     ) -> str:
-        """The ingest hook: open the approval a rule action asks for, inside the ingest transaction.
-
-        Ingest itself queues the action's message with the returned approval id, so the alert carries buttons.
-        Its "approval.created" audit row is written after the ingest commits (by the scheduler, or by the first
-        decision, whichever is first): the audit lock taken here would be held across the whole batch.
-        """
-        spec = action.approval
-        if spec is None:
-            raise ValueError("open_for_action needs an action with approval:")
-        approvers = [name for name in spec.approvers if self.directory.knows(name)]
-        for name in set(spec.approvers) - set(approvers):
-            log.warning("rule %s: approver %r is neither a person nor a group; ignored", rule.name, name)
-        subject = alert or event
-        row = self._new_row(
-            tenant=event.tenant,
-            title=subject.title,
-            summary=subject.summary,
-            requester=None,
-            approvers=approvers,
-            targets=[action.channel],
-            choices=[c for c in Choice if c.value in spec.choices] or list(Choice),
-            quorum=min(spec.quorum, max(1, self.directory.eligible_count(approvers))),
-            allow_self_approval=spec.allow_self_approval,
-            escalation=sorted((s for s in spec.escalation if s.after < spec.timeout), key=lambda s: s.after),
-            timeout=spec.timeout,
-            callback_url=None,
-            context={
-                "event_id": event.id,
-                "alert_id": alert.id if alert else None,
-                "kind": event.kind,
-                "severity": event.severity.value,
-                "rule": rule.name,
-            },
-            created_by=f"rule:{rule.name}",
+        """The ingest hook: open the approval a rule action asks for, inside the ingest transaction (see
+        opening.open_for_action)."""
+        return await opening.open_for_action(
+            session=session,
+            directory=self.directory,
+            event=event,
+            alert=alert,
+            rule=rule,
+            action=action,
             now=self.clock.now(),
-        )
-        row.alert_id, row.event_id, row.rule, row.created_audited = (
-            alert.id if alert else None,
-            event.id,
-            rule.name,
-            False,
-        )
-        await approval_store.add(session=session, row=row)
-        return row.id
-
-    @staticmethod
-    def _new_row(
-        *, timeout: timedelta, now: datetime, choices: list[Choice], escalation: list[Any], **columns: Any
-    ) -> ApprovalRow:
-        expires_at = now + timeout
-        return ApprovalRow(
-            id=new_id("apr"),
-            choices=[c.value for c in choices],
-            state=ApprovalState.pending.value,
-            escalation=[s.model_dump(mode="json") for s in escalation],
-            escalation_level=0,
-            created_at=now,
-            updated_at=now,
-            expires_at=expires_at,
-            next_due_at=machine.next_due(created_at=now, expires_at=expires_at, steps=escalation, level=0),
-            version=0,
-            **columns,
         )
 
     # ------------------------------------------------------------ reading
@@ -478,7 +362,7 @@ class ApprovalService:
             approval_id = claims.approval_id
         planned: list[Plan] = []
 
-        def plan(snapshot: machine.Snapshot | None) -> Plan:
+        def plan(snapshot: Snapshot | None) -> Plan:
             planned.append(machine.decide(snapshot, intent, now=now, policy=self.policy))
             return planned[-1]
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.approvals.machine import Plan, Shown, Snapshot
+from core.approvals.plans import Plan, Shown, Snapshot
 from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
 from core.store import audit as audit_store
 from core.store import deliveries as delivery_store
