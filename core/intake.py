@@ -42,14 +42,13 @@ class IngestQueue:
     MAX_GROUP_EVENTS = 1000
     # Turns of the event loop a writer lets pass before it takes a group. A request read from its socket reaches
     # submit() a couple of turns later (aiohttp's protocol wakes the request's task, which then runs the handler),
-    # so the requests that arrived while the previous group was written join this one instead of the next: at 16
-    # clients on SQLite, 8 events a group instead of 5 and 15% less CPU per event. Idle, a lone request waits
-    # three turns, microseconds.
+    # so the requests that arrived while the previous group was written join this one instead of the next (bigger
+    # groups, less CPU per event: docs/performance-history.md). Idle, a lone request waits only three turns.
     GATHER_TURNS = 3
     # Turns of the event loop a writer whose queue is empty waits for a request before it leaves, with its
     # connection. Under load the next requests arrive within a few turns (the answers of the group just committed
     # go out, and their clients send again), so a writer keeps its connection from one group to the next instead
-    # of checking one out of the pool per group; idle, it leaves after microseconds.
+    # of checking one out of the pool per group; idle, it leaves almost at once.
     LINGER_TURNS = 20
 
     def __init__(self, deps: Callable[[], IngestDeps], *, writers: int = 1) -> None:

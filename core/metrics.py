@@ -68,7 +68,7 @@ class Metrics:
 
     def labelled(self, metric: M, *values: str) -> M:
         """metric.labels(*values), kept for the next time: prometheus_client checks the values and takes a lock on
-        every labels() call, which costs three times the increment it is made for (the hot paths count per request)."""
+        every labels() call, which costs more than the increment it is made for (the hot paths count per request)."""
         key = (id(metric), values)
         child = self._children.get(key)
         if child is None:

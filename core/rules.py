@@ -45,7 +45,7 @@ _GLOB_CHARS = frozenset("*?[")
 _PLAIN_TYPES = (str, int, float, bool)
 _SEVERITY_RANK: dict[str, int] = {s.value: s.rank for s in Severity}
 _RANK_COUNT = len(_SEVERITY_RANK)
-# pydantic's model_fields is a computed property (~0.5 µs); field resolution needs the names on every step.
+# pydantic's model_fields is a computed property; field resolution needs the names on every step.
 _FIELD_NAMES: dict[type[BaseModel], frozenset[str]] = {}
 _ORDERING: dict[ConditionOp, Callable[[Any, Any], bool]] = {
     ConditionOp.gt: operator.gt,

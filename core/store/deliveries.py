@@ -260,8 +260,8 @@ async def settle(
     return delivery_id in await settle_many(db=db, worker=worker, settlements=[settlement])
 
 
-# PostgreSQL settles a batch in one statement, committed on its own: one round trip (a transaction of three
-# statements was five, each waiting for a turn of a busy loop) and a fraction of SQLAlchemy's CPU per statement.
+# PostgreSQL settles a batch in one statement, committed on its own: one round trip, where a transaction of three
+# statements took five, each waiting for a turn of a busy loop.
 # The attempts are numbered by the update, so a delivery whose lease was lost gets neither.
 _SETTLE_BATCH = (
     "WITH batch AS (SELECT * FROM jsonb_to_recordset(CAST($1 AS jsonb)) AS b("
