@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 from core import silences
-from core.channels.base import ChannelError, SendResult
+from core.channels.base import SendResult
+from core.channels.errors import ChannelError
 from core.models import ALL_TENANTS, Actor, DeliveryPurpose, Person, parse_duration
 from core.runtime import Runtime
 from core.store import alerts as alert_store

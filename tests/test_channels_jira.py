@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.channels.jira import JiraChannel, JiraSettings
 from core.models import ApprovalState
 from tests.peers.http_sink import HttpSink, Reply

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.channels.pagerduty import PagerDutyChannel, PagerDutySettings
 from core.models import AlertStatus, ApprovalState, Severity
 from tests.peers.http_sink import HttpSink, Reply

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from core.channels import signing
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.channels.webhook import WebhookChannel, WebhookSettings
 from core.models import ApprovalState, DeliveryPurpose
 from tests.peers.http_sink import HttpSink, Reply

@@ -19,7 +19,8 @@ from sqlalchemy import select
 from bot.cli import main as cli_main
 from bot.teams import bot_of
 from bot.teams.bot import CachingCredentialsFactory, _is_loopback
-from core.channels.base import Notification, PermanentChannelError, TransientChannelError
+from core.channels.base import Notification
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.config import AckbotConfig
 from core.models import DeliveryPurpose
 from core.runtime import Runtime

@@ -19,15 +19,14 @@ import asyncio
 import ipaddress
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import requests
 from aiohttp import web
-from botbuilder.core import InvokeResponse, TurnContext, serializer_helper
+from botbuilder.core import TurnContext, serializer_helper
 from botbuilder.integration.aiohttp import (
     CloudAdapter,
     ConfigurationBotFrameworkAuthentication,
@@ -44,15 +43,13 @@ from botframework.connector.auth import CertificateServiceClientCredentialsFacto
 from msrest.exceptions import ClientRequestError
 from msrest.serialization import Model
 
+from bot.teams.handler import AckbotTeamsHandler
 from core.channels.base import parse_retry_after
 from core.config import TeamsConfig
 from core.runtime import Runtime
 from core.secrets import SecretError, resolve_secret
 from core.store import conversations as conversation_store
 from core.store.conversations import TeamsConversation
-
-if TYPE_CHECKING:
-    from bot.teams.handler import AckbotTeamsHandler
 
 log = logging.getLogger("ackbot.teams")
 
@@ -63,8 +60,6 @@ MSTEAMS = "msteams"
 AUTH_TIMEOUT = 10.0
 # Teams prefixes a bot's id with "28:" inside conversations.
 BOT_ID_PREFIX = "28:"
-# The activity of a message in a channel thread carries ";messageid=..." after the channel's conversation id.
-_THREAD_SUFFIX_RE = re.compile(r";messageid=\d+$")
 
 
 # What the SDK's HTTP stack raises when no answer came back (msrest wraps requests' errors in ClientRequestError).
@@ -96,11 +91,6 @@ class Posted:
     activity_id: str
     service_url: str
     tenant_id: str | None
-
-
-def channel_conversation_id(conversation_id: str) -> str:
-    """A channel's own conversation id from a thread's (19:...@thread.tacv2;messageid=123 -> 19:...@thread.tacv2)."""
-    return _THREAD_SUFFIX_RE.sub("", conversation_id)
 
 
 class _Settings:
@@ -191,10 +181,7 @@ class TeamsBot:
         # Built on first use: a secret that cannot be resolved fails Teams alone, not the whole process.
         self._authentication: Any = None
         self._adapter: Any = None
-        # Imported here: the handler module imports this one.
-        from bot.teams.handler import AckbotTeamsHandler
-
-        self.handler: AckbotTeamsHandler = AckbotTeamsHandler(self)
+        self.handler = AckbotTeamsHandler(runtime)
 
     @property
     def authentication(self) -> Any:
@@ -515,8 +502,3 @@ def _error_detail(exc: BaseException, response: Any) -> str:
     text = getattr(response, "text", "")
     text = text() if callable(text) else text
     return f": {' '.join(str(text).split())[:300]}" if text else ""
-
-
-def invoke_response(body: Any, status: int = 200) -> Any:
-    """An InvokeResponse the adapter writes back as the HTTP answer to an invoke."""
-    return InvokeResponse(status=status, body=body)

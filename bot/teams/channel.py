@@ -23,17 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from bot.cards import teams as teams_cards
-from core.channels.base import (
-    BaseChannel,
-    ChannelContext,
-    ChannelError,
-    ChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    TransientChannelError,
-    json_bytes,
-)
+from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult, json_bytes
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.store import conversations as conversation_store
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botbuilder.core import TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
@@ -21,12 +21,10 @@ from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, Attachment
 
 from bot.cards import teams as teams_cards
 from bot.handlers import teams_actions, teams_commands
-from bot.teams.bot import channel_conversation_id, invoke_response
+from bot.teams.activity import channel_conversation_id, invoke_response
 from core.models import Actor
+from core.runtime import Runtime
 from core.store import conversations as conversation_store
-
-if TYPE_CHECKING:
-    from bot.teams.bot import TeamsBot
 
 log = logging.getLogger("ackbot.teams")
 
@@ -127,13 +125,9 @@ def _bot_in(members: Any, bot_id: str | None) -> bool:
 class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
     """Routes Teams activities to bot/handlers; one per process (owned by TeamsBot)."""
 
-    def __init__(self, bot: TeamsBot) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__()
-        self.bot = bot
-
-    @property
-    def runtime(self) -> Any:
-        return self.bot.runtime
+        self.runtime = runtime
 
     # ---------------------------------------------------------------- conversations
 

@@ -24,16 +24,8 @@ import aiosmtplib
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from core import digests, reports
-from core.channels.base import (
-    BaseChannel,
-    ChannelContext,
-    ChannelError,
-    ChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    TransientChannelError,
-)
+from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.channels.signing import DELIVERY_ID_HEADER, ORIGIN_HEADER
 from core.models import DeliveryPurpose, utcnow
 from core.secrets import SecretRef

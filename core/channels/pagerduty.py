@@ -14,14 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from core.channels.base import (
-    HttpChannel,
-    HttpChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    json_bytes,
-)
+from core.channels.base import HttpChannel, HttpChannelSettings, Notification, SendResult, json_bytes
+from core.channels.errors import PermanentChannelError
 from core.models import AlertStatus, ApprovalState, EventStatus, Severity
 from core.secrets import SecretRef
 
