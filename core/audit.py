@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import UtcDatetime
+from core.models.common import UtcDatetime
 from core.store import audit as audit_store
 from core.store.db import Database
 from core.store.tables import AuditRow

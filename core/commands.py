@@ -11,7 +11,9 @@ from typing import Any
 from core import silences
 from core.channels.base import SendResult
 from core.channels.errors import ChannelError
-from core.models import ALL_TENANTS, Actor, DeliveryPurpose, Person, parse_duration
+from core.models.common import parse_duration
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import ALL_TENANTS, Actor, Person
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 from core.store import channels as channel_store

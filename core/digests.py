@@ -24,7 +24,9 @@ from croniter import croniter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Alert, DeliveryPurpose, DigestOptions, Event, cron_expression
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, Event
+from core.models.rules import DigestOptions, cron_expression
 from core.quiet_hours import Layer, quiet_hold
 from core.store import digests as digest_store
 from core.store.convert import alert_from_row

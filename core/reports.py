@@ -23,7 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import AckbotConfig, ReportsConfig
-from core.models import AlertStatus, DeliveryPurpose, Severity, cron_expression
+from core.models.common import Severity
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import AlertStatus
+from core.models.rules import cron_expression
 from core.store import approvals as approval_store
 from core.store.convert import alert_from_row
 from core.store.db import Database, is_read, new_id

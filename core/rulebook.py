@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from core.models import Rule
+from core.models.rules import Rule
 from core.rules import RuleSet
 from core.store import rules as rule_store
 from core.store.db import Database

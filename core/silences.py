@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Alert, Condition, ConditionOp, Duration, Event, Match, Rule, Strict, UtcDatetime
+from core.models.common import Duration, Strict, UtcDatetime
+from core.models.events import Alert, Event
+from core.models.rules import Condition, ConditionOp, Match, Rule
 from core.rules import RuleSet
 from core.store import alerts as alert_store
 from core.store import silences as silence_store

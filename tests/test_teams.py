@@ -22,7 +22,7 @@ from bot.teams.bot import CachingCredentialsFactory, _is_loopback
 from core.channels.base import Notification
 from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.config import AckbotConfig
-from core.models import DeliveryPurpose
+from core.models.deliveries import DeliveryPurpose
 from core.runtime import Runtime
 from core.store import conversations as conversation_store
 from core.store.tables import DeliveryRow

@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
 from bot.handlers.openapi import documented
 from core.config import ApiScope
-from core.models import Alert, AlertStatus, Severity, Strict
+from core.models.common import Severity, Strict
+from core.models.events import Alert, AlertStatus
 from core.store import alerts as alert_store
 from core.store.pagination import encode_cursor
 

@@ -15,7 +15,9 @@ from core.approvals.models import ApprovalDocument, ApprovalView
 from core.approvals.waiters import MAX_WAIT_SECONDS
 from core.auth import Principal
 from core.config import ApiScope
-from core.models import Actor, Approval, ApprovalState, Choice, Strict
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.common import Strict
+from core.models.people import Actor
 from core.store.pagination import encode_cursor
 
 APPROVAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -9,7 +9,7 @@ from bot.handlers.http import ApiError, authenticate, json_response, query_model
 from bot.handlers.openapi import documented
 from core.audit import AuditEntry, entry_from_row
 from core.config import ApiScope
-from core.models import Strict
+from core.models.common import Strict
 from core.store import audit as audit_store
 from core.store.pagination import decode_cursor, encode_cursor
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
 from core.auth import Principal
 from core.config import ApiScope, ChannelConfig
-from core.models import Rule
+from core.models.rules import Rule
 from core.runtime import Runtime
 
 T = TypeVar("T", ChannelConfig, Rule)

@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
 from bot.handlers.openapi import documented
 from core.config import ApiScope
-from core.models import Delivery, DeliveryAttempt, DeliveryStatus, Strict
+from core.models.common import Strict
+from core.models.deliveries import Delivery, DeliveryAttempt, DeliveryStatus
 from core.store import deliveries as delivery_store
 from core.store.pagination import encode_cursor
 

@@ -10,7 +10,7 @@ from pydantic import Field
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
 from core import reports
 from core.config import ApiScope
-from core.models import Strict
+from core.models.common import Strict
 from core.store import digests as digest_store
 from core.store.tables import DigestItemRow, DigestWindowRow
 

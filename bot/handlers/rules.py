@@ -15,8 +15,9 @@ from bot.handlers.openapi import documented
 from core import noise
 from core.auth import Principal
 from core.config import ApiScope
-from core.ingest import build_event, describe_plan, fingerprint, plan_actions
-from core.models import EventIn, Rule
+from core.models.events import EventIn
+from core.models.rules import Rule
+from core.planning import build_event, describe_plan, fingerprint, plan_actions
 from core.runtime import Runtime
 from core.store import noise as noise_store
 from core.store import rules as rule_store

@@ -10,7 +10,7 @@ from pydantic import Field
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
 from core.auth import Principal
 from core.config import ApiScope
-from core.models import Strict
+from core.models.common import Strict
 from core.silences import Silence, SilenceError, SilenceIn, create, silence_from_row
 from core.store import silences as silence_store
 

@@ -18,7 +18,9 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.cards import slack as slack_cards
 from core.channels.base import Notification
-from core.models import Actor, Approval, ApprovalState, DeliveryPurpose
+from core.models.approvals import Approval, ApprovalState
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import Actor
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 

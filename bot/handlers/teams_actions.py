@@ -21,7 +21,10 @@ from bot.cards import teams as teams_cards
 from bot.cards.common import json_size
 from core.approvals import DecisionResult
 from core.channels.base import Notification
-from core.models import Actor, Alert, Approval, Choice, DeliveryPurpose, DeliveryStatus
+from core.models.approvals import Approval, Choice
+from core.models.deliveries import DeliveryPurpose, DeliveryStatus
+from core.models.events import Alert
+from core.models.people import Actor
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 from core.store.tables import DeliveryRow

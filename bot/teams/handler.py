@@ -22,7 +22,7 @@ from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, Attachment
 from bot.cards import teams as teams_cards
 from bot.handlers import teams_actions, teams_commands
 from bot.teams.activity import channel_conversation_id, invoke_response
-from core.models import Actor
+from core.models.people import Actor
 from core.runtime import Runtime
 from core.store import conversations as conversation_store
 

@@ -19,7 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.channels import safety
 from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError, safe_url
-from core.models import Alert, Approval, DeliveryPurpose, Event, Severity, UtcDatetime
+from core.models.approvals import Approval
+from core.models.common import Severity, UtcDatetime
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, Event
 from core.secrets import SecretError, redact
 from core.secrets import resolve_secret as read_secret
 

@@ -27,7 +27,8 @@ from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Not
 from core.channels.email_views import digest_html, page_start, report_html
 from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.channels.signing import DELIVERY_ID_HEADER, ORIGIN_HEADER
-from core.models import DeliveryPurpose, utcnow
+from core.models.common import utcnow
+from core.models.deliveries import DeliveryPurpose
 from core.secrets import SecretRef
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from core.channels.base import HttpChannel, HttpChannelSettings, Notification, SendResult, json_bytes
 from core.channels.errors import PermanentChannelError
-from core.models import Severity
+from core.models.common import Severity
 from core.secrets import SecretRef
 
 _LABEL_RE = re.compile(r"^\S{1,255}$")

@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
+from core.models.deliveries import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
 from core.store.convert import attempt_from_row, delivery_from_row
 from core.store.db import Database, direct_of, new_id
 from core.store.pagination import decode_cursor
