@@ -32,7 +32,7 @@ from core.store import digests as digest_store
 from core.store.convert import alert_from_row
 from core.store.db import Database
 from core.store.deliveries import new_delivery
-from core.store.tables import AlertRow, DigestWindowRow
+from core.store.tables import AlertRow, DigestItemRow, DigestWindowRow
 
 # Windows whose closing time is pushed past quiet hours are followed at most this many schedule steps.
 _MAX_SKIPS = 500
@@ -265,6 +265,23 @@ async def flush_due(*, db: Database, now: datetime, worker: str, public_url: str
                 continue  # another replica flushed it between our read and our update
             created.append(await emit(session=session, window=row, now=now, public_url=public_url))
     return created
+
+
+async def list_windows(
+    *, db: Database, tenants: list[str] | None, status: str | None, limit: int
+) -> list[DigestWindowRow]:
+    """Digest windows, the ones closing soonest first."""
+    async with db.sessions() as session:
+        return await digest_store.list_windows(session=session, tenants=tenants, status=status, limit=limit)
+
+
+async def window_with_items(*, db: Database, window_id: str) -> tuple[DigestWindowRow, list[DigestItemRow]] | None:
+    """A window and every alert in it, in digest order; None if there is no such window."""
+    async with db.sessions() as session:
+        row = await digest_store.get(session=session, window_id=window_id)
+        if row is None:
+            return None
+        return row, await digest_store.items(session=session, window_id=row.id, limit=10_000)
 
 
 # ---------------------------------------------------------------- plain text (the HTML e-mail: channels/email_views.py)

@@ -1,22 +1,25 @@
 """What an event asks of the rules, before anything is written: its identity, its stored form, the actions its
-matched rules plan. Ingest stores what these say (core.ingest); the dry run explains them without storing."""
+matched rules plan. Ingest stores what these say (core.ingest); the dry run (dry_run) explains them and writes
+nothing."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from core import noise
 from core.clock import Clock
 from core.models.deliveries import DeliveryPurpose
 from core.models.events import Event, EventIn
 from core.models.rules import Rule
+from core.rulebook import RuleBook
 from core.store import noise as noise_store
 from core.store.alerts import Transition
-from core.store.db import new_id
+from core.store.db import Database, new_id
 
 
 @dataclass(frozen=True)
@@ -115,4 +118,64 @@ def describe_plan(plan: ActionPlan, decision: noise_store.WindowDecision | None)
         "purpose": plan.purpose,
         "outcome": outcome,
         "reason": reason,
+    }
+
+
+async def dry_run(
+    *,
+    db: Database,
+    rulebook: RuleBook,
+    event: Event,
+    clock: Clock,
+    default_window: timedelta,
+    settings: noise.NoiseSettings,
+    channels: Container[str],
+) -> dict[str, Any]:
+    """What an event would do, with nothing written or sent: the rules it matches, the first failed check of every
+    other rule, and each action's outcome (silence, throttle, quiet hours, digest, wait, and until when)."""
+    await rulebook.refresh()
+    ruleset = rulebook.current()
+    verdicts = ruleset.explain(event)
+    matched = ruleset.match(event)
+    transition = Transition.resolved if event.status == "resolved" else Transition.opened
+    plans = plan_actions(
+        event=event,
+        identity=fingerprint(event, event.tenant),
+        rules=matched,
+        transition=transition,
+        default_window=default_window,
+    )
+    actions = []
+    now = clock.now()
+    by_name = {rule.name: rule for rule in matched}
+    async with db.sessions() as session:
+        # The noise decisions, explained without writing: silence, throttle, quiet hours, digest, wait, and until when.
+        silences = await noise.silences_for(session=session, event=event, now=now, settings=settings)
+        for plan in plans:
+            window = await noise_store.peek(session=session, key=plan.noise_key, now=now)
+            line = describe_plan(plan, window)
+            rule = by_name[plan.rule]
+            line.update(
+                await noise.explain(
+                    session=session,
+                    event=event,
+                    rule=rule,
+                    action=rule.actions[plan.action_index],
+                    purpose=plan.purpose,
+                    noise_key=plan.noise_key,
+                    window=plan.window,
+                    silences=silences,
+                    settings=settings,
+                    now=now,
+                )
+            )
+            if plan.channel not in channels:
+                line.update(outcome="skip", reason=f"channel {plan.channel!r} is not configured")
+            actions.append(line)
+    return {
+        "event": event.model_dump(mode="json", exclude={"id", "received_at", "alert_id"}),
+        "matched": [rule.name for rule in matched],
+        "rules": [verdict.as_dict() for verdict in verdicts],
+        "actions": actions,
+        "sent": False,
     }

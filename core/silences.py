@@ -220,6 +220,34 @@ async def create(*, session: AsyncSession, db: Database, spec: SilenceIn, tenant
     return silence_from_row(row)
 
 
+async def create_silence(*, db: Database, spec: SilenceIn, tenant: str, now: datetime) -> Silence:
+    """Store a silence in a transaction of its own; SilenceError names a bad field."""
+    async with db.transaction() as session:
+        return await create(session=session, db=db, spec=spec, tenant=tenant, now=now)
+
+
+async def list_silences(
+    *, db: Database, tenants: list[str] | None, state: str, now: datetime, limit: int
+) -> list[Silence]:
+    """Silences by state (active, pending, expired, all), the ones ending soonest first."""
+    async with db.sessions() as session:
+        rows = await silence_store.list_silences(session=session, tenants=tenants, state=state, now=now, limit=limit)
+        return [silence_from_row(row) for row in rows]
+
+
+async def get_silence(*, db: Database, silence_id: str) -> Silence | None:
+    """One silence by id."""
+    async with db.sessions() as session:
+        row = await silence_store.get(session=session, silence_id=silence_id)
+        return silence_from_row(row) if row is not None else None
+
+
+async def end_silence(*, db: Database, silence_id: str, now: datetime) -> bool:
+    """End a silence now (it stays listed as expired); False if it had already ended."""
+    async with db.transaction() as session:
+        return await silence_store.expire(session=session, db=db, silence_id=silence_id, now=now)
+
+
 def describe(silence: Silence) -> str:
     """One line for the dry run and for chat replies."""
     who = f" by {silence.created_by}" if silence.created_by else ""

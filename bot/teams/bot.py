@@ -44,11 +44,11 @@ from msrest.exceptions import ClientRequestError
 from msrest.serialization import Model
 
 from bot.teams.handler import AckbotTeamsHandler
+from core import conversations
 from core.channels.base import parse_retry_after
 from core.config import TeamsConfig
 from core.runtime import Runtime
 from core.secrets import SecretError, resolve_secret
-from core.store import conversations as conversation_store
 from core.store.conversations import TeamsConversation
 
 log = logging.getLogger("ackbot.teams")
@@ -404,15 +404,13 @@ class TeamsBot:
 
     async def personal_conversation(self, user_aad_id: str, *, name: str | None = None) -> TeamsConversation:
         """The bot's 1:1 chat with a person: the stored one, else created through the connector and stored."""
-        async with self.runtime.db.sessions() as session:
-            found = await conversation_store.find_personal(session=session, user_aad_id=user_aad_id)
-            if found is not None and found.installed:
-                return found
-            # Teams' connector is regional: use the service URL the tenant's own activities came from, and the
-            # bot account they addressed.
-            seen = await conversation_store.latest_for_tenant(
-                session=session, tenant_id=self.config.app_tenant_id or None
-            )
+        # Teams' connector is regional: without a chat, the service URL the tenant's own activities came from, and
+        # the bot account they addressed, are those of the tenant's latest conversation (seen).
+        found, seen = await conversations.personal_chat(
+            db=self.runtime.db, user_aad_id=user_aad_id, tenant_id=self.config.app_tenant_id or None
+        )
+        if found is not None:
+            return found
         service_url = seen.service_url if seen is not None else self.config.service_url
         tenant_id = self.config.app_tenant_id or (seen.tenant_id if seen is not None else None)
         reference = await self.create_personal_chat(
@@ -427,21 +425,17 @@ class TeamsBot:
         if name is None:
             person = next((p for p in self.runtime.config.people if p.identities.teams == user_aad_id), None)
             name = f"user:{person.name if person is not None else user_aad_id}"
-        async with self.runtime.db.transaction() as session:
-            await conversation_store.upsert(
-                session=session,
-                conversation_id=conversation_id,
-                name=name,
-                kind="personal",
-                service_url=str(reference.get("serviceUrl") or service_url),
-                reference=reference,
-                now=self.runtime.clock.now(),
-                tenant_id=tenant_id,
-                user_aad_id=user_aad_id,
-            )
-            stored = await conversation_store.get(session=session, conversation_id=conversation_id)
-        assert stored is not None
-        return stored
+        return await conversations.remember_and_get(
+            db=self.runtime.db,
+            conversation_id=conversation_id,
+            name=name,
+            kind="personal",
+            service_url=str(reference.get("serviceUrl") or service_url),
+            reference=reference,
+            now=self.runtime.clock.now(),
+            tenant_id=tenant_id,
+            user_aad_id=user_aad_id,
+        )
 
     async def create_personal_chat(
         self, *, user_aad_id: str, tenant_id: str | None, service_url: str, bot: dict[str, Any] | None = None

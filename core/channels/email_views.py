@@ -8,6 +8,7 @@ escaped.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -18,6 +19,16 @@ def page_start(title: str) -> list[str]:
         '<html><head><meta charset="utf-8"></head>',
         '<body style="font-family: sans-serif; font-size: 14px; color: #1d1c1d;">',
         f"<h2>{html.escape(title)}</h2>",
+    ]
+
+
+def _table(opening: str, headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a table: its opening tag, a header row, then a row per item with every cell escaped."""
+    return [
+        opening,
+        "<tr>" + "".join(f"<th>{header}</th>" for header in headers) + "</tr>",
+        *("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows),
+        "</table>",
     ]
 
 
@@ -64,36 +75,40 @@ def report_html(extra: dict[str, Any]) -> str:
     open_alerts = report["open_alerts"]
     parts.append(f"<h3>Open alerts: {open_alerts['total']}</h3>")
     if open_alerts["items"]:
-        parts += [table, "<tr><th>Severity</th><th>Alert</th><th>Namespace</th><th>Since</th><th>Id</th></tr>"]
-        for a in open_alerts["items"]:
-            parts.append(
-                f"<tr><td>{e(a['severity'])}</td><td>{e(a['title'])}</td><td>{e(a['scope'].get('namespace', ''))}</td>"
-                f"<td>{e(a['first_seen'])}</td><td>{e(a['id'])}</td></tr>"
-            )
-        parts.append("</table>")
+        parts += _table(
+            table,
+            ("Severity", "Alert", "Namespace", "Since", "Id"),
+            [
+                (a["severity"], a["title"], a["scope"].get("namespace", ""), a["first_seen"], a["id"])
+                for a in open_alerts["items"]
+            ],
+        )
     approvals = report["pending_approvals"]
     if approvals["available"]:
         parts.append(f"<h3>Pending approvals: {approvals['total']}</h3>")
         if approvals["items"]:
-            parts += [table, "<tr><th>Approval</th><th>State</th><th>Requested by</th><th>Expires</th></tr>"]
-            for a in approvals["items"]:
-                parts.append(
-                    f"<tr><td>{e(a['title'])}</td><td>{e(a['state'])}</td><td>{e(a.get('requester') or '')}</td>"
-                    f"<td>{e(a['expires_at'])}</td></tr>"
-                )
-            parts.append("</table>")
+            parts += _table(
+                table,
+                ("Approval", "State", "Requested by", "Expires"),
+                [(a["title"], a["state"], a.get("requester") or "", a["expires_at"]) for a in approvals["items"]],
+            )
     else:
         parts.append(f"<p>Pending approvals are not included: {e(str(approvals['note']))}.</p>")
     expiring = report["expiring"]
     parts.append(f"<h3>Expiring within {expiring['within_days']} days: {expiring['total']}</h3>")
     if expiring["items"]:
-        parts += [table, "<tr><th>What</th><th>Expires</th><th>Days left</th><th>Alert</th></tr>"]
-        for item in expiring["items"]:
-            left = "expired" if item["expired"] else str(item["days_left"])
-            parts.append(
-                f"<tr><td>{e(item['alert']['title'])}</td><td>{e(item['expires_at'])}</td><td>{e(left)}</td>"
-                f"<td>{e(item['alert']['id'])}</td></tr>"
-            )
-        parts.append("</table>")
+        parts += _table(
+            table,
+            ("What", "Expires", "Days left", "Alert"),
+            [
+                (
+                    item["alert"]["title"],
+                    item["expires_at"],
+                    "expired" if item["expired"] else str(item["days_left"]),
+                    item["alert"]["id"],
+                )
+                for item in expiring["items"]
+            ],
+        )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -459,6 +459,28 @@ async def latest_message_ref(
     return ref
 
 
+async def latest_sent_notifies(
+    *,
+    session: AsyncSession,
+    channels: Sequence[str],
+    approval_id: str | None,
+    alert_id: str | None,
+    limit: int = 50,
+) -> list[DeliveryRow]:
+    """The sent notify deliveries on these channels about the approval (else the alert), newest first."""
+    query = select(DeliveryRow).where(
+        DeliveryRow.channel.in_(channels),
+        DeliveryRow.status == DeliveryStatus.sent,
+        DeliveryRow.purpose == DeliveryPurpose.notify,
+    )
+    query = (
+        query.where(DeliveryRow.approval_id == approval_id)
+        if approval_id
+        else query.where(DeliveryRow.alert_id == alert_id)
+    )
+    return list((await session.execute(query.order_by(DeliveryRow.created_at.desc()).limit(limit))).scalars())
+
+
 async def count_dead(*, session: AsyncSession) -> dict[str, int]:
     """Dead deliveries counted by channel, for the dead-letter gauge.
 
