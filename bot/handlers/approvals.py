@@ -8,7 +8,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
-from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    invalid_cursor,
+    json_response,
+    parse_model,
+    query_model,
+    read_json,
+    runtime_of,
+)
 from bot.handlers.openapi import ErrorBody, documented
 from core.approvals import ApprovalInputError, ApprovalRequest, DecisionResult
 from core.approvals.models import ApprovalDocument, ApprovalView
@@ -170,7 +179,7 @@ async def list_approvals(request: web.Request) -> web.Response:
             cursor=query.cursor,
         )
     except ValueError:
-        raise ApiError(400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]) from None
+        raise invalid_cursor() from None
     return json_response(ApprovalPage(items=page, next_cursor=encode_cursor(last) if last else None))
 
 
