@@ -18,7 +18,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.models import Condition, Event, Match, Rule, Scope, Severity
+from core.models.common import Severity
+from core.models.events import Event, Scope
+from core.models.rules import Condition, Match, Rule
 from core.rules import RuleSet
 
 DOMAINS = {

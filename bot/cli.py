@@ -26,7 +26,7 @@ from core.config import (
     load_config,
     problems_from_validation,
 )
-from core.models import EventIn
+from core.models.events import EventIn
 from core.runtime import Runtime
 from core.store import migrate
 from core.store.db import Database
@@ -212,7 +212,7 @@ def cmd_slack_manifest(args: argparse.Namespace) -> int:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     """Dry-run an event file against the config's rules, offline: nothing is stored or sent."""
     from core.clock import SystemClock
-    from core.ingest import build_event
+    from core.planning import build_event
     from core.rules import RuleSet
 
     config = _config_or_say_why(args.config)

@@ -31,17 +31,8 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.cards import slack as slack_cards
 from bot.handlers import slack_actions, slack_commands
-from core.channels.base import (
-    BaseChannel,
-    ChannelContext,
-    ChannelError,
-    ChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    TransientChannelError,
-    parse_retry_after,
-)
+from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult, parse_retry_after
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.config import AckbotConfig, SlackConfig
 from core.runtime import Runtime
 from core.secrets import SecretRef, resolve_secret

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import UtcDatetime
+from core.models.common import UtcDatetime
 from core.store import audit as audit_store
 from core.store.db import Database
 from core.store.tables import AuditRow
@@ -52,6 +52,32 @@ def entry_from_row(row: AuditRow) -> AuditEntry:
         prev_hash=row.prev_hash,
         hash=row.hash,
     )
+
+
+async def list_entries(
+    *,
+    db: Database,
+    tenants: list[str] | None,
+    approval_id: str | None = None,
+    alert_id: str | None = None,
+    actor: str | None = None,
+    type: str | None = None,
+    before_seq: int | None = None,
+    limit: int = 50,
+) -> tuple[list[AuditEntry], int | None]:
+    """Audit entries newest first, filtered; the page and the last seq when there is more."""
+    async with db.sessions() as session:
+        rows, last = await audit_store.list_rows(
+            session=session,
+            tenants=tenants,
+            approval_id=approval_id,
+            alert_id=alert_id,
+            actor=actor,
+            type=type,
+            before_seq=before_seq,
+            limit=limit,
+        )
+        return [entry_from_row(row) for row in rows], last
 
 
 async def record(*, session: AsyncSession, db: Database, **fields: Any) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core import commands, silences
-from core.models import Actor, Alert, AlertStatus, Approval, ApprovalState, Choice, Severity
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.common import Severity
+from core.models.events import Alert, AlertStatus
+from core.models.people import Actor
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 

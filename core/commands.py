@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from core import silences
-from core.channels.base import ChannelError, SendResult
-from core.models import ALL_TENANTS, Actor, DeliveryPurpose, Person, parse_duration
+from core.channels.base import SendResult
+from core.channels.errors import ChannelError
+from core.config import ChannelConfig
+from core.models.common import parse_duration
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import ALL_TENANTS, Actor, Person
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 from core.store import channels as channel_store
-from core.store.db import new_id
+from core.store.db import Database, new_id
 from core.store.deliveries import new_delivery
 
 
@@ -86,6 +90,19 @@ async def channel_health(*, runtime: Runtime, channel: str) -> channel_store.Cha
 async def all_channel_health(*, runtime: Runtime) -> list[channel_store.ChannelHealth]:
     """Health of every channel in service, by name."""
     return [await channel_health(runtime=runtime, channel=name) for name in sorted(runtime.channels)]
+
+
+async def put_channel(*, db: Database, channel: ChannelConfig, now: datetime) -> bool:
+    """Store an API channel, new or changed, in a transaction of its own; True if it is new (every replica puts it
+    in service when it next refreshes its channels)."""
+    async with db.transaction() as session:
+        return await channel_store.put(session=session, channel=channel, now=now)
+
+
+async def remove_channel(*, db: Database, name: str) -> bool:
+    """Delete a stored API channel; False if there was none."""
+    async with db.transaction() as session:
+        return await channel_store.remove(session=session, name=name)
 
 
 class NotAllowed(Exception):

@@ -14,17 +14,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.models import (
-    Duration,
-    Group,
-    Person,
-    QuietHoursList,
-    Rule,
-    Strict,
-    TenantList,
-    check_timezone,
-    cron_expression,
-)
+from core.models.common import Duration, Strict, check_timezone
+from core.models.people import Group, Person, TenantList
+from core.models.rules import QuietHoursList, Rule, cron_expression
 from core.secrets import SecretRef
 
 DEFAULT_CONFIG_RESOURCE = "ackbot.yml"

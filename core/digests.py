@@ -14,7 +14,6 @@ them, so a digest never pings anyone at night.
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -25,13 +24,15 @@ from croniter import croniter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Alert, DeliveryPurpose, DigestOptions, Event, cron_expression
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, Event
+from core.models.rules import DigestOptions, cron_expression
 from core.quiet_hours import Layer, quiet_hold
 from core.store import digests as digest_store
 from core.store.convert import alert_from_row
 from core.store.db import Database
 from core.store.deliveries import new_delivery
-from core.store.tables import AlertRow, DigestWindowRow
+from core.store.tables import AlertRow, DigestItemRow, DigestWindowRow
 
 # Windows whose closing time is pushed past quiet hours are followed at most this many schedule steps.
 _MAX_SKIPS = 500
@@ -266,7 +267,24 @@ async def flush_due(*, db: Database, now: datetime, worker: str, public_url: str
     return created
 
 
-# ---------------------------------------------------------------- plain renderings (text and e-mail)
+async def list_windows(
+    *, db: Database, tenants: list[str] | None, status: str | None, limit: int
+) -> list[DigestWindowRow]:
+    """Digest windows, the ones closing soonest first."""
+    async with db.sessions() as session:
+        return await digest_store.list_windows(session=session, tenants=tenants, status=status, limit=limit)
+
+
+async def window_with_items(*, db: Database, window_id: str) -> tuple[DigestWindowRow, list[DigestItemRow]] | None:
+    """A window and every alert in it, in digest order; None if there is no such window."""
+    async with db.sessions() as session:
+        row = await digest_store.get(session=session, window_id=window_id)
+        if row is None:
+            return None
+        return row, await digest_store.items(session=session, window_id=row.id, limit=10_000)
+
+
+# ---------------------------------------------------------------- plain text (the HTML e-mail: channels/email_views.py)
 
 
 def alerts_of(digest: dict[str, Any]) -> list[Alert]:
@@ -292,37 +310,3 @@ def summary_text(digest: dict[str, Any]) -> str:
     if digest["more"]:
         lines.append(f"and {digest['more']} more" + (f": {digest['link']}" if digest.get("link") else ""))
     return "\n".join(lines)
-
-
-def render_html(extra: dict[str, Any]) -> str:
-    """The digest as an HTML e-mail: a table of groups and a table of the top alerts (all content escaped)."""
-    e = html.escape
-    digest = extra["digest"]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8"></head>',
-        '<body style="font-family: sans-serif; font-size: 14px; color: #1d1c1d;">',
-        f"<h2>{e(str(extra.get('title', 'Digest')))}</h2>",
-        f"<p>{digest['total']} alerts, {digest['events']} events, until {e(digest['window_end'])}</p>",
-        '<table cellpadding="4" border="1" style="border-collapse: collapse;">',
-        "<tr><th align='left'>Group</th><th align='right'>Alerts</th></tr>",
-    ]
-    for name, count in sorted(digest["groups"].items(), key=lambda kv: (-kv[1], kv[0])):
-        parts.append(f"<tr><td>{e(name)}</td><td align='right'>{count}</td></tr>")
-    parts.append("</table>")
-    if digest["items"]:
-        parts.append('<table cellpadding="4" border="1" style="border-collapse: collapse; margin-top: 12px;">')
-        parts.append("<tr><th>Severity</th><th>Alert</th><th>Scope</th><th>Events</th><th>Status</th></tr>")
-        for item in digest["items"]:
-            where = " ".join(p for p in (item["scope"].get("namespace"), item["scope"].get("repo")) if p)
-            parts.append(
-                f"<tr><td>{e(item['severity'])}</td><td>{e(item['title'])}</td><td>{e(where)}</td>"
-                f"<td align='right'>{item['digest_events']}</td><td>{e(item['status'])}</td></tr>"
-            )
-        parts.append("</table>")
-    if digest["more"]:
-        link = digest.get("link")
-        more = f"and {digest['more']} more"
-        parts.append(f'<p><a href="{e(link)}">{more}</a></p>' if link else f"<p>{more}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"

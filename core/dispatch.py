@@ -16,17 +16,12 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.channels.base import (
-    Channel,
-    ChannelError,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    TransientChannelError,
-)
+from core.channels.base import Channel, Notification, SendResult
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.clock import Clock
 from core.metrics import Metrics
-from core.models import Alert, DeliveryPurpose, DeliveryStatus, Event, HeldUpdate
+from core.models.deliveries import DeliveryPurpose, DeliveryStatus, HeldUpdate
+from core.models.events import Alert, Event
 from core.secrets import SecretError
 from core.store import alerts as alert_store
 from core.store import deliveries as delivery_store

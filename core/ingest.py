@@ -1,12 +1,12 @@
 """Accepting events: one transaction stores the events, their alerts and the deliveries they cause (the outbox).
 
 A transaction may hold the events of many requests (see core.intake): its work is read and written in bulk, a
-few statements per round whatever the number of events, instead of several statements per event."""
+few statements per round whatever the number of events, instead of several statements per event. What an event
+asks for (its identity, the actions its rules plan) is worked out in core.planning; storing it is done here."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,12 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from core import noise
 from core.clock import Clock
 from core.metrics import Metrics
-from core.models import Action, Alert, DeliveryPurpose, Event, EventIn, Rule
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, Event, EventIn
+from core.models.rules import Action, Rule
+from core.planning import ActionPlan, event_received, fingerprint, plan_actions
 from core.rulebook import RuleBook
 from core.store import alerts as alert_store
 from core.store import noise as noise_store
 from core.store.alerts import AlertChange, Transition
-from core.store.db import Database, Writer, WriteTransaction, new_id
+from core.store.db import Database, Writer, WriteTransaction
 from core.store.deliveries import delivery_values
 from core.store.noise import NoiseLedger
 from core.store.pg_direct import DirectConnection
@@ -46,18 +49,6 @@ class IngestResult(BaseModel):
     silenced: bool = False
 
 
-@dataclass(frozen=True)
-class ActionPlan:
-    """What one rule action will do for one event (used by ingest and by the dry run)."""
-
-    rule: str
-    action_index: int
-    channel: str
-    noise_key: str
-    window: timedelta
-    purpose: DeliveryPurpose
-
-
 # Extension point for actions that ask for an approval: called inside the ingest transaction,
 # returns the approval id the delivery belongs to.
 ApprovalOpener = Callable[[AsyncSession, Event, Alert | None, Rule, Action], Awaitable[str]]
@@ -73,75 +64,6 @@ class IngestDeps:
     channel_names: Callable[[], set[str]]
     open_approval: ApprovalOpener | None = None
     noise: noise.NoiseSettings = field(default_factory=noise.NoiseSettings)
-
-
-def fingerprint(event: Event | EventIn, tenant: str) -> str:
-    """The identity of the thing an event is about: its dedup_key, else a hash of what names it."""
-    if event.dedup_key:
-        return event.dedup_key
-    identity = {
-        "tenant": tenant,
-        "kind": event.kind,
-        "namespace": event.scope.namespace,
-        "repo": event.scope.repo,
-        "digest": event.scope.digest,
-        "labels": sorted(event.scope.labels.items()),
-        "title": event.title,
-    }
-    return "h:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:40]
-
-
-def noise_key(*, tenant: str, rule: str, action_index: int, channel: str, identity: str, status: str) -> str:
-    """The dedup/throttle key: one window per (tenant, rule action, channel, alert identity, status)."""
-    raw = json.dumps([tenant, rule, action_index, channel, identity, status])
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
-def plan_actions(
-    *, event: Event, identity: str, rules: Sequence[Rule], transition: Transition, default_window: timedelta
-) -> list[ActionPlan]:
-    """The deliveries the matched rules ask for, before noise control."""
-    purpose = DeliveryPurpose.update if transition is Transition.resolved else DeliveryPurpose.notify
-    plans = []
-    for rule in rules:
-        for index, action in enumerate(rule.actions):
-            window = action.throttle or action.dedup_window or default_window
-            key = noise_key(
-                tenant=event.tenant,
-                rule=rule.name,
-                action_index=index,
-                channel=action.channel,
-                identity=identity,
-                status=event.status,
-            )
-            plans.append(ActionPlan(rule.name, index, action.channel, key, window, purpose))
-    return plans
-
-
-def build_event(incoming: EventIn, *, tenant: str, source: str, clock: Clock) -> Event:
-    """The stored form of an incoming event: an id, a tenant and a receive time (now)."""
-    return event_received(incoming, tenant=tenant, source=source, now=clock.now())
-
-
-def event_received(incoming: EventIn, *, tenant: str, source: str, now: datetime) -> Event:
-    """The stored form of an incoming event received at `now`."""
-    return Event(
-        id=new_id("evt"),
-        client_id=incoming.id,
-        kind=incoming.kind,
-        tenant=tenant,
-        ts=incoming.ts or now,
-        received_at=now,
-        severity=incoming.severity,
-        status=incoming.status,
-        title=incoming.title,
-        summary=incoming.summary,
-        scope=incoming.scope,
-        payload=incoming.payload,
-        dedup_key=incoming.dedup_key,
-        links=incoming.links,
-        source=source,
-    )
 
 
 def _event_values(event: Event) -> dict[str, Any]:
@@ -595,21 +517,3 @@ async def ingest(
     submission = Submission(events, [tenant_for(incoming) for incoming in events], source)
     (results,) = await store_committed(deps=deps, submissions=[submission])
     return results
-
-
-def describe_plan(plan: ActionPlan, decision: noise_store.WindowDecision | None) -> dict[str, Any]:
-    """A dry-run line: what an action would do for the event, and why."""
-    if decision is None:
-        outcome = "deliver"
-        reason = f"no open dedup window; a {int(plan.window.total_seconds())}s window would open"
-    else:
-        outcome = "suppress"
-        reason = f"dedup/throttle window open until {decision.window_until.isoformat()}"
-    return {
-        "rule": plan.rule,
-        "action": plan.action_index,
-        "channel": plan.channel,
-        "purpose": plan.purpose,
-        "outcome": outcome,
-        "reason": reason,
-    }

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core.ingest import IngestDeps, IngestResult, Submission, conflicted, store_committed
-from core.models import EventIn
+from core.models.events import EventIn
 from core.store.db import Writer
 
 log = logging.getLogger("ackbot.intake")

@@ -35,16 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import digests, reports
 from core.clock import Clock
 from core.config import AckbotConfig
-from core.models import (
-    Action,
-    DeliveryPurpose,
-    DigestOptions,
-    Event,
-    Person,
-    QuietHours,
-    Rule,
-    format_duration,
-)
+from core.models.common import format_duration
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Event
+from core.models.people import Person
+from core.models.rules import Action, DigestOptions, QuietHours, Rule
 from core.quiet_hours import Layer, QuietHold, layers_for, quiet_hold
 from core.silences import Silence, SilenceMatcher, describe
 from core.store import noise as noise_store

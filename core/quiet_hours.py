@@ -20,7 +20,9 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from core.models import Action, Person, QuietHours, Rule, Severity
+from core.models.common import Severity
+from core.models.people import Person
+from core.models.rules import Action, QuietHours, Rule
 
 PERSON_PREFIX = "person:"
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

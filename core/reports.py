@@ -12,8 +12,6 @@ seconds) within `expiring_within_days`, or already past: certificates, secrets, 
 from __future__ import annotations
 
 import contextlib
-import html
-import importlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +23,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import AckbotConfig, ReportsConfig
-from core.models import AlertStatus, DeliveryPurpose, Severity, cron_expression
+from core.models.common import Severity
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import AlertStatus
+from core.models.rules import cron_expression
+from core.store import approvals as approval_store
 from core.store.convert import alert_from_row
 from core.store.db import Database, is_read, new_id
 from core.store.deliveries import new_delivery
@@ -74,18 +76,14 @@ def next_scheduled(config: ReportsConfig, now: datetime) -> datetime:
 
 
 async def _approvals_section(session: AsyncSession, tenants: list[str] | None, limit: int) -> dict[str, Any]:
-    # Read through the approvals store when this build has it; the report stays useful without it.
-    try:
-        store: Any = importlib.import_module("core.store.approvals")
-    except ImportError:
-        return {"available": False, "note": "approvals are not part of this build", "total": 0, "items": []}
-    states = getattr(store, "OPEN_STATES", ("pending", "escalated"))
     # In a write transaction a savepoint keeps a failure here from spoiling the rest of it; a read (READ) has no
     # transaction on the server, so a failed statement spoils nothing and there is nothing to set a savepoint in.
     try:
         async with contextlib.nullcontext() if is_read(session) else session.begin_nested():
-            page, more = await store.list_approvals(session=session, tenants=tenants, states=states, limit=limit)
-    except (SQLAlchemyError, TypeError) as exc:
+            page, more = await approval_store.list_approvals(
+                session=session, tenants=tenants, states=approval_store.OPEN_STATES, limit=limit
+            )
+    except SQLAlchemyError as exc:
         log.warning("report: pending approvals left out: %s", exc)
         return {"available": False, "note": "pending approvals could not be read", "total": 0, "items": []}
     items = [approval.model_dump(mode="json") for approval in page]
@@ -252,7 +250,7 @@ async def preview(*, db: Database, config: AckbotConfig, now: datetime, public_u
         return await build(session=session, config=config.reports, now=now, public_url=public_url)
 
 
-# ---------------------------------------------------------------- plain renderings (text and e-mail)
+# ---------------------------------------------------------------- plain text (the HTML e-mail: channels/email_views.py)
 
 
 def _alert_line(alert: dict[str, Any]) -> str:
@@ -276,53 +274,3 @@ def summary_text(report: dict[str, Any]) -> str:
         when = "EXPIRED" if item["expired"] else f"in {item['days_left']} days"
         lines.append(f"- {item['alert']['title']} · {when} ({item['expires_at']}) · {item['alert']['id']}")
     return "\n".join(lines)
-
-
-def render_html(extra: dict[str, Any]) -> str:
-    """The report as an HTML e-mail: one table per section, every piece of content escaped."""
-    e = html.escape
-    report = extra["report"]
-    table = '<table cellpadding="4" border="1" style="border-collapse: collapse; margin-bottom: 16px;">'
-    parts = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8"></head>',
-        '<body style="font-family: sans-serif; font-size: 14px; color: #1d1c1d;">',
-        f"<h2>{e(str(extra.get('title', 'ackbot report')))}</h2>",
-        f"<p>Generated {e(report['generated_at'])}</p>",
-    ]
-    open_alerts = report["open_alerts"]
-    parts.append(f"<h3>Open alerts: {open_alerts['total']}</h3>")
-    if open_alerts["items"]:
-        parts += [table, "<tr><th>Severity</th><th>Alert</th><th>Namespace</th><th>Since</th><th>Id</th></tr>"]
-        for a in open_alerts["items"]:
-            parts.append(
-                f"<tr><td>{e(a['severity'])}</td><td>{e(a['title'])}</td><td>{e(a['scope'].get('namespace', ''))}</td>"
-                f"<td>{e(a['first_seen'])}</td><td>{e(a['id'])}</td></tr>"
-            )
-        parts.append("</table>")
-    approvals = report["pending_approvals"]
-    if approvals["available"]:
-        parts.append(f"<h3>Pending approvals: {approvals['total']}</h3>")
-        if approvals["items"]:
-            parts += [table, "<tr><th>Approval</th><th>State</th><th>Requested by</th><th>Expires</th></tr>"]
-            for a in approvals["items"]:
-                parts.append(
-                    f"<tr><td>{e(a['title'])}</td><td>{e(a['state'])}</td><td>{e(a.get('requester') or '')}</td>"
-                    f"<td>{e(a['expires_at'])}</td></tr>"
-                )
-            parts.append("</table>")
-    else:
-        parts.append(f"<p>Pending approvals are not included: {e(str(approvals['note']))}.</p>")
-    expiring = report["expiring"]
-    parts.append(f"<h3>Expiring within {expiring['within_days']} days: {expiring['total']}</h3>")
-    if expiring["items"]:
-        parts += [table, "<tr><th>What</th><th>Expires</th><th>Days left</th><th>Alert</th></tr>"]
-        for item in expiring["items"]:
-            left = "expired" if item["expired"] else str(item["days_left"])
-            parts.append(
-                f"<tr><td>{e(item['alert']['title'])}</td><td>{e(item['expires_at'])}</td><td>{e(left)}</td>"
-                f"<td>{e(item['alert']['id'])}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"

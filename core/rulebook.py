@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
-from core.models import Rule
+from core.models.rules import Rule
 from core.rules import RuleSet
 from core.store import rules as rule_store
 from core.store.db import Database
@@ -54,3 +55,24 @@ class RuleBook:
         self._version = stamp
         log.info("rules loaded: %d from config, %d from the API", len(self.config_rules), len(api_rules))
         return True
+
+
+# ---------------------------------------------------------------- rules made through the API
+
+
+async def api_rule(*, db: Database, name: str) -> Rule | None:
+    """The stored API rule of this name."""
+    async with db.sessions() as session:
+        return await rule_store.get(session=session, name=name)
+
+
+async def put_rule(*, db: Database, rule: Rule, now: datetime) -> bool:
+    """Store an API rule, new or changed, in a transaction of its own; True if it is new."""
+    async with db.transaction() as session:
+        return await rule_store.put(session=session, rule=rule, now=now)
+
+
+async def remove_rule(*, db: Database, name: str) -> bool:
+    """Delete a stored API rule; False if there was none."""
+    async with db.transaction() as session:
+        return await rule_store.remove(session=session, name=name)

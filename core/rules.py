@@ -36,7 +36,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from core.models import Condition, ConditionOp, Event, Rule, Severity
+from core.models.common import Severity
+from core.models.events import Event
+from core.models.rules import Condition, ConditionOp, Rule
 
 __all__ = ["DEFAULT_CACHE_SIZE", "RuleSet", "RuleVerdict"]
 

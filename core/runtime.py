@@ -22,7 +22,7 @@ from core.dispatch import Dispatcher, DispatcherConfig, Enricher, new_worker_id
 from core.ingest import IngestDeps
 from core.intake import IngestQueue
 from core.metrics import Metrics
-from core.models import HeldUpdate
+from core.models.deliveries import HeldUpdate
 from core.noise import NoiseScheduler, NoiseSettings
 from core.rulebook import RuleBook
 from core.store import channels as channel_store

@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Alert, Condition, ConditionOp, Duration, Event, Match, Rule, Strict, UtcDatetime
+from core.models.common import Duration, Strict, UtcDatetime
+from core.models.events import Alert, Event
+from core.models.rules import Condition, ConditionOp, Match, Rule
 from core.rules import RuleSet
 from core.store import alerts as alert_store
 from core.store import silences as silence_store
@@ -216,6 +218,34 @@ async def create(*, session: AsyncSession, db: Database, spec: SilenceIn, tenant
     )
     await silence_store.add(session=session, db=db, row=row)
     return silence_from_row(row)
+
+
+async def create_silence(*, db: Database, spec: SilenceIn, tenant: str, now: datetime) -> Silence:
+    """Store a silence in a transaction of its own; SilenceError names a bad field."""
+    async with db.transaction() as session:
+        return await create(session=session, db=db, spec=spec, tenant=tenant, now=now)
+
+
+async def list_silences(
+    *, db: Database, tenants: list[str] | None, state: str, now: datetime, limit: int
+) -> list[Silence]:
+    """Silences by state (active, pending, expired, all), the ones ending soonest first."""
+    async with db.sessions() as session:
+        rows = await silence_store.list_silences(session=session, tenants=tenants, state=state, now=now, limit=limit)
+        return [silence_from_row(row) for row in rows]
+
+
+async def get_silence(*, db: Database, silence_id: str) -> Silence | None:
+    """One silence by id."""
+    async with db.sessions() as session:
+        row = await silence_store.get(session=session, silence_id=silence_id)
+        return silence_from_row(row) if row is not None else None
+
+
+async def end_silence(*, db: Database, silence_id: str, now: datetime) -> bool:
+    """End a silence now (it stays listed as expired); False if it had already ended."""
+    async with db.transaction() as session:
+        return await silence_store.expire(session=session, db=db, silence_id=silence_id, now=now)
 
 
 def describe(silence: Silence) -> str:

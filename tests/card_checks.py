@@ -14,7 +14,10 @@ import pytest
 
 from bot.cards import samples
 from core.channels.base import Notification
-from core.models import Alert, Approval, ApprovalState, DeliveryPurpose, Link, Scope, Severity
+from core.models.approvals import Approval, ApprovalState
+from core.models.common import Severity
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, Link, Scope
 
 GOLDEN_ROOT = Path(__file__).parent / "golden" / "cards"
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from core.approvals import DecisionReason
-from core.models import ApprovalState
+from core.models.approvals import ApprovalState
 from core.store.tables import AuditRow, SpentNonceRow
 from tests import test_approvals
 from tests.test_approvals import ALICE, Harness, HarnessFactory

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from bot.handlers.http import validation_errors
-from core.models import EventIn
+from core.models.events import EventIn
 from core.store.tables import DeliveryRow, EventRow
 from tests.conftest import API_KEY, READ_KEY, TENANT_KEY, AppFactory, auth
 

@@ -25,7 +25,9 @@ from core.approvals import DecisionReason
 from core.approvals.effects import ANSWER_HOLD
 from core.channels.base import BaseChannel, Notification, SendResult
 from core.clock import ManualClock
-from core.models import Actor, ApprovalState, DeliveryPurpose
+from core.models.approvals import ApprovalState
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import Actor
 from core.runtime import Runtime
 from core.store.tables import ApprovalVoteRow, AuditRow, DeliveryAttemptRow, DeliveryRow, SpentNonceRow
 from core.tokens import TokenClaims

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from core.approvals import DecisionReason
 from core.channels import signing
-from core.models import ApprovalState, DeliveryPurpose, DeliveryStatus
+from core.models.approvals import ApprovalState
+from core.models.deliveries import DeliveryPurpose, DeliveryStatus
 from core.store.tables import AlertRow, AuditRow, DeliveryRow, SpentNonceRow
 from tests import test_approvals
 from tests.conftest import auth

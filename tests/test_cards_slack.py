@@ -16,7 +16,9 @@ from slack_sdk.models.blocks import Block
 
 from bot.cards import samples, slack
 from core.channels.base import Button, Notification
-from core.models import AlertStatus, Approval, DeliveryPurpose, Link, Scope
+from core.models.approvals import Approval
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import AlertStatus, Link, Scope
 from tests.card_checks import (
     HOSTILE_VIEWS,
     HUGE_NOTE_FIELDS,

@@ -11,7 +11,8 @@ import pytest
 
 from bot.cards import samples, teams
 from core.channels.base import Button, Notification
-from core.models import AlertStatus, DeliveryPurpose, Scope
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import AlertStatus, Scope
 from tests.card_checks import (
     HOSTILE_VIEWS,
     HUGE_NOTE_FIELDS,

@@ -8,7 +8,7 @@ import pytest
 
 from core.channels.base import ChannelContext
 from core.channels.console import ConsoleChannel, ConsoleSettings
-from core.models import ApprovalState
+from core.models.approvals import ApprovalState
 from tests.peers.notes import make_approval_note, make_note
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
 from core.channels.email import EmailChannel, EmailSettings
-from core.models import ApprovalState
+from core.channels.errors import PermanentChannelError, TransientChannelError
+from core.models.approvals import ApprovalState
 from tests.peers.notes import make_alert, make_approval_note, make_note
 from tests.peers.smtp_sink import SmtpSink, free_port
 

@@ -9,16 +9,8 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 
-from core.channels.base import (
-    ChannelContext,
-    HttpChannel,
-    HttpChannelSettings,
-    PermanentChannelError,
-    TransientChannelError,
-    error_for_status,
-    parse_retry_after,
-    safe_url,
-)
+from core.channels.base import ChannelContext, HttpChannel, HttpChannelSettings, error_for_status, parse_retry_after
+from core.channels.errors import PermanentChannelError, TransientChannelError, safe_url
 from tests.peers.http_sink import HttpSink, Reply
 from tests.peers.smtp_sink import free_port
 

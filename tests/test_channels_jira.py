@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.channels.jira import JiraChannel, JiraSettings
-from core.models import ApprovalState
+from core.models.approvals import ApprovalState
 from tests.peers.http_sink import HttpSink, Reply
 from tests.peers.notes import make_alert, make_approval_note, make_note
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.channels.pagerduty import PagerDutyChannel, PagerDutySettings
-from core.models import AlertStatus, ApprovalState, Severity
+from core.models.approvals import ApprovalState
+from core.models.common import Severity
+from core.models.events import AlertStatus
 from tests.peers.http_sink import HttpSink, Reply
 from tests.peers.notes import make_alert, make_approval_note, make_note
 

@@ -7,7 +7,8 @@ import ipaddress
 
 import pytest
 
-from core.channels.base import ChannelContext, PermanentChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError
 from core.channels.safety import UnsafeDestinationError, check_destination, classify_address, is_own_url
 from core.channels.webhook import WebhookChannel, WebhookSettings
 from tests.peers.http_sink import HttpSink

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from core.channels.base import ChannelContext, Notification, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext, Notification
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.channels.teams_workflows import TeamsWorkflowsChannel, TeamsWorkflowsSettings
 from tests.peers.http_sink import HttpSink, Reply
 from tests.peers.notes import make_note

@@ -6,9 +6,11 @@ import pytest
 from pydantic import ValidationError
 
 from core.channels import signing
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.channels.webhook import WebhookChannel, WebhookSettings
-from core.models import ApprovalState, DeliveryPurpose
+from core.models.approvals import ApprovalState
+from core.models.deliveries import DeliveryPurpose
 from tests.peers.http_sink import HttpSink, Reply
 from tests.peers.notes import make_approval, make_approval_note, make_note
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from core import chatops, commands
 from core.config import AckbotConfig, SlackConfig, TeamsConfig
-from core.models import Actor, Person
+from core.models.people import Actor, Person
 from core.runtime import Runtime
 from tests.conftest import AppFactory, auth, make_config
 

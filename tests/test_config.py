@@ -8,7 +8,7 @@ import pytest
 
 from bot.cli import main
 from core.config import ConfigError, default_config_text, load_config, parse_config
-from core.models import Severity
+from core.models.common import Severity
 
 GOOD = """\
 server:

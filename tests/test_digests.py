@@ -21,7 +21,7 @@ from core.channels.console import ConsoleChannel
 from core.channels.email import EmailChannel, EmailSettings
 from core.channels.webhook import build_payload
 from core.clock import ManualClock
-from core.models import Action
+from core.models.rules import Action
 from core.store.db import Database
 from core.store.tables import DeliveryRow, DigestWindowRow
 from tests.conftest import AppFactory, auth, make_config
@@ -239,7 +239,7 @@ async def test_digest_renders_on_every_channel(
 
 
 def test_a_closing_time_inside_quiet_hours_moves_past_them() -> None:
-    from core.models import QuietHours
+    from core.models.rules import QuietHours
     from core.quiet_hours import Layer
 
     night = Layer("global", (QuietHours(window="22:00-06:00", timezone="Europe/Berlin"),))

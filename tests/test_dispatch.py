@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from core.channels import signing
 from core.clock import ManualClock
 from core.dispatch import CLAIM_SPACING
-from core.models import DeliveryStatus
+from core.models.deliveries import DeliveryStatus
 from core.store import deliveries as delivery_store
 from core.store import migrate
 from core.store.db import Database

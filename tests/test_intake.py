@@ -15,7 +15,8 @@ from core.clock import SystemClock
 from core.ingest import IngestDeps, IngestResult
 from core.intake import IngestQueue
 from core.metrics import Metrics
-from core.models import Action, Alert, Event, EventIn, EventStatus, Match, Rule
+from core.models.events import Alert, Event, EventIn, EventStatus
+from core.models.rules import Action, Match, Rule
 from core.rulebook import RuleBook
 from core.store import migrate
 from core.store.db import Database

@@ -11,7 +11,9 @@ from sqlalchemy import select
 
 from core.clock import ManualClock
 from core.config import AckbotConfig
-from core.models import Action, Person, QuietHours, Rule, Severity
+from core.models.common import Severity
+from core.models.people import Person
+from core.models.rules import Action, QuietHours, Rule
 from core.quiet_hours import Layer, layers_for, occurrence, quiet_hold
 from core.store.tables import DeliveryRow, DigestWindowRow
 from tests.conftest import AppFactory, auth, make_config

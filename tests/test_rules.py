@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from core.models import Condition, Event, Link, Match, Rule, Scope, Severity
+from core.models.common import Severity
+from core.models.events import Event, Link, Scope
+from core.models.rules import Condition, Match, Rule
 from core.rules import RuleSet, RuleVerdict
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

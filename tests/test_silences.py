@@ -10,7 +10,7 @@ import pytest
 
 from core import commands
 from core.clock import ManualClock
-from core.models import Actor
+from core.models.people import Actor
 from core.silences import SilenceError
 from tests.conftest import TENANT_KEY, AppFactory, auth, make_config
 

@@ -19,7 +19,8 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from core.config import AckbotConfig, SlackConfig
-from core.models import Actor, Approval, ApprovalState, Choice, Identities, Person
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.people import Actor, Identities, Person
 from tests.conftest import AppFactory, auth, make_config
 from tests.peers.fake_slack import FakeSlack
 from tests.peers.notes import NOW, make_approval

@@ -9,9 +9,10 @@ import pytest
 
 from bot.app import build_registry
 from bot.slack import SLACK_ERRORS, SlackChannel
-from core.channels.base import ChannelContext, PermanentChannelError, TransientChannelError
+from core.channels.base import ChannelContext
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.config import AckbotConfig
-from core.models import ApprovalState
+from core.models.approvals import ApprovalState
 from tests.peers.fake_slack import FakeSlack
 from tests.peers.notes import make_approval_note, make_note
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from core.models import ApprovalState, DeliveryPurpose, DeliveryStatus
+from core.models.approvals import ApprovalState
+from core.models.deliveries import DeliveryPurpose, DeliveryStatus
 from core.store.tables import DeliveryRow
 from tests.conftest import AppFactory, auth, make_config
 from tests.peers.fake_slack import Call, FakeSlack

@@ -13,7 +13,9 @@ from sqlalchemy.engine import Connection
 from core.clock import SystemClock
 from core.ingest import IngestDeps, ingest
 from core.metrics import Metrics
-from core.models import DeliveryStatus, Event, EventIn, EventStatus, Severity
+from core.models.common import Severity
+from core.models.deliveries import DeliveryStatus
+from core.models.events import Event, EventIn, EventStatus
 from core.rulebook import RuleBook
 from core.store import alerts as alert_store
 from core.store import deliveries as delivery_store

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import DateTime, insert, select
 from sqlalchemy.dialects import sqlite
 
-from core.models import Alert, Event, Link, Severity
+from core.models.common import Severity
+from core.models.events import Alert, Event, Link
 from core.store import alerts as alert_store
 from core.store.alerts import Transition
 from core.store.db import Database

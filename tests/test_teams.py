@@ -19,9 +19,10 @@ from sqlalchemy import select
 from bot.cli import main as cli_main
 from bot.teams import bot_of
 from bot.teams.bot import CachingCredentialsFactory, _is_loopback
-from core.channels.base import Notification, PermanentChannelError, TransientChannelError
+from core.channels.base import Notification
+from core.channels.errors import PermanentChannelError, TransientChannelError
 from core.config import AckbotConfig
-from core.models import DeliveryPurpose
+from core.models.deliveries import DeliveryPurpose
 from core.runtime import Runtime
 from core.store import conversations as conversation_store
 from core.store.tables import DeliveryRow

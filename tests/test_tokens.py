@@ -21,7 +21,7 @@ from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from core.config import TokenKeyConfig, TokensConfig
-from core.models import Choice
+from core.models.approvals import Choice
 from core.tokens import (
     CLOCK_SKEW_SECONDS,
     DSSE_PAYLOAD_TYPE,

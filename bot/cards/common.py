@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from core.models import AlertStatus, ApprovalState, DeliveryPurpose, EventStatus, Scope, Severity
+from core.models.approvals import ApprovalState
+from core.models.common import Severity
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import AlertStatus, EventStatus, Scope
 
 if TYPE_CHECKING:
     # Type-only: core.channels.base pulls in aiohttp, which a pure renderer has no business loading.

@@ -46,7 +46,9 @@ from bot.cards.common import (
     unique_buttons,
     view_of,
 )
-from core.models import Alert, AlertStatus, Approval, ApprovalState, DeliveryPurpose, Link, Scope
+from core.models.approvals import Approval, ApprovalState
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, AlertStatus, Link, Scope
 
 if TYPE_CHECKING:
     from core.channels.base import Button, Notification

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from bot.handlers.http import runtime_of
 from core.approvals import CHOICE_LABELS, DecisionReason, DecisionResult, Preview
-from core.models import Actor, Approval, Choice
+from core.models.approvals import Approval, Choice
+from core.models.people import Actor
 
 log = logging.getLogger("ackbot.ack_page")
 

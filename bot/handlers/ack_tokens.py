@@ -13,7 +13,8 @@ from bot.handlers.openapi import ErrorBody, documented
 from core.approvals import ApprovalInputError
 from core.approvals.models import bounded_duration
 from core.config import ApiScope
-from core.models import Choice, Duration, Strict, UtcDatetime
+from core.models.approvals import Choice
+from core.models.common import Duration, Strict, UtcDatetime
 from core.tokens import TokenClaims
 
 

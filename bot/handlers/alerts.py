@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from bot.handlers.http import ApiError, authenticate, invalid_cursor, json_response, query_model, runtime_of
 from bot.handlers.openapi import documented
+from core import alerts
 from core.config import ApiScope
-from core.models import Alert, AlertStatus, Severity, Strict
-from core.store import alerts as alert_store
+from core.models.common import Severity, Strict
+from core.models.events import Alert, AlertStatus
 from core.store.pagination import encode_cursor
 
 
@@ -42,21 +43,18 @@ async def list_alerts(request: web.Request) -> web.Response:
     if query.tenant is not None:
         principal.check_tenant(query.tenant)
         tenants = [query.tenant]
-    async with runtime_of(request).db.sessions() as session:
-        try:
-            page, last = await alert_store.list_alerts(
-                session=session,
-                tenants=tenants,
-                status=query.status,
-                severity=query.severity,
-                min_severity=query.min_severity,
-                limit=query.limit,
-                cursor=query.cursor,
-            )
-        except ValueError:
-            raise ApiError(
-                400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]
-            ) from None
+    try:
+        page, last = await alerts.list_alerts(
+            db=runtime_of(request).db,
+            tenants=tenants,
+            status=query.status,
+            severity=query.severity,
+            min_severity=query.min_severity,
+            limit=query.limit,
+            cursor=query.cursor,
+        )
+    except ValueError:
+        raise invalid_cursor() from None
     return json_response(AlertPage(items=page, next_cursor=encode_cursor(last) if last else None))
 
 
@@ -64,8 +62,7 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def get_alert(request: web.Request) -> web.Response:
     """One alert by id; another tenant's alert is refused with 403."""
     principal = authenticate(request, ApiScope.notify_read)
-    async with runtime_of(request).db.sessions() as session:
-        alert = await alert_store.get(session=session, alert_id=request.match_info["alert_id"])
+    alert = await alerts.get_alert(db=runtime_of(request).db, alert_id=request.match_info["alert_id"])
     if alert is None:
         raise ApiError(404, "no such alert")
     principal.check_tenant(alert.tenant)

@@ -8,14 +8,25 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
-from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    invalid_cursor,
+    json_response,
+    parse_model,
+    query_model,
+    read_json,
+    runtime_of,
+)
 from bot.handlers.openapi import ErrorBody, documented
 from core.approvals import ApprovalInputError, ApprovalRequest, DecisionResult
 from core.approvals.models import ApprovalDocument, ApprovalView
 from core.approvals.waiters import MAX_WAIT_SECONDS
 from core.auth import Principal
 from core.config import ApiScope
-from core.models import Actor, Approval, ApprovalState, Choice, Strict
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.common import Strict
+from core.models.people import Actor
 from core.store.pagination import encode_cursor
 
 APPROVAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -168,7 +179,7 @@ async def list_approvals(request: web.Request) -> web.Response:
             cursor=query.cursor,
         )
     except ValueError:
-        raise ApiError(400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]) from None
+        raise invalid_cursor() from None
     return json_response(ApprovalPage(items=page, next_cursor=encode_cursor(last) if last else None))
 
 

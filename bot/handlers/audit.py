@@ -5,12 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from bot.handlers.http import authenticate, invalid_cursor, json_response, query_model, runtime_of
 from bot.handlers.openapi import documented
-from core.audit import AuditEntry, entry_from_row
+from core.audit import AuditEntry, list_entries
 from core.config import ApiScope
-from core.models import Strict
-from core.store import audit as audit_store
+from core.models.common import Strict
 from core.store.pagination import decode_cursor, encode_cursor
 
 
@@ -49,25 +48,18 @@ async def list_audit(request: web.Request) -> web.Response:
         try:
             before = int(decode_cursor(query.cursor))
         except ValueError:
-            raise ApiError(
-                400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}]
-            ) from None
-    async with runtime_of(request).db.sessions() as session:
-        rows, last = await audit_store.list_rows(
-            session=session,
-            tenants=tenants,
-            approval_id=query.approval,
-            alert_id=query.alert,
-            actor=query.actor,
-            type=query.type,
-            before_seq=before,
-            limit=query.limit,
-        )
-    return json_response(
-        AuditPage(
-            items=[entry_from_row(r) for r in rows], next_cursor=encode_cursor(str(last)) if last is not None else None
-        )
+            raise invalid_cursor() from None
+    entries, last = await list_entries(
+        db=runtime_of(request).db,
+        tenants=tenants,
+        approval_id=query.approval,
+        alert_id=query.alert,
+        actor=query.actor,
+        type=query.type,
+        before_seq=before,
+        limit=query.limit,
     )
+    return json_response(AuditPage(items=entries, next_cursor=encode_cursor(str(last)) if last is not None else None))
 
 
 def routes() -> list[web.RouteDef]:

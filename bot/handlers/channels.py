@@ -7,16 +7,21 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.handlers.crud import NamedItems
 from bot.handlers.http import ApiError, authenticate, json_response, runtime_of, validation_errors
 from bot.handlers.openapi import documented
 from core.auth import Principal
-from core.commands import UnknownChannel, all_channel_health, channel_health, send_test
+from core.commands import (
+    UnknownChannel,
+    all_channel_health,
+    channel_health,
+    put_channel,
+    remove_channel,
+    send_test,
+)
 from core.config import ApiScope, ChannelConfig
 from core.runtime import Runtime
-from core.store import channels as channel_store
 
 
 class ChannelView(BaseModel):
@@ -99,11 +104,11 @@ class Channels(NamedItems[ChannelConfig]):
         except ValidationError as exc:
             raise ApiError(422, "invalid channel", errors=validation_errors(exc, ("settings",))) from None
 
-    async def put(self, session: AsyncSession, item: ChannelConfig, now: datetime) -> None:
-        await channel_store.put(session=session, channel=item, now=now)
+    async def put(self, runtime: Runtime, item: ChannelConfig, now: datetime) -> None:
+        await put_channel(db=runtime.db, channel=item, now=now)
 
-    async def remove(self, session: AsyncSession, name: str) -> None:
-        await channel_store.remove(session=session, name=name)
+    async def remove(self, runtime: Runtime, name: str) -> None:
+        await remove_channel(db=runtime.db, name=name)
 
     def view(self, request: web.Request, item: ChannelConfig) -> ChannelView:
         return _describe(request, item)

@@ -12,12 +12,11 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
 from core.auth import Principal
 from core.config import ApiScope, ChannelConfig
-from core.models import Rule
+from core.models.rules import Rule
 from core.runtime import Runtime
 
 T = TypeVar("T", ChannelConfig, Rule)
@@ -55,12 +54,12 @@ class NamedItems(ABC, Generic[T]):
         """Raise ApiError (or ForbiddenError) unless the item may be stored: what its model alone cannot check."""
 
     @abstractmethod
-    async def put(self, session: AsyncSession, item: T, now: datetime) -> None:
-        """Store the item, new or changed."""
+    async def put(self, runtime: Runtime, item: T, now: datetime) -> None:
+        """Store the item, new or changed (a core function, in a transaction of its own)."""
 
     @abstractmethod
-    async def remove(self, session: AsyncSession, name: str) -> None:
-        """Delete the stored item."""
+    async def remove(self, runtime: Runtime, name: str) -> None:
+        """Delete the stored item (a core function, in a transaction of its own)."""
 
     @abstractmethod
     def view(self, request: web.Request, item: T) -> Any:
@@ -73,8 +72,7 @@ class NamedItems(ABC, Generic[T]):
     async def _save(self, request: web.Request, principal: Principal, item: T, *, status: int) -> web.Response:
         runtime = runtime_of(request)
         self.check(request, principal, item)
-        async with runtime.db.transaction() as session:
-            await self.put(session, item, runtime.clock.now())
+        await self.put(runtime, item, runtime.clock.now())
         await self.refresh(runtime, force=True)
         return json_response(self.view(request, item), status=status)
 
@@ -122,7 +120,6 @@ class NamedItems(ABC, Generic[T]):
         """DELETE {name}: remove an API-made item from every replica."""
         principal, runtime, name = await self._addressed(request, fix="remove")
         self.check_access(principal, await self._known(runtime, name))
-        async with runtime.db.transaction() as session:
-            await self.remove(session, name)
+        await self.remove(runtime, name)
         await self.refresh(runtime, force=True)
         return web.Response(status=204)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.handlers.http import ApiError, authenticate, json_response, query_model, runtime_of
+from bot.handlers.http import ApiError, authenticate, invalid_cursor, json_response, query_model, runtime_of
 from bot.handlers.openapi import documented
+from core import deliveries
 from core.config import ApiScope
-from core.models import Delivery, DeliveryAttempt, DeliveryStatus, Strict
-from core.store import deliveries as delivery_store
+from core.models.common import Strict
+from core.models.deliveries import Delivery, DeliveryAttempt, DeliveryStatus
 from core.store.pagination import encode_cursor
 
 
@@ -43,22 +44,20 @@ async def list_deliveries(request: web.Request) -> web.Response:
     """GET /api/v1/deliveries: newest first, filtered, paginated."""
     principal = authenticate(request, ApiScope.notify_read)
     query = query_model(DeliveryQuery, request)
-    async with runtime_of(request).db.sessions() as session:
-        try:
-            page, last = await delivery_store.list_deliveries(
-                session=session,
-                tenants=principal.tenants,
-                status=query.status,
-                channel=query.channel,
-                event_id=query.event,
-                alert_id=query.alert,
-                approval_id=query.approval,
-                limit=query.limit,
-                cursor=query.cursor,
-            )
-        except ValueError:
-            bad = [{"field": "cursor", "message": "not a cursor we made"}]
-            raise ApiError(400, "invalid cursor", errors=bad) from None
+    try:
+        page, last = await deliveries.list_deliveries(
+            db=runtime_of(request).db,
+            tenants=principal.tenants,
+            status=query.status,
+            channel=query.channel,
+            event_id=query.event,
+            alert_id=query.alert,
+            approval_id=query.approval,
+            limit=query.limit,
+            cursor=query.cursor,
+        )
+    except ValueError:
+        raise invalid_cursor() from None
     return json_response(DeliveryPage(items=page, next_cursor=encode_cursor(last) if last else None))
 
 
@@ -72,12 +71,11 @@ async def get_delivery(request: web.Request) -> web.Response:
     """GET /api/v1/deliveries/{id}: the delivery and every attempt (errors never carry secrets)."""
     principal = authenticate(request, ApiScope.notify_read)
     delivery_id = request.match_info["delivery_id"]
-    async with runtime_of(request).db.sessions() as session:
-        delivery = await delivery_store.get(session=session, delivery_id=delivery_id)
-        if delivery is None:
-            raise ApiError(404, "no such delivery")
-        principal.check_tenant(delivery.tenant)
-        attempts = await delivery_store.attempts(session=session, delivery_id=delivery_id)
+    found = await deliveries.with_attempts(db=runtime_of(request).db, delivery_id=delivery_id)
+    if found is None:
+        raise ApiError(404, "no such delivery")
+    delivery, attempts = found
+    principal.check_tenant(delivery.tenant)
     return json_response(DeliveryDetail(**delivery.model_dump(), history=attempts))
 
 
@@ -92,17 +90,19 @@ async def retry_delivery(request: web.Request) -> web.Response:
     principal = authenticate(request, ApiScope.notify_admin)
     runtime = runtime_of(request)
     delivery_id = request.match_info["delivery_id"]
-    async with runtime.db.transaction() as session:
-        delivery = await delivery_store.get(session=session, delivery_id=delivery_id)
-        if delivery is None:
-            raise ApiError(404, "no such delivery")
-        principal.check_tenant(delivery.tenant)
-        if not await delivery_store.retry_dead(session=session, delivery_id=delivery_id, now=runtime.clock.now()):
-            raise ApiError(409, f"delivery is {delivery.status}; only dead or failed deliveries can be retried")
+    retry = await deliveries.retry_dead(
+        db=runtime.db,
+        delivery_id=delivery_id,
+        now=runtime.clock.now(),
+        check=lambda delivery: principal.check_tenant(delivery.tenant),
+    )
+    if retry.found is None:
+        raise ApiError(404, "no such delivery")
+    if not retry.queued:
+        raise ApiError(409, f"delivery is {retry.found.status}; only dead or failed deliveries can be retried")
     if runtime.dispatcher is not None:
         runtime.dispatcher.wake()
-    async with runtime.db.sessions() as session:
-        updated = await delivery_store.get(session=session, delivery_id=delivery_id)
+    updated = await deliveries.get_delivery(db=runtime.db, delivery_id=delivery_id)
     return json_response(updated, status=202)
 
 

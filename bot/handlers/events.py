@@ -23,7 +23,8 @@ from bot.handlers.openapi import documented
 from core.auth import Principal
 from core.config import ApiScope
 from core.ingest import IngestResult
-from core.models import EventIn, Strict
+from core.models.common import Strict
+from core.models.events import EventIn
 from core.sources import alertmanager, grafana
 
 ORIGIN_HEADER = "X-Ackbot-Origin"

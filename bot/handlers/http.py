@@ -35,6 +35,11 @@ class ApiError(Exception):
         self.errors = errors or []
 
 
+def invalid_cursor() -> ApiError:
+    """The 400 for a cursor query parameter that no page of ours handed out."""
+    return ApiError(400, "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we made"}])
+
+
 def error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The one JSON shape of every error answer."""
     body: dict[str, Any] = {"error": {"status": status, "message": message}}

@@ -8,10 +8,9 @@ from aiohttp import web
 from pydantic import Field
 
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
-from core import reports
+from core import digests, reports
 from core.config import ApiScope
-from core.models import Strict
-from core.store import digests as digest_store
+from core.models.common import Strict
 from core.store.tables import DigestItemRow, DigestWindowRow
 
 
@@ -102,22 +101,20 @@ async def list_digests(request: web.Request) -> web.Response:
     """GET /api/v1/digests?status=open|flushed: digest windows, closing soonest first."""
     principal = authenticate(request, ApiScope.notify_read)
     query = query_model(DigestQuery, request)
-    async with runtime_of(request).db.sessions() as session:
-        rows = await digest_store.list_windows(
-            session=session, tenants=principal.tenants, status=query.status, limit=query.limit
-        )
+    rows = await digests.list_windows(
+        db=runtime_of(request).db, tenants=principal.tenants, status=query.status, limit=query.limit
+    )
     return json_response({"items": [_window_json(row) for row in rows]})
 
 
 async def get_digest(request: web.Request) -> web.Response:
     """GET /api/v1/digests/{id}: one window and every alert in it (where a digest's "and N more" links to)."""
     principal = authenticate(request, ApiScope.notify_read)
-    async with runtime_of(request).db.sessions() as session:
-        row = await digest_store.get(session=session, window_id=request.match_info["window_id"])
-        if row is None:
-            raise ApiError(404, "no such digest")
-        principal.check_tenant(row.tenant)
-        items = await digest_store.items(session=session, window_id=row.id, limit=10_000)
+    found = await digests.window_with_items(db=runtime_of(request).db, window_id=request.match_info["window_id"])
+    if found is None:
+        raise ApiError(404, "no such digest")
+    row, items = found
+    principal.check_tenant(row.tenant)
     return json_response({**_window_json(row), "alerts": [_item_json(item) for item in items]})
 
 

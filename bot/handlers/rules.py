@@ -7,20 +7,17 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.handlers.crud import NamedItems
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
 from bot.handlers.openapi import documented
-from core import noise
 from core.auth import Principal
 from core.config import ApiScope
-from core.ingest import build_event, describe_plan, fingerprint, plan_actions
-from core.models import EventIn, Rule
+from core.models.events import EventIn
+from core.models.rules import Rule
+from core.planning import build_event, dry_run
+from core.rulebook import api_rule, put_rule, remove_rule
 from core.runtime import Runtime
-from core.store import noise as noise_store
-from core.store import rules as rule_store
-from core.store.alerts import Transition
 
 
 class RuleView(Rule):
@@ -89,8 +86,7 @@ class Rules(NamedItems[Rule]):
         return runtime.rulebook.origin(name) == "config"
 
     async def current(self, runtime: Runtime, name: str) -> Rule | None:
-        async with runtime.db.sessions() as session:
-            return await rule_store.get(session=session, name=name)
+        return await api_rule(db=runtime.db, name=name)
 
     def check_access(self, principal: Principal, item: Rule) -> None:
         _check_rule_tenant(principal, item)
@@ -99,11 +95,11 @@ class Rules(NamedItems[Rule]):
         _check_rule_tenant(principal, item)
         _check_channels(request, item)
 
-    async def put(self, session: AsyncSession, item: Rule, now: datetime) -> None:
-        await rule_store.put(session=session, rule=item, now=now)
+    async def put(self, runtime: Runtime, item: Rule, now: datetime) -> None:
+        await put_rule(db=runtime.db, rule=item, now=now)
 
-    async def remove(self, session: AsyncSession, name: str) -> None:
-        await rule_store.remove(session=session, name=name)
+    async def remove(self, runtime: Runtime, name: str) -> None:
+        await remove_rule(db=runtime.db, name=name)
 
     def view(self, request: web.Request, item: Rule) -> dict[str, Any]:
         return _rule_json(item, "api")
@@ -194,55 +190,16 @@ async def test_rules(request: web.Request) -> web.Response:
     tenant = incoming.tenant or (principal.tenant if principal.tenant != "*" else "default")
     principal.check_tenant(tenant)
     event = build_event(incoming, tenant=tenant, source="dry-run", clock=runtime.clock)
-    await runtime.rulebook.refresh()
-    ruleset = runtime.rulebook.current()
-    verdicts = ruleset.explain(event)
-    matched = ruleset.match(event)
-    identity = fingerprint(event, tenant)
-    transition = Transition.resolved if event.status == "resolved" else Transition.opened
-    plans = plan_actions(
+    answer = await dry_run(
+        db=runtime.db,
+        rulebook=runtime.rulebook,
         event=event,
-        identity=identity,
-        rules=matched,
-        transition=transition,
+        clock=runtime.clock,
         default_window=runtime.config.noise.dedup_window,
+        settings=runtime.noise_settings,
+        channels=runtime.channels,
     )
-    actions = []
-    now = runtime.clock.now()
-    by_name = {rule.name: rule for rule in matched}
-    async with runtime.db.sessions() as session:
-        # The noise decisions, explained without writing: silence, throttle, quiet hours, digest, wait, and until when.
-        silences = await noise.silences_for(session=session, event=event, now=now, settings=runtime.noise_settings)
-        for plan in plans:
-            window = await noise_store.peek(session=session, key=plan.noise_key, now=now)
-            line = describe_plan(plan, window)
-            rule = by_name[plan.rule]
-            line.update(
-                await noise.explain(
-                    session=session,
-                    event=event,
-                    rule=rule,
-                    action=rule.actions[plan.action_index],
-                    purpose=plan.purpose,
-                    noise_key=plan.noise_key,
-                    window=plan.window,
-                    silences=silences,
-                    settings=runtime.noise_settings,
-                    now=now,
-                )
-            )
-            if plan.channel not in runtime.channels:
-                line.update(outcome="skip", reason=f"channel {plan.channel!r} is not configured")
-            actions.append(line)
-    return json_response(
-        {
-            "event": event.model_dump(mode="json", exclude={"id", "received_at", "alert_id"}),
-            "matched": [rule.name for rule in matched],
-            "rules": [verdict.as_dict() for verdict in verdicts],
-            "actions": actions,
-            "sent": False,
-        }
-    )
+    return json_response(answer)
 
 
 def routes() -> list[web.RouteDef]:

@@ -8,11 +8,11 @@ from aiohttp import web
 from pydantic import Field
 
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from core import silences
 from core.auth import Principal
 from core.config import ApiScope
-from core.models import Strict
-from core.silences import Silence, SilenceError, SilenceIn, create, silence_from_row
-from core.store import silences as silence_store
+from core.models.common import Strict
+from core.silences import Silence, SilenceError, SilenceIn
 
 
 class SilenceQuery(Strict):
@@ -41,8 +41,7 @@ async def create_silence(request: web.Request) -> web.Response:
     tenant = _tenant_for(principal, spec.tenant)
     runtime = runtime_of(request)
     try:
-        async with runtime.db.transaction() as session:
-            silence = await create(session=session, db=runtime.db, spec=spec, tenant=tenant, now=runtime.clock.now())
+        silence = await silences.create_silence(db=runtime.db, spec=spec, tenant=tenant, now=runtime.clock.now())
     except SilenceError as exc:
         raise ApiError(422, "invalid silence", errors=[{"field": exc.field, "message": str(exc)}]) from None
     return json_response(_json(silence, request), status=201)
@@ -57,21 +56,19 @@ async def list_silences(request: web.Request) -> web.Response:
         principal.check_tenant(query.tenant)
         tenants = [query.tenant]
     runtime = runtime_of(request)
-    async with runtime.db.sessions() as session:
-        rows = await silence_store.list_silences(
-            session=session, tenants=tenants, state=query.state, now=runtime.clock.now(), limit=query.limit
-        )
-    return json_response({"items": [_json(silence_from_row(row), request) for row in rows]})
+    found = await silences.list_silences(
+        db=runtime.db, tenants=tenants, state=query.state, now=runtime.clock.now(), limit=query.limit
+    )
+    return json_response({"items": [_json(silence, request) for silence in found]})
 
 
 async def _load(request: web.Request, principal: Principal) -> Silence:
-    async with runtime_of(request).db.sessions() as session:
-        row = await silence_store.get(session=session, silence_id=request.match_info["silence_id"])
-    if row is None:
+    silence = await silences.get_silence(db=runtime_of(request).db, silence_id=request.match_info["silence_id"])
+    if silence is None:
         raise ApiError(404, "no such silence")
-    if row.tenant != "*":
-        principal.check_tenant(row.tenant)
-    return silence_from_row(row)
+    if silence.tenant != "*":
+        principal.check_tenant(silence.tenant)
+    return silence
 
 
 async def get_silence(request: web.Request) -> web.Response:
@@ -87,8 +84,7 @@ async def delete_silence(request: web.Request) -> web.Response:
     if silence.tenant == "*" and principal.tenant != "*":
         raise ApiError(403, "only a key for every tenant may end a silence of every tenant")
     runtime = runtime_of(request)
-    async with runtime.db.transaction() as session:
-        await silence_store.expire(session=session, db=runtime.db, silence_id=silence.id, now=runtime.clock.now())
+    await silences.end_silence(db=runtime.db, silence_id=silence.id, now=runtime.clock.now())
     return web.Response(status=204)
 
 

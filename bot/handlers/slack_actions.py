@@ -17,10 +17,12 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.cards import slack as slack_cards
+from core.alerts import get_alert
 from core.channels.base import Notification
-from core.models import Actor, Approval, ApprovalState, DeliveryPurpose
+from core.models.approvals import Approval, ApprovalState
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import Actor
 from core.runtime import Runtime
-from core.store import alerts as alert_store
 
 log = logging.getLogger("ackbot.slack")
 
@@ -49,10 +51,7 @@ def slack_actor(user: dict[str, Any] | None) -> Actor | None:
 
 async def decided_message(runtime: Runtime, approval: Approval) -> dict[str, Any]:
     """The clicked message as it now stands: the decided view of the approval (and its alert, if any)."""
-    alert = None
-    if approval.alert_id:
-        async with runtime.db.sessions() as session:
-            alert = await alert_store.get(session=session, alert_id=approval.alert_id)
+    alert = await get_alert(db=runtime.db, alert_id=approval.alert_id) if approval.alert_id else None
     note = Notification(
         delivery_id=f"slack-click:{approval.id}",
         idempotency_key=f"slack-click:{approval.id}",

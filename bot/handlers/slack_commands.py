@@ -18,7 +18,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from bot.cards import slack as slack_cards
 from bot.handlers.slack_actions import decided_message, slack_actor
 from core import chatops
-from core.models import Actor
+from core.models.people import Actor
 from core.runtime import Runtime
 
 log = logging.getLogger("ackbot.slack")

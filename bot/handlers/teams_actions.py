@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from bot.cards import teams as teams_cards
 from bot.cards.common import json_size
+from core.alerts import get_alert
 from core.approvals import DecisionResult
 from core.channels.base import Notification
-from core.models import Actor, Alert, Approval, Choice, DeliveryPurpose, DeliveryStatus
+from core.deliveries import latest_sent_notification
+from core.models.approvals import Approval, Choice
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert
+from core.models.people import Actor
 from core.runtime import Runtime
-from core.store import alerts as alert_store
-from core.store.tables import DeliveryRow
 
 log = logging.getLogger("ackbot.teams")
 
@@ -75,35 +75,6 @@ def with_notice(card: Card, text: str) -> Card:
     return shown
 
 
-async def _latest_delivery(
-    runtime: Runtime, *, approval_id: str | None, alert_id: str | None, conversation_id: str | None
-) -> DeliveryRow | None:
-    """The Teams delivery that posted the message about this approval or alert, in this conversation if any."""
-    names = teams_channel_names(runtime)
-    if not names or not (approval_id or alert_id):
-        return None
-    query = select(DeliveryRow).where(
-        DeliveryRow.channel.in_(names),
-        DeliveryRow.status == DeliveryStatus.sent,
-        DeliveryRow.purpose == DeliveryPurpose.notify,
-    )
-    query = (
-        query.where(DeliveryRow.approval_id == approval_id)
-        if approval_id
-        else query.where(DeliveryRow.alert_id == alert_id)
-    )
-    async with runtime.db.sessions() as session:
-        rows: Iterable[DeliveryRow] = (
-            await session.execute(query.order_by(DeliveryRow.created_at.desc()).limit(50))
-        ).scalars()
-        candidates = list(rows)
-    if conversation_id:
-        for row in candidates:
-            if (row.message_ref or {}).get("conversation_id") == conversation_id:
-                return row
-    return candidates[0] if candidates else None
-
-
 async def current_note(
     runtime: Runtime,
     *,
@@ -116,17 +87,21 @@ async def current_note(
     if approval is not None:
         approval_id = approval.id
         alert_id = alert_id or approval.alert_id
-    row = await _latest_delivery(runtime, approval_id=approval_id, alert_id=alert_id, conversation_id=conversation_id)
+    # The Teams delivery that posted the message about this approval or alert, in this conversation if any.
+    row = await latest_sent_notification(
+        db=runtime.db,
+        channels=teams_channel_names(runtime),
+        approval_id=approval_id,
+        alert_id=alert_id,
+        conversation_id=conversation_id,
+    )
     note: Notification | None = None
     if row is not None and runtime.dispatcher is not None:
         note = await runtime.dispatcher.build_notification(row)
     if note is None:
         if approval is None and approval_id:
             approval = await runtime.approvals.get(approval_id=approval_id)
-        alert: Alert | None = None
-        if alert_id:
-            async with runtime.db.sessions() as session:
-                alert = await alert_store.get(session=session, alert_id=alert_id)
+        alert: Alert | None = await get_alert(db=runtime.db, alert_id=alert_id) if alert_id else None
         if approval is None and alert is None:
             return None
         tenant = approval.tenant if approval is not None else alert.tenant  # type: ignore[union-attr]

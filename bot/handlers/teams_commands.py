@@ -10,7 +10,7 @@ from typing import Any
 from bot.cards import teams as teams_cards
 from bot.handlers.teams_actions import current_note, render
 from core import chatops
-from core.models import Actor
+from core.models.people import Actor
 from core.runtime import Runtime
 
 Card = dict[str, Any]

@@ -2,6 +2,7 @@
 
 bot.py       the adapter, inbound authentication, proactive post / update / 1:1 chats
 handler.py   the TeamsActivityHandler: installs, card actions, text commands
+activity.py  what bot.py and handler.py both read or build of an activity
 channel.py   the "teams" channel type the dispatcher sends through
 package.py   the Teams app package (manifest.json and icons) admins upload
 """

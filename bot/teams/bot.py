@@ -19,15 +19,14 @@ import asyncio
 import ipaddress
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import requests
 from aiohttp import web
-from botbuilder.core import InvokeResponse, TurnContext, serializer_helper
+from botbuilder.core import TurnContext, serializer_helper
 from botbuilder.integration.aiohttp import (
     CloudAdapter,
     ConfigurationBotFrameworkAuthentication,
@@ -44,15 +43,13 @@ from botframework.connector.auth import CertificateServiceClientCredentialsFacto
 from msrest.exceptions import ClientRequestError
 from msrest.serialization import Model
 
+from bot.teams.handler import AckbotTeamsHandler
+from core import conversations
 from core.channels.base import parse_retry_after
 from core.config import TeamsConfig
 from core.runtime import Runtime
 from core.secrets import SecretError, resolve_secret
-from core.store import conversations as conversation_store
 from core.store.conversations import TeamsConversation
-
-if TYPE_CHECKING:
-    from bot.teams.handler import AckbotTeamsHandler
 
 log = logging.getLogger("ackbot.teams")
 
@@ -63,8 +60,6 @@ MSTEAMS = "msteams"
 AUTH_TIMEOUT = 10.0
 # Teams prefixes a bot's id with "28:" inside conversations.
 BOT_ID_PREFIX = "28:"
-# The activity of a message in a channel thread carries ";messageid=..." after the channel's conversation id.
-_THREAD_SUFFIX_RE = re.compile(r";messageid=\d+$")
 
 
 # What the SDK's HTTP stack raises when no answer came back (msrest wraps requests' errors in ClientRequestError).
@@ -96,11 +91,6 @@ class Posted:
     activity_id: str
     service_url: str
     tenant_id: str | None
-
-
-def channel_conversation_id(conversation_id: str) -> str:
-    """A channel's own conversation id from a thread's (19:...@thread.tacv2;messageid=123 -> 19:...@thread.tacv2)."""
-    return _THREAD_SUFFIX_RE.sub("", conversation_id)
 
 
 class _Settings:
@@ -191,10 +181,7 @@ class TeamsBot:
         # Built on first use: a secret that cannot be resolved fails Teams alone, not the whole process.
         self._authentication: Any = None
         self._adapter: Any = None
-        # Imported here: the handler module imports this one.
-        from bot.teams.handler import AckbotTeamsHandler
-
-        self.handler: AckbotTeamsHandler = AckbotTeamsHandler(self)
+        self.handler = AckbotTeamsHandler(runtime)
 
     @property
     def authentication(self) -> Any:
@@ -417,15 +404,13 @@ class TeamsBot:
 
     async def personal_conversation(self, user_aad_id: str, *, name: str | None = None) -> TeamsConversation:
         """The bot's 1:1 chat with a person: the stored one, else created through the connector and stored."""
-        async with self.runtime.db.sessions() as session:
-            found = await conversation_store.find_personal(session=session, user_aad_id=user_aad_id)
-            if found is not None and found.installed:
-                return found
-            # Teams' connector is regional: use the service URL the tenant's own activities came from, and the
-            # bot account they addressed.
-            seen = await conversation_store.latest_for_tenant(
-                session=session, tenant_id=self.config.app_tenant_id or None
-            )
+        # Teams' connector is regional: without a chat, the service URL the tenant's own activities came from, and
+        # the bot account they addressed, are those of the tenant's latest conversation (seen).
+        found, seen = await conversations.personal_chat(
+            db=self.runtime.db, user_aad_id=user_aad_id, tenant_id=self.config.app_tenant_id or None
+        )
+        if found is not None:
+            return found
         service_url = seen.service_url if seen is not None else self.config.service_url
         tenant_id = self.config.app_tenant_id or (seen.tenant_id if seen is not None else None)
         reference = await self.create_personal_chat(
@@ -440,21 +425,17 @@ class TeamsBot:
         if name is None:
             person = next((p for p in self.runtime.config.people if p.identities.teams == user_aad_id), None)
             name = f"user:{person.name if person is not None else user_aad_id}"
-        async with self.runtime.db.transaction() as session:
-            await conversation_store.upsert(
-                session=session,
-                conversation_id=conversation_id,
-                name=name,
-                kind="personal",
-                service_url=str(reference.get("serviceUrl") or service_url),
-                reference=reference,
-                now=self.runtime.clock.now(),
-                tenant_id=tenant_id,
-                user_aad_id=user_aad_id,
-            )
-            stored = await conversation_store.get(session=session, conversation_id=conversation_id)
-        assert stored is not None
-        return stored
+        return await conversations.remember_and_get(
+            db=self.runtime.db,
+            conversation_id=conversation_id,
+            name=name,
+            kind="personal",
+            service_url=str(reference.get("serviceUrl") or service_url),
+            reference=reference,
+            now=self.runtime.clock.now(),
+            tenant_id=tenant_id,
+            user_aad_id=user_aad_id,
+        )
 
     async def create_personal_chat(
         self, *, user_aad_id: str, tenant_id: str | None, service_url: str, bot: dict[str, Any] | None = None
@@ -515,8 +496,3 @@ def _error_detail(exc: BaseException, response: Any) -> str:
     text = getattr(response, "text", "")
     text = text() if callable(text) else text
     return f": {' '.join(str(text).split())[:300]}" if text else ""
-
-
-def invoke_response(body: Any, status: int = 200) -> Any:
-    """An InvokeResponse the adapter writes back as the HTTP answer to an invoke."""
-    return InvokeResponse(status=status, body=body)

@@ -23,17 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from bot.cards import teams as teams_cards
-from core.channels.base import (
-    BaseChannel,
-    ChannelContext,
-    ChannelError,
-    ChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    TransientChannelError,
-    json_bytes,
-)
+from core import conversations
+from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult, json_bytes
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.store import conversations as conversation_store
 
 if TYPE_CHECKING:
@@ -140,8 +132,7 @@ class TeamsChannel(BaseChannel):
         user = self._person(key)
         try:
             if user is None:
-                async with bot.runtime.db.sessions() as session:
-                    found = await conversation_store.find(session=session, key=key)
+                found = await conversations.find_conversation(db=bot.runtime.db, key=key)
                 if found is None:
                     raise PermanentChannelError(
                         f"{self.label}: no Teams conversation named {key!r} is known; install the ackbot app there "
@@ -225,8 +216,7 @@ class TeamsChannel(BaseChannel):
         if not (conversation_id and activity_id and service_url):
             raise PermanentChannelError(f"{self.label}: the message reference is incomplete: {dict(message_ref)}")
         activity = self.build_activity(note)
-        async with bot.runtime.db.sessions() as session:
-            stored = await conversation_store.get(session=session, conversation_id=conversation_id)
+        stored = await conversations.get_conversation(db=bot.runtime.db, conversation_id=conversation_id)
         reference = bot.conversation_reference(
             conversation_id=conversation_id,
             service_url=service_url,

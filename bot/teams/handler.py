@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botbuilder.core import TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
@@ -21,12 +21,10 @@ from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, Attachment
 
 from bot.cards import teams as teams_cards
 from bot.handlers import teams_actions, teams_commands
-from bot.teams.bot import channel_conversation_id, invoke_response
-from core.models import Actor
-from core.store import conversations as conversation_store
-
-if TYPE_CHECKING:
-    from bot.teams.bot import TeamsBot
+from bot.teams.activity import channel_conversation_id, invoke_response
+from core import conversations
+from core.models.people import Actor
+from core.runtime import Runtime
 
 log = logging.getLogger("ackbot.teams")
 
@@ -127,13 +125,9 @@ def _bot_in(members: Any, bot_id: str | None) -> bool:
 class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
     """Routes Teams activities to bot/handlers; one per process (owned by TeamsBot)."""
 
-    def __init__(self, bot: TeamsBot) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__()
-        self.bot = bot
-
-    @property
-    def runtime(self) -> Any:
-        return self.bot.runtime
+        self.runtime = runtime
 
     # ---------------------------------------------------------------- conversations
 
@@ -156,8 +150,7 @@ class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
         """Store (or refresh) the conversation this activity came from; failures are logged, never fatal."""
         try:
             info = conversation_info(activity)
-            async with self.runtime.db.transaction() as session:
-                await conversation_store.upsert(session=session, now=self.runtime.clock.now(), **info)
+            await conversations.remember(db=self.runtime.db, now=self.runtime.clock.now(), **info)
         except Exception:
             log.exception("Teams: could not store the conversation reference of a %s activity", activity.type)
 
@@ -170,45 +163,42 @@ class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
         event = data.get("eventType")
         bot_id = getattr(activity.recipient, "id", None)
         now = self.runtime.clock.now()
-        async with self.runtime.db.transaction() as session:
-            if _bot_in(activity.members_removed, bot_id) or event in ("teamDeleted", "teamHardDeleted"):
-                if team.get("id"):
-                    await conversation_store.mark_removed(session=session, now=now, team_id=team["id"])
-                else:
-                    await conversation_store.mark_removed(
-                        session=session, now=now, conversation_id=channel_conversation_id(activity.conversation.id)
-                    )
-            elif event in ("channelCreated", "channelRenamed", "channelRestored") and channel.get("id"):
-                info = conversation_info(activity)
-                reference = dict(info["reference"])
-                reference["conversation"] = {**reference.get("conversation", {}), "id": channel["id"]}
-                team_name = team.get("name")
-                await conversation_store.upsert(
-                    session=session,
-                    now=now,
-                    conversation_id=channel["id"],
-                    name=f"{team_name}/{channel.get('name')}" if team_name and channel.get("name") else None,
-                    kind="channel",
-                    service_url=info["service_url"],
-                    reference=reference,
-                    tenant_id=info["tenant_id"],
-                    team_id=team.get("id"),
-                    team_name=team_name,
-                    channel_id=channel["id"],
-                    channel_name=channel.get("name"),
+        db = self.runtime.db
+        if _bot_in(activity.members_removed, bot_id) or event in ("teamDeleted", "teamHardDeleted"):
+            if team.get("id"):
+                await conversations.mark_removed(db=db, now=now, team_id=team["id"])
+            else:
+                await conversations.mark_removed(
+                    db=db, now=now, conversation_id=channel_conversation_id(activity.conversation.id)
                 )
-            elif event == "channelDeleted" and channel.get("id"):
-                await conversation_store.mark_removed(session=session, now=now, conversation_id=channel["id"])
-            elif event == "teamRenamed" and team.get("id") and team.get("name"):
-                await conversation_store.rename_team(
-                    session=session, team_id=team["id"], team_name=team["name"], now=now
-                )
+        elif event in ("channelCreated", "channelRenamed", "channelRestored") and channel.get("id"):
+            info = conversation_info(activity)
+            reference = dict(info["reference"])
+            reference["conversation"] = {**reference.get("conversation", {}), "id": channel["id"]}
+            team_name = team.get("name")
+            await conversations.remember(
+                db=db,
+                now=now,
+                conversation_id=channel["id"],
+                name=f"{team_name}/{channel.get('name')}" if team_name and channel.get("name") else None,
+                kind="channel",
+                service_url=info["service_url"],
+                reference=reference,
+                tenant_id=info["tenant_id"],
+                team_id=team.get("id"),
+                team_name=team_name,
+                channel_id=channel["id"],
+                channel_name=channel.get("name"),
+            )
+        elif event == "channelDeleted" and channel.get("id"):
+            await conversations.mark_removed(db=db, now=now, conversation_id=channel["id"])
+        elif event == "teamRenamed" and team.get("id") and team.get("name"):
+            await conversations.rename_team(db=db, team_id=team["id"], team_name=team["name"], now=now)
 
     async def on_installation_update_add(self, turn_context: Any) -> None:
         """Installed (or upgraded): say under which name operators can target this conversation."""
         info = conversation_info(turn_context.activity)
-        async with self.runtime.db.sessions() as session:
-            stored = await conversation_store.get(session=session, conversation_id=info["conversation_id"])
+        stored = await conversations.get_conversation(db=self.runtime.db, conversation_id=info["conversation_id"])
         name = stored.name if stored is not None else info["conversation_id"]
         text = (
             f"ackbot is installed here. Operators can send notifications to this conversation with a channel of "
@@ -224,13 +214,12 @@ class AckbotTeamsHandler(TeamsActivityHandler):  # type: ignore[misc]
         """Uninstalled: from a team, every channel of it goes; from a chat, that chat."""
         activity = turn_context.activity
         team_id = _dict(_channel_data(activity).get("team")).get("id")
-        async with self.runtime.db.transaction() as session:
-            await conversation_store.mark_removed(
-                session=session,
-                now=self.runtime.clock.now(),
-                conversation_id=channel_conversation_id(activity.conversation.id),
-                team_id=team_id,
-            )
+        await conversations.mark_removed(
+            db=self.runtime.db,
+            now=self.runtime.clock.now(),
+            conversation_id=channel_conversation_id(activity.conversation.id),
+            team_id=team_id,
+        )
 
     # ---------------------------------------------------------------- messages: commands and Action.Submit
 

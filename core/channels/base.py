@@ -1,4 +1,4 @@
-"""The Channel protocol every outbound channel implements, its errors, and the common base."""
+"""The Channel protocol every outbound channel implements and the common base (the errors are in errors.py)."""
 
 from __future__ import annotations
 
@@ -17,29 +17,14 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import Alert, Approval, DeliveryPurpose, Event, Severity, UtcDatetime
+from core.channels import safety
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError, safe_url
+from core.models.approvals import Approval
+from core.models.common import Severity, UtcDatetime
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, Event
 from core.secrets import SecretError, redact
 from core.secrets import resolve_secret as read_secret
-
-
-class ChannelError(Exception):
-    """A delivery attempt failed; subclasses say whether trying again can help."""
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class TransientChannelError(ChannelError):
-    """Worth another attempt later (time-outs, 5xx, 429); retry_after is the receiver's wish in seconds."""
-
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, status_code=status_code)
-        self.retry_after = retry_after
-
-
-class PermanentChannelError(ChannelError):
-    """Trying again cannot help (bad credentials, unknown destination, rejected payload)."""
 
 
 class Button(BaseModel):
@@ -320,19 +305,6 @@ def json_bytes(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
-def safe_url(url: str) -> str:
-    """scheme://host[:port] of a URL: what error messages may show of a URL that can carry a secret in its path."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = parts.port
-    except ValueError:
-        return "(invalid URL)"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
-
-
 class HttpChannelSettings(ChannelSettings):
     """Settings every HTTP channel has."""
 
@@ -424,15 +396,12 @@ class HttpChannel(BaseChannel):
         content_type: str | None = "application/json",
     ) -> HttpResponse:
         """Send one request after the outbound safety checks; return a 2xx answer, raise a ChannelError for the rest."""
-        # Imported here because safety raises the errors this module defines.
-        from core.channels.safety import check_destination
-
         where = safe_url(url)
         label = f"{self.type} channel {self.name!r}"
         try:
             # Resolving the host for the safety check is bounded too: a stuck DNS server must not stall a worker.
             async with asyncio.timeout(self.settings.timeout):
-                await check_destination(
+                await safety.check_destination(
                     url, allow_private=self.settings.allow_private, public_url=self.context.public_url
                 )
         except TimeoutError:

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from core.channels.base import BaseChannel, ChannelSettings, Notification, SendResult
-from core.models import DeliveryPurpose, Severity
+from core.models.common import Severity
+from core.models.deliveries import DeliveryPurpose
 
 LOGGER_NAME = "ackbot.console"
 logger = logging.getLogger(LOGGER_NAME)

@@ -23,19 +23,12 @@ from typing import Any, ClassVar, Literal
 import aiosmtplib
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core import digests, reports
-from core.channels.base import (
-    BaseChannel,
-    ChannelContext,
-    ChannelError,
-    ChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    TransientChannelError,
-)
+from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult
+from core.channels.email_views import digest_html, page_start, report_html
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.channels.signing import DELIVERY_ID_HEADER, ORIGIN_HEADER
-from core.models import DeliveryPurpose, utcnow
+from core.models.common import utcnow
+from core.models.deliveries import DeliveryPurpose
 from core.secrets import SecretRef
 
 logger = logging.getLogger(__name__)
@@ -158,18 +151,13 @@ class EmailChannel(BaseChannel):
 
     def render_html(self, note: Notification, *, reply: bool = False) -> str:
         """The HTML part; every piece of event content is escaped."""
-        # Digests and reports are tables; their renderers escape every piece of content too.
+        # Digests and reports are tables (email_views.py); their views escape every piece of content too.
         if note.purpose is DeliveryPurpose.digest and "digest" in note.extra:
-            return digests.render_html(note.extra)
+            return digest_html(note.extra)
         if note.purpose is DeliveryPurpose.report and "report" in note.extra:
-            return reports.render_html(note.extra)
+            return report_html(note.extra)
         e = html.escape
-        parts = [
-            "<!DOCTYPE html>",
-            '<html><head><meta charset="utf-8"></head>',
-            '<body style="font-family: sans-serif; font-size: 14px; color: #1d1c1d;">',
-            f"<h2>{e(note.title)}</h2>",
-        ]
+        parts = page_start(note.title)
         if reply:
             parts.append(f"<p><strong>Update:</strong> now {e(note.status)}.</p>")
         if note.summary:

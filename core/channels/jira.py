@@ -22,15 +22,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from core.channels.base import (
-    HttpChannel,
-    HttpChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    json_bytes,
-)
-from core.models import Severity
+from core.channels.base import HttpChannel, HttpChannelSettings, Notification, SendResult, json_bytes
+from core.channels.errors import PermanentChannelError
+from core.models.common import Severity
 from core.secrets import SecretRef
 
 _LABEL_RE = re.compile(r"^\S{1,255}$")

@@ -14,15 +14,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from core.channels.base import (
-    HttpChannel,
-    HttpChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    json_bytes,
-)
-from core.models import AlertStatus, ApprovalState, EventStatus, Severity
+from core.channels.base import HttpChannel, HttpChannelSettings, Notification, SendResult, json_bytes
+from core.channels.errors import PermanentChannelError
+from core.models.approvals import ApprovalState
+from core.models.common import Severity
+from core.models.events import AlertStatus, EventStatus
 from core.secrets import SecretRef
 
 EventAction = Literal["trigger", "acknowledge", "resolve"]

@@ -21,7 +21,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from core.channels.base import PermanentChannelError, TransientChannelError, safe_url
+from core.channels.errors import PermanentChannelError, TransientChannelError, safe_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -16,17 +16,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from core.channels.base import (
-    ChannelError,
-    HttpChannel,
-    HttpChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    TransientChannelError,
-    error_for_status,
-    json_bytes,
-)
+from core.channels.base import HttpChannel, HttpChannelSettings, Notification, SendResult, error_for_status, json_bytes
+from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.secrets import SecretRef
 
 # What each error Slack names means, for an operator reading a dead delivery.

@@ -15,14 +15,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from core.channels.base import (
-    HttpChannel,
-    HttpChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    json_bytes,
-)
+from core.channels.base import HttpChannel, HttpChannelSettings, Notification, SendResult, json_bytes
+from core.channels.errors import PermanentChannelError
 from core.secrets import SecretRef
 
 ADAPTIVE_CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"

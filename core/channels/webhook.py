@@ -40,17 +40,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from core.channels.base import (
-    HttpChannel,
-    HttpChannelSettings,
-    Notification,
-    PermanentChannelError,
-    SendResult,
-    json_bytes,
-    safe_url,
-)
+from core.channels.base import HttpChannel, HttpChannelSettings, Notification, SendResult, json_bytes
+from core.channels.errors import PermanentChannelError, safe_url
 from core.channels.signing import DELIVERY_ID_HEADER, SIGNATURE_HEADER, sign
-from core.models import DeliveryPurpose
+from core.models.deliveries import DeliveryPurpose
 from core.secrets import SecretRef
 
 PAYLOAD_VERSION = 1

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import EventIn, EventStatus, Link, Scope, Severity
+from core.models.common import Severity
+from core.models.events import EventIn, EventStatus, Link, Scope
 from core.sources.common import clip_labels, identity_of, kind_for
 
 # Alertmanager sends "0001-01-01T00:00:00Z" as endsAt of a firing alert.

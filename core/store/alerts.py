@@ -13,7 +13,8 @@ from sqlalchemy import Select, bindparam, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from core.models import Alert, AlertStatus, Event, EventStatus, Severity
+from core.models.common import Severity
+from core.models.events import Alert, AlertStatus, Event, EventStatus
 from core.store.convert import alert_from_columns, alert_from_row
 from core.store.db import Database, new_id
 from core.store.pagination import decode_cursor

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import ChannelConfig
-from core.models import DeliveryStatus
+from core.models.deliveries import DeliveryStatus
 from core.store.tables import ChannelRow, DeliveryAttemptRow, DeliveryRow
 
 

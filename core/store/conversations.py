@@ -16,7 +16,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import UtcDatetime
+from core.models.common import UtcDatetime
 from core.store.tables import TeamsConversationRow
 
 ConversationKind = Literal["channel", "groupChat", "personal"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.models import Alert, Delivery, DeliveryAttempt, Event
+from core.models.deliveries import Delivery, DeliveryAttempt
+from core.models.events import Alert, Event
 from core.store.tables import AlertRow, DeliveryAttemptRow, DeliveryRow, EventRow
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
+from core.models.deliveries import Delivery, DeliveryAttempt, DeliveryPurpose, DeliveryStatus
 from core.store.convert import attempt_from_row, delivery_from_row
 from core.store.db import Database, direct_of, new_id
 from core.store.pagination import decode_cursor
@@ -457,6 +457,28 @@ async def latest_message_ref(
         return None
     ref = (await session.execute(query.order_by(DeliveryRow.created_at).limit(1))).scalar_one_or_none()
     return ref
+
+
+async def latest_sent_notifies(
+    *,
+    session: AsyncSession,
+    channels: Sequence[str],
+    approval_id: str | None,
+    alert_id: str | None,
+    limit: int = 50,
+) -> list[DeliveryRow]:
+    """The sent notify deliveries on these channels about the approval (else the alert), newest first."""
+    query = select(DeliveryRow).where(
+        DeliveryRow.channel.in_(channels),
+        DeliveryRow.status == DeliveryStatus.sent,
+        DeliveryRow.purpose == DeliveryPurpose.notify,
+    )
+    query = (
+        query.where(DeliveryRow.approval_id == approval_id)
+        if approval_id
+        else query.where(DeliveryRow.alert_id == alert_id)
+    )
+    return list((await session.execute(query.order_by(DeliveryRow.created_at.desc()).limit(limit))).scalars())
 
 
 async def count_dead(*, session: AsyncSession) -> dict[str, int]:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Severity
+from core.models.common import Severity
 from core.store.db import Database, new_id
 from core.store.tables import DigestItemRow, DigestWindowRow
 

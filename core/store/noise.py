@@ -11,7 +11,7 @@ from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from core.models import DeliveryStatus
+from core.models.deliveries import DeliveryStatus
 from core.store.db import Database
 from core.store.tables import DeliveryRow, NoiseKeyRow, NoiseWaitRow, table_of
 

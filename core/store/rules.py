@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Rule
+from core.models.rules import Rule
 from core.store.tables import RuleRow
 
 

@@ -6,18 +6,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.channels.base import Button, Notification
-from core.models import (
-    Alert,
-    AlertStatus,
-    Approval,
-    ApprovalState,
-    Choice,
-    DeliveryPurpose,
-    Event,
-    Link,
-    Scope,
-    Severity,
-)
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.common import Severity
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, AlertStatus, Event, Link, Scope
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 PUBLIC_URL = "https://ackbot.example.com"
