@@ -76,7 +76,7 @@ MODES = ("single", "batch")
 BASELINE_APP = """
 import json, sys
 from aiohttp import web
-from core.models import EventIn
+from core.models.events import EventIn
 
 port = int(sys.argv[1])
 

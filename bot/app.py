@@ -59,7 +59,8 @@ def freeze_after_startup(app: web.Application) -> None:
     """Once the app has started, take what lives as long as the process out of the garbage collector's view.
 
     Config, routes, SQLAlchemy's and pydantic's models: a large heap that a full collection would walk again and
-    again under load, a pause that every request waits behind (docs/performance-history.md has the figures). Frozen, a full collection walks only what requests made since.
+    again under load, a pause that every request waits behind (docs/performance-history.md has the figures).
+    Frozen, a full collection walks only what requests made since.
     """
 
     async def freeze(_app: web.Application) -> None:

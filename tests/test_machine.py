@@ -14,7 +14,10 @@ from core.approvals import machine
 from core.approvals.directory import Directory
 from core.approvals.models import DecisionReason
 from core.approvals.plans import Intent, IntentKind, Policy, Shown, Snapshot
-from core.models import Actor, Approval, ApprovalState, DeliveryPurpose, EscalationStep, Group, Person, Rule
+from core.models.approvals import Approval, ApprovalState
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import Actor, Group, Person
+from core.models.rules import EscalationStep, Rule
 from core.tokens import TokenClaims
 
 NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)

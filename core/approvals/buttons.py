@@ -16,7 +16,8 @@ from core.approvals.machine import token_details
 from core.approvals.models import ApprovalInputError, DecisionReason
 from core.channels.base import Button
 from core.clock import Clock
-from core.models import Approval, Choice, DeliveryPurpose
+from core.models.approvals import Approval, Choice
+from core.models.deliveries import DeliveryPurpose
 from core.store import approvals as approval_store
 from core.store.approvals import ApprovalRecord, approval_from_row
 from core.store.db import Database

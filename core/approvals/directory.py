@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from core.models import Actor, Group, Person
+from core.models.people import Actor, Group, Person
 
 # Which identity of a person a channel type addresses them by.
 IDENTITY_OF_CHANNEL_TYPE = {"slack": "slack", "teams": "teams", "email": "email"}

@@ -10,7 +10,9 @@ from typing import Any
 from core.approvals.callback import CALLBACK_CHANNEL
 from core.approvals.plans import Intent, Policy, Queued, Snapshot
 from core.approvals.targets import delivery_key
-from core.models import Actor, Approval, ApprovalState, DeliveryPurpose, Person
+from core.models.approvals import Approval, ApprovalState
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import Actor, Person
 
 # The rule's actions each final state (and an escalation) sets off.
 FOLLOW_UP_HOOKS = {

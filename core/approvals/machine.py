@@ -38,7 +38,10 @@ from core.approvals.effects import (
 from core.approvals.models import DecisionReason, DecisionResult
 from core.approvals.plans import Intent, IntentKind, NonceSpend, Plan, Policy, Queued, Snapshot
 from core.approvals.targets import delivery_key, plan_quietly
-from core.models import Approval, ApprovalState, Choice, DeliveryPurpose, EscalationStep, Person
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import Person
+from core.models.rules import EscalationStep
 from core.tokens import TokenClaims, nonce_digest
 
 # What each move leads to, from an open state (pending or escalated); a final state has no moves.

@@ -9,7 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
-from core.models import Approval, Choice, Duration, EscalationStep, HeldUpdate, Strict, UtcDatetime, parse_duration
+from core.models.approvals import Approval, Choice
+from core.models.common import Duration, Strict, UtcDatetime, parse_duration
+from core.models.deliveries import HeldUpdate
+from core.models.rules import EscalationStep
 
 MAX_CONTEXT_BYTES = 16 * 1024
 

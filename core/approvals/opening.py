@@ -15,7 +15,10 @@ from core.approvals.directory import Directory
 from core.approvals.models import ApprovalInputError, ApprovalRequest
 from core.approvals.plans import Policy
 from core.approvals.targets import check_names, delivery_key, plan_targets
-from core.models import Action, Alert, Approval, ApprovalState, Choice, DeliveryPurpose, Event, Rule
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.deliveries import DeliveryPurpose
+from core.models.events import Alert, Event
+from core.models.rules import Action, Rule
 from core.store import approvals as approval_store
 from core.store.approvals import approval_from_row
 from core.store.db import Database, new_id

@@ -11,7 +11,10 @@ from typing import Any
 
 from core.approvals.directory import Directory
 from core.approvals.models import DecisionResult
-from core.models import Actor, Approval, DeliveryPurpose, Rule
+from core.models.approvals import Approval
+from core.models.deliveries import DeliveryPurpose
+from core.models.people import Actor
+from core.models.rules import Rule
 from core.tokens import TokenClaims
 
 

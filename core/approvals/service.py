@@ -32,18 +32,11 @@ from core.approvals.waiters import Waiters
 from core.channels.base import ChannelContext
 from core.clock import Clock
 from core.config import AckbotConfig
-from core.models import (
-    Action,
-    Actor,
-    Alert,
-    Approval,
-    ApprovalState,
-    Choice,
-    Event,
-    HeldUpdate,
-    Person,
-    Rule,
-)
+from core.models.approvals import Approval, ApprovalState, Choice
+from core.models.deliveries import HeldUpdate
+from core.models.events import Alert, Event
+from core.models.people import Actor, Person
+from core.models.rules import Action, Rule
 from core.store import alerts as alert_store
 from core.store import approvals as approval_store
 from core.store.approvals import Applied, approval_from_row

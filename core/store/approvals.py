@@ -26,7 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.approvals.plans import Plan, Shown, Snapshot
-from core.models import Approval, ApprovalState, DeliveryPurpose, DeliveryStatus
+from core.models.approvals import Approval, ApprovalState
+from core.models.deliveries import DeliveryPurpose, DeliveryStatus
 from core.store import audit as audit_store
 from core.store import deliveries as delivery_store
 from core.store.db import Database, direct_of
