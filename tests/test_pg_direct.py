@@ -53,9 +53,11 @@ async def test_an_error_is_the_one_sqlalchemy_raises_and_the_transaction_is_roll
                 assert transaction.direct is not None
                 await transaction.conn.execute(text("INSERT INTO t VALUES (7)"))
                 await transaction.direct.fetch(duplicate.replace("(1), (1)", "($1), ($1)"), 1)
-        # The same classes as SQLAlchemy's own statement (the retry and the HTTP answer go by them).
-        assert type(ours.value.orig) is type(theirs.value.orig)
-        assert getattr(ours.value.orig, "sqlstate", None) == "23505" and conflicted(ours.value)
+        # The same class as SQLAlchemy's own statement raises, and the same sqlstate underneath (the retry and the
+        # HTTP answer go by them).
+        assert type(ours.value) is type(theirs.value)
+        assert getattr(ours.value.orig, "sqlstate", None) == getattr(theirs.value.orig, "sqlstate", None) == "23505"
+        assert conflicted(ours.value)
         assert not ours.value.connection_invalidated
         # The row the failed transaction had written is gone, and the writer goes on on the same connection.
         async with writer.transaction() as transaction:

@@ -19,6 +19,7 @@ pool), so callers (conflict retries, the HTTP answers) cannot tell the two paths
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -26,27 +27,27 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
+import asyncpg
 from sqlalchemy import String, bindparam, func, literal_column, select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.base import Executable
-from sqlalchemy.util.concurrency import greenlet_spawn
 
 
 class DirectConnection:
     """A pooled SQLAlchemy connection in AUTOCOMMIT mode and the asyncpg connection under it."""
 
-    def __init__(self, conn: AsyncConnection, adapted: Any) -> None:
+    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
         self.conn = conn
-        self._adapted = adapted  # SQLAlchemy's adapter around asyncpg's connection
-        self._driver = adapted.driver_connection
+        self._driver = driver  # asyncpg's connection
 
     @classmethod
     async def connect(cls, engine: AsyncEngine) -> DirectConnection:
         """Check a connection out of engine's pool (engine's connections are in AUTOCOMMIT mode)."""
         conn = await engine.connect()
         try:
-            return cls(conn, (await conn.get_raw_connection()).dbapi_connection)
+            return cls(conn, (await conn.get_raw_connection()).driver_connection)
         except BaseException:
             await conn.close()
             raise
@@ -120,23 +121,35 @@ class DirectConnection:
                 await self.conn.invalidate(error)
 
     async def _raise_translated(self, error: Exception, sql: str, args: Sequence[Any]) -> NoReturn:
-        await raise_as_sqlalchemy(self.conn, self._adapted, error, sql, args)
+        await raise_as_sqlalchemy(self.conn, error, sql, args, closed=self._driver.is_closed())
+
+
+# The driver's errors as SQLAlchemy's exception classes, by what they mean (asyncpg's and sqlite3's classes).
+_INTEGRITY = (asyncpg.exceptions.IntegrityConstraintViolationError, sqlite3.IntegrityError)
+_LOST = (asyncpg.exceptions.PostgresConnectionError, ConnectionError, OSError)
+_OPERATIONAL = (asyncpg.exceptions.OperatorInterventionError, sqlite3.OperationalError, TimeoutError)
 
 
 async def raise_as_sqlalchemy(
-    conn: AsyncConnection, adapted: Any, error: Exception, sql: str, args: Sequence[Any]
+    conn: AsyncConnection, error: Exception, sql: str, args: Sequence[Any], *, closed: bool = False
 ) -> NoReturn:
-    """Raise a driver's error as SQLAlchemy raises it for its own statements on conn (adapted: its DBAPI adapter)."""
-    try:
-        # The driver's exception as the DBAPI exception SQLAlchemy's adapter makes of it (sqlstate kept)...
-        adapted._handle_exception(error)
-    except Exception as dbapi_error:
-        # ...and as SQLAlchemy's connection raises that one: wrapped in its exception classes, a disconnect
-        # invalidating the connection and the pool. It runs SQLAlchemy's sync code, hence the greenlet.
-        sync = conn.sync_connection
-        assert sync is not None
-        await greenlet_spawn(sync._handle_dbapi_exception, dbapi_error, sql, tuple(args), None, None)
-    raise AssertionError("the error was raised above")
+    """Raise a driver's error as SQLAlchemy raises one for its own statements on conn: the same exception classes
+    (the driver's error as .orig, its sqlstate kept), and a lost connection (closed: the driver says so)
+    invalidated, so the pool discards it."""
+    params = tuple(args)
+    if isinstance(error, _INTEGRITY):
+        raise sa_exc.IntegrityError(sql, params, error) from error
+    closed = closed or (isinstance(error, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(error))
+    lost = closed or isinstance(error, _LOST)
+    if lost and not conn.invalidated:
+        await conn.invalidate(error)
+    if isinstance(error, asyncpg.exceptions.InterfaceError):
+        raise sa_exc.InterfaceError(sql, params, error, connection_invalidated=lost) from error
+    if lost or isinstance(error, _OPERATIONAL):
+        raise sa_exc.OperationalError(sql, params, error, connection_invalidated=lost) from error
+    if isinstance(error, asyncpg.exceptions.PostgresError | sqlite3.Error):
+        raise sa_exc.DBAPIError(sql, params, error) from error
+    raise error
 
 
 class Direct(Protocol):
@@ -222,17 +235,18 @@ class Statement:
                 "pg_direct.Statement cannot send an IN list, whose SQL depends on the list's length: use"
                 " = any_(array) on PostgreSQL, or in_(json_values(name)) with the list as JSON on SQLite"
             )
-        processors = compiled._bind_processors
-        binds = tuple((name, processors.get(name)) for name in compiled.positiontup or ())
+        # Bind and result processors as SQLAlchemy's own execution takes them: each type's implementation for this
+        # dialect, asked through the public TypeEngine API.
+        binds = tuple(
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in compiled.positiontup or ()
+        )
         # The values the statement carries itself (a literal compared with a column), by their parameter names.
-        self._fixed = {
-            name: value
-            for name, value in compiled.construct_params(_check=False).items()
-            if not compiled.binds[name].required
-        }
-        columns = compiled._result_columns
-        shape = namedtuple("DirectRow", [column[0] for column in columns], rename=True)  # type: ignore[misc]
-        results = [column[3]._cached_result_processor(dialect, None) for column in columns]
+        self._fixed = {name: value for name, value in compiled.params.items() if not compiled.binds[name].required}
+        columns = list(getattr(self._statement, "exported_columns", ()))
+        names = [getattr(column, "name", None) or f"column_{index}" for index, column in enumerate(columns)]
+        shape = namedtuple("DirectRow", names, rename=True)  # type: ignore[misc]
+        results = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
         if any(results):
             converters = list(zip(range(len(results)), results, strict=True))
 

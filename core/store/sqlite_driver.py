@@ -249,6 +249,4 @@ class InlineDirect:
         try:
             return (await _patiently(lambda: _run(raw, sql, args, many)))[1]
         except Exception as error:
-            await pg_direct.raise_as_sqlalchemy(
-                self.conn, self._adapted, error, sql, (args[0] if many and args else args) or ()
-            )
+            await pg_direct.raise_as_sqlalchemy(self.conn, error, sql, (args[0] if many and args else args) or ())
