@@ -243,7 +243,10 @@ class Statement:
         )
         # The values the statement carries itself (a literal compared with a column), by their parameter names.
         self._fixed = {name: value for name, value in compiled.params.items() if not compiled.binds[name].required}
-        columns = list(getattr(self._statement, "exported_columns", ()))
+        # An INSERT, UPDATE or DELETE returns what the compiler made it return (PostgreSQL's implicit RETURNING of a
+        # serial key included); a SELECT its columns.
+        returning = getattr(compiled, "effective_returning", None)
+        columns = list(returning if returning is not None else getattr(self._statement, "exported_columns", ()))
         names = [getattr(column, "name", None) or f"column_{index}" for index, column in enumerate(columns)]
         shape = namedtuple("DirectRow", names, rename=True)  # type: ignore[misc]
         results = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
