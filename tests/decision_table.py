@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from sqlalchemy import select, update
 
 from bot.app import build_runtime
+from core.approvals import ApprovalService
 from core.approvals.models import ApprovalRequest, DecisionResult
 from core.channels.base import BaseChannel, Notification, SendResult
 from core.clock import ManualClock
@@ -261,36 +262,35 @@ def build_scenarios() -> dict[str, Scenario]:
     tick = Scenario(choice=None)
     cancel = Scenario(path="cancel", choice=None)
     rows: list[Scenario] = [
-        # Clicks that count, on an open approval: state x steps x choice x quorum (and a vote before).
-        *grid(initial=["pending"], steps=[0, 1], choice=["acknowledge", "deny", "escalate"]),
-        *grid(initial=["escalated"], steps=[1, 2], choice=["acknowledge", "deny", "escalate"]),
-        *grid(quorum=[2], prior_vote=["none", "other"], choice=["acknowledge", "deny", "escalate"]),
+        # Clicks that count, on an open approval: state x steps (left or not) x choice, then quorum and votes.
+        *grid(initial=["pending"], choice=["acknowledge", "deny", "escalate"]),
+        *grid(initial=["pending"], steps=[0], choice=["escalate"]),
+        *grid(initial=["escalated"], steps=[1, 2], choice=["acknowledge", "escalate"]),
+        *grid(initial=["escalated"], steps=[1], choice=["deny"]),
+        *grid(quorum=[2], choice=["acknowledge"]),
+        *grid(quorum=[2], prior_vote=["other"], choice=["acknowledge", "deny", "escalate"]),
         *grid(initial=["escalated"], steps=[2], quorum=[2], prior_vote=["other"], choice=["acknowledge"]),
         # The same person twice, by click and by command; a deny after one's own acknowledgement.
-        *grid(quorum=[2], prior_vote=["same"], path=["decide", "decide_by_id"], choice=["acknowledge", "deny"]),
+        *grid(quorum=[2], prior_vote=["same"], choice=["acknowledge", "deny"]),
+        *grid(quorum=[2], prior_vote=["same"], path=["decide_by_id"], choice=["acknowledge"]),
         # The same through a command.
         *grid(path=["decide_by_id"], choice=["acknowledge", "deny", "escalate"]),
         *grid(path=["decide_by_id"], quorum=[2], prior_vote=["other"], choice=["acknowledge"]),
-        # Closed already (or past its expiry, not yet ticked): by click and by command.
-        *grid(
-            path=["decide", "decide_by_id"],
-            initial=["acknowledged", "denied", "expired", "cancelled", "overdue"],
-            choice=["acknowledge"],
-        ),
-        *grid(initial=["denied", "overdue"], choice=["deny"]),
-        # Token faults on an open approval, and which check wins against a closed one.
+        # Closed already (or past its expiry, not yet ticked): by click, and by command.
+        *grid(initial=["acknowledged", "denied", "expired", "cancelled", "overdue"], choice=["acknowledge"]),
+        *grid(path=["decide_by_id"], initial=["acknowledged", "expired", "overdue"], choice=["acknowledge"]),
+        # Token faults on an open approval, and which check wins against a closed (or overdue) one.
         *grid(fault=[f for f in FAULTS if f not in ("none", "reused")]),
         *grid(fault=["reused"], quorum=[2], prior_vote=["other"]),
         *grid(
             fault=["expired", "wrong_tenant", "replayed", "wrong_platform", "web_no_subject"], initial=["acknowledged"]
         ),
-        *grid(fault=["expired", "web_no_subject"], initial=["expired", "overdue"]),
-        *grid(fault=["expired", "bad_signature"], choice=["deny"], answering=["clicked"]),
+        *grid(fault=["expired"], initial=["expired", "overdue"]),
+        *grid(fault=["web_no_subject"], initial=["overdue"]),
+        *grid(fault=["bad_signature"], choice=["deny"], answering=["clicked"]),
         # Who clicks: by click and by command.
-        *grid(
-            path=["decide", "decide_by_id"],
-            actor=["non_approver", "unknown", "requester", "requester_allowed", "tenant_mismatch"],
-        ),
+        *grid(actor=["non_approver", "unknown", "requester", "requester_allowed", "tenant_mismatch"]),
+        *grid(path=["decide_by_id"], actor=["non_approver", "unknown", "requester", "tenant_mismatch"]),
         *grid(actor=["requester"], choice=["deny"]),
         *grid(actor=["web_subject"], choice=["acknowledge", "deny"]),
         *grid(actor=["escalation_approver"], initial=["pending", "escalated"]),
@@ -305,27 +305,29 @@ def build_scenarios() -> dict[str, Scenario]:
         # What a final decision queues: callback x shown messages.
         *grid(callback=[False, True], shown=[0, 2], choice=["acknowledge"]),
         *grid(callback=[True], choice=["deny", "escalate"]),
-        # Opened by a rule: the creation is audited by the first change, and the rule's follow-ups are queued.
+        # Opened by a rule: the creation is audited by the first change (a refusal too), and the rule's follow-ups.
         *grid(creation=["rule"], choice=["acknowledge", "deny", "escalate"]),
         *grid(creation=["rule"], shown=[0], choice=["acknowledge"]),
         *grid(creation=["rule"], quorum=[2], prior_vote=["other"]),
         *grid(creation=["rule"], path=["decide_by_id"]),
         *grid(creation=["rule"], initial=["escalated"], steps=[2], choice=["escalate"]),
+        *grid(creation=["rule"], actor=["non_approver"]),
+        *grid(creation=["rule"], fault=["expired", "bad_signature"]),
         # Cancelled: every initial state, the surface's tenant, what it queues.
-        *grid(cancel, initial=list(INITIAL)),
+        *grid(cancel, initial=["pending", "escalated", "acknowledged", "expired", "cancelled", "overdue"]),
         *grid(cancel, actor=["tenant_mismatch"]),
         *grid(cancel, callback=[True], shown=[2]),
         *grid(cancel, creation=["rule"]),
         # The scheduler: at the escalation step's time and at the expiry.
         *grid(tick, path=["tick_escalate"], initial=["pending"], steps=[0, 1]),
         *grid(tick, path=["tick_escalate"], initial=["escalated"], steps=[1, 2]),
-        *grid(tick, path=["tick_escalate"], creation=["rule"], shown=[0, 1]),
+        *grid(tick, path=["tick_escalate"], creation=["rule"]),
         *grid(tick, path=["tick_escalate"], quorum=[2], prior_vote=["other"], shown=[2]),
-        *grid(tick, path=["tick_expire"], initial=["pending", "escalated", "overdue"]),
+        *grid(tick, path=["tick_escalate"], initial=["acknowledged"]),
+        *grid(tick, path=["tick_expire"], initial=["pending", "escalated", "overdue", "cancelled"]),
         *grid(tick, path=["tick_expire"], quorum=[2], prior_vote=["other"]),
-        *grid(tick, path=["tick_expire"], callback=[True], shown=[0, 2]),
+        *grid(tick, path=["tick_expire"], callback=[True], shown=[2]),
         *grid(tick, path=["tick_expire"], creation=["rule"]),
-        *grid(tick, path=["tick_expire", "tick_escalate"], initial=["acknowledged", "cancelled"]),
     ]
     table: dict[str, Scenario] = {}
     for scenario in rows:
@@ -608,7 +610,7 @@ class _Run:
         self.messages: list[dict[str, Any]] = []
 
     @property
-    def approvals(self) -> Any:
+    def approvals(self) -> ApprovalService:
         return self.runtime.approvals
 
     async def open(self) -> None:
@@ -657,14 +659,14 @@ class _Run:
                     .values(status="sent", message_ref=MESSAGE_REFS[index], sent_at=self.start, attempts=1)
                 )
 
-    def mint(self) -> tuple[str, dict[str, Any], int]:
-        """The token the click carries, the message it was put on, and that message's index."""
+    def mint(self) -> tuple[str, int]:
+        """The token the click carries (minted at the start, as its message went out) and that message's index."""
         s = self.scenario
         index = 1 if s.fault == "wrong_subject" or s.actor == "web_subject" else 0
         message = self.messages[index]
         subject = (message["extra"] or {}).get("person")
         codec = self.approvals.keys.codec
-        token: str = codec.issue(
+        token = codec.issue(
             tenant=OTHER_TENANT if s.fault == "wrong_tenant" else "acme",
             approval_id=self.approval_id,
             channel="mail" if s.fault == "foreign_channel" else message["channel"],
@@ -674,7 +676,7 @@ class _Run:
             ttl=SHORT_TOKEN_TTL if s.fault == "expired" else None,
             now=int(self.start.timestamp()),
         )
-        return token, message, index
+        return token, index
 
     def actor(self) -> Actor:
         s = self.scenario
@@ -768,7 +770,7 @@ async def run_scenario(database_url: str, scenario: Scenario) -> dict[str, Any]:
         await run.open()
         norm.label(run.approval_id)
         await run.show()
-        token, _message, index = run.mint()
+        token, index = run.mint()
         await run.prepare(token)
         before = await snapshot(runtime, run.approval_id, run.alert_id)
         norm.label(run.alert_id)

@@ -59,23 +59,13 @@ class Buttons:
         if approval.state.final or seconds < 1:
             return []
         level = approval.escalation_level if level is None else level
-        codec = self._keys.codec
-        ttl = min(codec.ttl, seconds)
+        ttl = min(self._keys.codec.ttl, seconds)
         public_url = self._public_url()
         out = []
         for choice in approval.choices:
             if choice is Choice.escalate and level >= len(approval.escalation):
                 continue  # nobody left to escalate to: no button that can only be refused
-            token = codec.issue(
-                tenant=approval.tenant,
-                approval_id=approval.id,
-                channel=channel,
-                choice=choice.value,
-                delivery_id=delivery_id,
-                subject=subject,
-                ttl=ttl,
-                now=int(now.timestamp()),
-            )
+            token = self._issue(approval, channel, choice, delivery_id, subject, ttl, now)
             out.append(
                 Button(choice=choice.value, label=CHOICE_LABELS[choice], token=token, url=f"{public_url}/ack/{token}")
             )
@@ -145,16 +135,7 @@ class Buttons:
         if seconds < 1:
             raise ApprovalInputError("approval_id", "the approval has run out of time")
         wanted = codec.ttl if ttl is None else max(1, int(ttl.total_seconds()))
-        token = codec.issue(
-            tenant=approval.tenant,
-            approval_id=approval.id,
-            channel=channel,
-            choice=choice.value,
-            delivery_id=delivery_id,
-            subject=subject,
-            ttl=min(wanted, seconds),
-            now=int(now.timestamp()),
-        )
+        token = self._issue(approval, channel, choice, delivery_id, subject, min(wanted, seconds), now)
         claims = codec.verify(token, now=int(now.timestamp()))
         await audit.record_now(
             db=self._db,
@@ -168,6 +149,27 @@ class Buttons:
             data={**token_details(claims), "subject": subject},
         )
         return token, claims
+
+    def _issue(
+        self,
+        approval: Approval,
+        channel: str,
+        choice: Choice,
+        delivery_id: str | None,
+        subject: str | None,
+        ttl: int,
+        now: datetime,
+    ) -> str:
+        return self._keys.codec.issue(
+            tenant=approval.tenant,
+            approval_id=approval.id,
+            channel=channel,
+            choice=choice.value,
+            delivery_id=delivery_id,
+            subject=subject,
+            ttl=ttl,
+            now=int(now.timestamp()),
+        )
 
     async def verify_token(
         self, *, token: str, tenant: str | None = None, choice: str | None = None
