@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -64,6 +65,51 @@ async def test_an_error_is_the_one_sqlalchemy_raises_and_the_transaction_is_roll
             assert transaction.direct is not None
             assert [tuple(row) for row in await transaction.direct.fetch("SELECT count(*) FROM t")] == [(0,)]
     assert "idle in transaction" not in await server_states(db.url)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO t VALUES (NULL)",  # a not-null violation
+        "SELEC 1",  # a syntax error
+        "SELECT 1 / 0",  # no class of its own: DBAPIError
+        "SELECT * FROM nowhere",
+    ],
+)
+async def test_other_errors_are_the_ones_sqlalchemy_raises(db: Database, statement: str) -> None:
+    errors = []
+    async with db.writer() as writer:
+        for direct in (False, True):
+            with pytest.raises(sa_exc.DBAPIError) as raised:
+                async with writer.transaction() as transaction:
+                    assert transaction.direct is not None
+                    if direct:
+                        await transaction.direct.fetch(statement)
+                    else:
+                        await transaction.conn.execute(text(statement))
+            error = raised.value
+            orig: Any = error.orig
+            errors.append(
+                (type(error), type(orig), str(orig), orig.sqlstate, type(orig.__cause__), error.connection_invalidated)
+            )
+    assert errors[0] == errors[1]
+
+
+async def test_a_connection_found_lost_has_the_pool_check_the_others(db: Database) -> None:
+    assert db.direct_engine is not None
+    # Two pooled connections, one given back a moment ago: too recently used to be pinged at its next checkout.
+    lost = await DirectConnection.connect(db.direct_engine)
+    returned = await DirectConnection.connect(db.direct_engine)
+    await returned.close()
+    assert await kill_backends(db.url) >= 2
+    await asyncio.sleep(0.1)  # as a server restart would; asyncpg hears of it a moment later
+    with pytest.raises(sa_exc.InterfaceError) as raised:
+        await lost.fetch("SELECT 1")
+    assert raised.value.connection_invalidated and not lost.usable
+    await lost.close()
+    # The server went away: the pool checks the other connection before it hands it out, and replaces it.
+    async with db.sessions() as session:
+        assert (await session.execute(text("SELECT 2"))).scalar_one() == 2
 
 
 @pytest.mark.parametrize("again", [False, True])

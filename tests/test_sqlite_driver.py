@@ -1,20 +1,22 @@
-"""The SQLite adapter that runs each statement on the event loop's thread: same results, no trips, no stalls."""
+"""The SQLite dialect that runs each statement on the event loop's thread: same results, no trips, no stalls."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from sqlalchemy import event, exc, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from bot.app import build_runtime
 from core import runtime as runtime_module
 from core.store import sqlite_driver
-from core.store.db import Database
+from core.store.db import Database, direct_of
 from tests.conftest import make_config
 
 
@@ -33,17 +35,20 @@ async def db(path: Path) -> Any:
 
 
 @pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every call made on an aiosqlite connection's thread, by name."""
-    made: list[str] = []
-    original = aiosqlite.Connection._execute
+async def threads(db: Database) -> list[int]:
+    """The thread of every call SQLite makes to the SQL function thread_of() (each connection has it)."""
+    seen: list[int] = []
 
-    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        made.append(getattr(fn, "__name__", repr(fn)))
-        return await original(self, fn, *args, **kwargs)
+    def register(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        def thread_of(value: Any) -> Any:
+            seen.append(threading.get_ident())
+            return value
 
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-    return made
+        dbapi_connection.create_function("thread_of", 1, thread_of)  # type: ignore[attr-defined]
+
+    event.listen(db.engine.sync_engine, "connect", register)
+    await db.engine.dispose()  # the connection that made the table has no such function
+    return seen
 
 
 class Ticker:
@@ -68,16 +73,18 @@ class Ticker:
         self._task.cancel()
 
 
-async def test_statements_give_the_same_results_without_a_trip_to_the_thread(db: Database, trips: list[str]) -> None:
+async def test_statements_give_the_same_results_on_the_event_loops_thread(db: Database, threads: list[int]) -> None:
+    # The configured URL is aiosqlite's, but no aiosqlite thread runs the statements: sqlite3 runs them inline.
+    assert db.url.startswith("sqlite+aiosqlite:///") and isinstance(db.engine.dialect, sqlite_driver.InlineDialect)
     async with db.engine.begin() as conn:
-        inserted = await conn.execute(text("INSERT INTO t (name, n) VALUES ('a', 1)"))
+        inserted = await conn.execute(text("INSERT INTO t (name, n) VALUES (thread_of('a'), 1)"))
         assert inserted.lastrowid == 1 and inserted.rowcount == 1
         await conn.execute(
             text("INSERT INTO t (name, n) VALUES (:name, :n)"), [{"name": "b", "n": 2}, {"name": "c", "n": 3}]
         )
         updated = await conn.execute(text("UPDATE t SET n = n + 10 WHERE n >= 2 RETURNING name, n"))
         assert sorted(updated.all()) == [("b", 12), ("c", 13)]
-        rows = await conn.execute(text("SELECT name, n FROM t ORDER BY id"))
+        rows = await conn.execute(text("SELECT thread_of(name) AS name, n FROM t ORDER BY id"))
         assert rows.keys() == ["name", "n"] and rows.all() == [("a", 1), ("b", 12), ("c", 13)]
         nothing = await conn.execute(text("UPDATE t SET n = 0 WHERE name = 'nobody'"))
         assert nothing.rowcount == 0
@@ -86,14 +93,16 @@ async def test_statements_give_the_same_results_without_a_trip_to_the_thread(db:
             await conn.execute(text("INSERT INTO t (name, n) VALUES ('a', 9)"))
     async with db.engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 3
-        streamed = await conn.stream(text("SELECT name FROM t ORDER BY id"))
+        streamed = await conn.stream(text("SELECT thread_of(name) AS name FROM t ORDER BY id"))
         assert [row.name async for row in streamed] == ["a", "b", "c"]
     async with db.transaction() as session:
-        await session.execute(text("INSERT INTO t (name, n) VALUES ('z', 1)"))
+        await session.execute(text("INSERT INTO t (name, n) VALUES (thread_of('z'), 1)"))
     async with db.sessions() as session:
-        assert (await session.execute(text("SELECT n FROM t WHERE name = 'z'"))).scalar_one() == 1
-    # Statements, commits and rollbacks all ran on this thread; only streaming kept SQLAlchemy's own cursor.
-    assert all(name not in ("_run", "commit", "rollback") for name in trips), trips
+        assert (await session.execute(text("SELECT n FROM t WHERE name = thread_of('z')"))).scalar_one() == 1
+    async with db.direct_reads() as direct:
+        assert [tuple(row) for row in await direct.fetch("SELECT thread_of(n) FROM t WHERE name = ?", "z")] == [(1,)]
+    # Every statement ran on this thread, streamed ones too.
+    assert len(threads) >= 10 and set(threads) == {threading.get_ident()}
 
 
 async def test_a_write_transaction_does_not_yield_to_the_event_loop_between_its_statements(db: Database) -> None:
@@ -146,6 +155,50 @@ async def test_a_lock_held_past_the_budget_fails_the_statement(
     # The connection that gave up is usable again.
     async with db.transaction() as session:
         await session.execute(text("INSERT INTO t (name, n) VALUES ('later', 3)"))
+
+
+async def test_a_statement_sent_through_sqlalchemy_waits_for_the_lock_too(db: Database, path: Path) -> None:
+    # A transaction SQLAlchemy begins itself (deferred) meets the lock at its first write, not at BEGIN: that
+    # statement waits on the event loop, as every statement does.
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write() -> None:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t (name, n) VALUES ('mine', 2)"))
+
+    async with Ticker() as ticker:
+        writer = asyncio.create_task(write())
+        await asyncio.sleep(0.3)
+        assert not writer.done() and ticker.ticks > 50
+        other.execute("COMMIT")
+        await asyncio.wait_for(writer, 5)
+    other.close()
+    async with db.sessions() as session:
+        assert (await session.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+
+
+async def test_a_direct_statement_fails_as_sqlalchemys_own_would(db: Database) -> None:
+    async with db.transaction() as session:
+        await session.execute(text("INSERT INTO t (name, n) VALUES ('a', 1)"))
+    with pytest.raises(exc.IntegrityError) as theirs:
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO t (name, n) VALUES ('a', 2)"))
+    with pytest.raises(exc.IntegrityError) as ours:
+        async with db.transaction() as session:
+            direct = await direct_of(session)
+            await direct.fetch("INSERT INTO t (name, n) VALUES (?, ?)", "a", 3)
+    assert type(ours.value.orig) is type(theirs.value.orig) is sqlite3.IntegrityError
+    assert str(ours.value.orig) == str(theirs.value.orig) and not ours.value.connection_invalidated
+    # A connection that went away is invalidated, as SQLAlchemy does for its own statements, and replaced.
+    async with db.direct_reads() as direct:
+        raw = (await direct.conn.get_raw_connection()).driver_connection
+        raw.close()
+        with pytest.raises(exc.ProgrammingError) as lost:
+            await direct.fetch("SELECT 1")
+    assert lost.value.connection_invalidated and direct.conn.invalidated
+    async with db.direct_reads() as again:
+        assert again is not direct and [tuple(row) for row in await again.fetch("SELECT count(*) FROM t")] == [(1,)]
 
 
 def size(path: Path) -> int:

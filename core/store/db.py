@@ -67,28 +67,53 @@ READ = "ackbot_read"
 # A pooled PostgreSQL connection idle longer than this is pinged before use (see _ping_when_idle).
 IDLE_PING_SECONDS = 1.0
 _RETURNED_AT = "ackbot_returned_at"
+_VOUCHED_AT = "ackbot_vouched_at"  # when the connection was opened, or last answered a ping
 
 
 def _ping_when_idle(dialect: Dialect) -> dict[str, Any]:
-    """Pool listeners, by event name, that ping a connection only when it sat idle in the pool.
+    """Pool listeners, by event name, that ping a connection only when it sat idle in the pool, or when another was
+    found lost since it last answered.
 
     A server restart leaves pooled connections dead, and SQLAlchemy's pool_pre_ping finds them by pinging every
     connection at every checkout: one more round trip per transaction, the cost of a small statement. A
-    connection that was in use within the last IDLE_PING_SECONDS is trusted instead; one that fails anyway is
-    invalidated with the whole pool by SQLAlchemy's disconnect handling, so only the requests in flight at the
-    moment of the restart see the error (a 503, which senders retry), and every later one gets a fresh
-    connection.
+    connection that was in use within the last IDLE_PING_SECONDS is trusted instead. One that fails anyway is
+    invalidated (by SQLAlchemy's disconnect handling, or by pg_direct's for the statements asyncpg sends), and
+    from then on every connection of the pool that has not answered since is pinged at its next checkout (a dead
+    one is replaced there), so only the requests in flight at the moment of the restart see the error (a 503,
+    which senders retry), and every later one gets a live connection.
     """
+    # When a connection of this pool was last found lost (time.monotonic()).
+    lost_at = [0.0]
 
     def connect(_dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-        record.info[_RETURNED_AT] = time.monotonic()
+        record.info[_RETURNED_AT] = record.info[_VOUCHED_AT] = time.monotonic()
 
     def checkin(_dbapi_connection: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
         record.info[_RETURNED_AT] = time.monotonic()
 
+    def invalidate(dbapi_connection: DBAPIConnection | None, _record: ConnectionPoolEntry, error: Any) -> None:
+        # Invalidated because it was lost (not, say, cut off mid-statement by a cancellation): the others may be too.
+        if dbapi_connection is None or not isinstance(error, Exception):
+            return
+        try:
+            lost = isinstance(error, exc.DisconnectionError) or dialect.is_disconnect(
+                error,  # type: ignore[arg-type]
+                dbapi_connection,
+                None,
+            )
+        except Exception:
+            lost = True
+        if lost:
+            lost_at[0] = time.monotonic()
+
     def checkout(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+        now = time.monotonic()
         returned_at = record.info.get(_RETURNED_AT)
-        if returned_at is not None and time.monotonic() - returned_at < IDLE_PING_SECONDS:
+        if (
+            returned_at is not None
+            and now - returned_at < IDLE_PING_SECONDS
+            and record.info.get(_VOUCHED_AT, 0.0) > lost_at[0]
+        ):
             return
         try:
             alive = dialect.do_ping(dbapi_connection)
@@ -99,8 +124,9 @@ def _ping_when_idle(dialect: Dialect) -> dict[str, Any]:
         if not alive:
             # The pool discards this connection and checks out a new one.
             raise exc.DisconnectionError("a pooled connection did not answer its ping")
+        record.info[_VOUCHED_AT] = now
 
-    return {"connect": connect, "checkin": checkin, "checkout": checkout}
+    return {"connect": connect, "checkin": checkin, "invalidate": invalidate, "checkout": checkout}
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -273,12 +299,9 @@ class Database:
             # waiting each (a server process is forked, and every statement prepared anew), paid exactly when the
             # process is busiest (46 a 10 s burst of 100 clicks/s).
             kwargs.update(pool_size=2 * pool_size, max_overflow=0)
-        # A SQLite file has no server to lose: checking each connection would only cost four thread hand-offs of
-        # aiosqlite per transaction.
-        if url.startswith("sqlite+aiosqlite"):
-            # Statements run on the event loop's thread, not as trips to aiosqlite's (see sqlite_driver).
-            kwargs.update(module=sqlite_driver.dbapi())
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # A SQLite file has no server to lose: nothing is pinged there. A sqlite+aiosqlite:// URL runs on
+        # sqlite_driver's dialect: statements on the event loop's thread, not as trips to aiosqlite's.
+        self.engine: AsyncEngine = create_async_engine(sqlite_driver.engine_url(url), **kwargs)
         if self.engine.dialect.name == "postgresql":
             # A server restart leaves pooled connections dead: one idle for a while is checked as it is taken out.
             for name, listener in _ping_when_idle(self.engine.dialect).items():
@@ -290,6 +313,7 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             self._sqlite_file = self._ensure_sqlite_dir(url)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", sqlite_driver.prepare_connection)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         # PostgreSQL: a Writer's connections leave BEGIN and COMMIT to pg_direct; reads use no transaction at all.
         self.direct_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else None

@@ -11,15 +11,17 @@ and every other statement of a group (Core or ORM) runs on the same connection, 
 that the SQLAlchemy connection is in AUTOCOMMIT mode, so that it never begins or ends a transaction of its own on
 the server: this module's BEGIN and COMMIT are the transaction's only boundaries.
 
-An error of a direct call is raised as SQLAlchemy raises it for its own statements (its asyncpg adapter's
-translation, then its connection's handling: the same exception classes, and a lost connection invalidates the
-pool), so callers (conflict retries, the HTTP answers) cannot tell the two paths apart.
+An error of a direct call is raised as SQLAlchemy raises it for its own statements (raise_as_sqlalchemy: the same
+exception classes, with the same DBAPI exception and sqlstate as .orig, and a lost connection invalidated, after
+which the pool checks its other connections before handing them out), so callers (conflict retries, the HTTP
+answers) cannot tell the two paths apart. Only SQLAlchemy's public API is used for all of it, as for the statements'
+compilation (Statement).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import functools
 import time
 from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -27,27 +29,29 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-import asyncpg
-from sqlalchemy import String, bindparam, func, literal_column, select
+from sqlalchemy import BindParameter, Executable, String, bindparam, func, literal_column, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.base import Executable
+from sqlalchemy.pool import PoolProxiedConnection
 
 
 class DirectConnection:
     """A pooled SQLAlchemy connection in AUTOCOMMIT mode and the asyncpg connection under it."""
 
-    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
+    def __init__(self, conn: AsyncConnection, raw: PoolProxiedConnection) -> None:
         self.conn = conn
-        self._driver = driver  # asyncpg's connection
+        # The DBAPI connection SQLAlchemy's asyncpg dialect made of asyncpg's (for its judgement of a lost one)...
+        self._adapter = raw.dbapi_connection
+        # ...and asyncpg's connection itself, which the statements here are sent on.
+        self._driver: Any = raw.driver_connection
 
     @classmethod
     async def connect(cls, engine: AsyncEngine) -> DirectConnection:
         """Check a connection out of engine's pool (engine's connections are in AUTOCOMMIT mode)."""
         conn = await engine.connect()
         try:
-            return cls(conn, (await conn.get_raw_connection()).driver_connection)
+            return cls(conn, await conn.get_raw_connection())
         except BaseException:
             await conn.close()
             raise
@@ -68,8 +72,8 @@ class DirectConnection:
             await _to_completion(self._abandon())
         if not self.usable and not self.conn.invalidated:
             # Found lost (the server went away while it was held): discarded, or the pool would hand it out again
-            # at once, unpinged, since it was in use a moment ago.
-            await self.conn.invalidate()
+            # at once, unpinged, since it was in use a moment ago; and the pool checks the others (core.store.db).
+            await self.conn.invalidate(sa_exc.DisconnectionError("asyncpg's connection was found closed"))
         await self.conn.close()
 
     @asynccontextmanager
@@ -121,35 +125,91 @@ class DirectConnection:
                 await self.conn.invalidate(error)
 
     async def _raise_translated(self, error: Exception, sql: str, args: Sequence[Any]) -> NoReturn:
-        await raise_as_sqlalchemy(self.conn, error, sql, args, closed=self._driver.is_closed())
-
-
-# The driver's errors as SQLAlchemy's exception classes, by what they mean (asyncpg's and sqlite3's classes).
-_INTEGRITY = (asyncpg.exceptions.IntegrityConstraintViolationError, sqlite3.IntegrityError)
-_LOST = (asyncpg.exceptions.PostgresConnectionError, ConnectionError, OSError)
-_OPERATIONAL = (asyncpg.exceptions.OperatorInterventionError, sqlite3.OperationalError, TimeoutError)
+        await raise_as_sqlalchemy(self.conn, self._adapter, error, sql, args)
 
 
 async def raise_as_sqlalchemy(
-    conn: AsyncConnection, error: Exception, sql: str, args: Sequence[Any], *, closed: bool = False
+    conn: AsyncConnection, dbapi_connection: Any, error: Exception, sql: str, args: Sequence[Any]
 ) -> NoReturn:
-    """Raise a driver's error as SQLAlchemy raises one for its own statements on conn: the same exception classes
-    (the driver's error as .orig, its sqlstate kept), and a lost connection (closed: the driver says so)
-    invalidated, so the pool discards it."""
-    params = tuple(args)
-    if isinstance(error, _INTEGRITY):
-        raise sa_exc.IntegrityError(sql, params, error) from error
-    closed = closed or (isinstance(error, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(error))
-    lost = closed or isinstance(error, _LOST)
+    """Raise a driver's error as SQLAlchemy raises it for its own statements on conn (dbapi_connection: the DBAPI
+    connection under it, as its pool holds it).
+
+    As SQLAlchemy does: the driver's exception becomes its dialect's DBAPI exception (asyncpg's through the classes
+    of SQLAlchemy's asyncpg dialect, sqlstate kept; sqlite3's are DBAPI exceptions already), and that one is
+    wrapped in SQLAlchemy's exception of the same PEP 249 name (IntegrityError, OperationalError... DBAPIError),
+    with it as .orig. One the dialect judges a lost connection invalidates conn (connection_invalidated), which
+    also has the pool check the connections it holds before handing them out again (core.store.db). An error that
+    is no database error (a TypeError, say) goes through as it is, as SQLAlchemy lets it.
+    """
+    dialect = conn.dialect
+    orig: Any = _as_dbapi_error(dialect, error)
+    if orig is None:
+        raise error
+    try:
+        lost = dbapi_connection is not None and bool(dialect.is_disconnect(orig, dbapi_connection, None))
+    except Exception:
+        lost = False
     if lost and not conn.invalidated:
-        await conn.invalidate(error)
-    if isinstance(error, asyncpg.exceptions.InterfaceError):
-        raise sa_exc.InterfaceError(sql, params, error, connection_invalidated=lost) from error
-    if lost or isinstance(error, _OPERATIONAL):
-        raise sa_exc.OperationalError(sql, params, error, connection_invalidated=lost) from error
-    if isinstance(error, asyncpg.exceptions.PostgresError | sqlite3.Error):
-        raise sa_exc.DBAPIError(sql, params, error) from error
-    raise error
+        await conn.invalidate(orig)
+    raise _sqlalchemy_error(dialect, orig, sql, tuple(args), lost) from orig
+
+
+# asyncpg's exceptions as SQLAlchemy's asyncpg dialect translates them (that of SQLAlchemy 2.1, which pyproject
+# holds to; 2.0's table was another), by the name of the class of its DBAPI module that each becomes: the first class
+# of an error's MRO listed here. An asyncpg error with none listed in its MRO is raised as it is.
+# tests/test_pg_direct.py compares the two paths' exceptions.
+_ASYNCPG_AS_DBAPI = (
+    ("IntegrityConstraintViolationError", "IntegrityError"),
+    ("PostgresError", "Error"),
+    ("SyntaxOrAccessError", "ProgrammingError"),
+    ("InterfaceError", "InterfaceError"),
+    ("InvalidCachedStatementError", "InvalidCachedStatementError"),
+    ("InternalServerError", "InternalServerError"),
+    ("RestrictViolationError", "RestrictViolationError"),
+    ("NotNullViolationError", "NotNullViolationError"),
+    ("ForeignKeyViolationError", "ForeignKeyViolationError"),
+    ("UniqueViolationError", "UniqueViolationError"),
+    ("CheckViolationError", "CheckViolationError"),
+    ("ExclusionViolationError", "ExclusionViolationError"),
+    ("InternalClientError", "InternalClientError"),
+)
+
+
+@functools.cache
+def _asyncpg_translation() -> dict[type, str]:
+    import asyncpg
+
+    return {getattr(asyncpg.exceptions, theirs): ours for theirs, ours in _ASYNCPG_AS_DBAPI}
+
+
+def _as_dbapi_error(dialect: Dialect, error: Exception) -> Exception | None:
+    """The DBAPI exception SQLAlchemy's dialect makes of a driver's error, or None if it makes none."""
+    dbapi = dialect.loaded_dbapi
+    if isinstance(error, dbapi.Error):
+        return error  # sqlite3's: the DBAPI's own
+    if dialect.driver != "asyncpg":
+        return None
+    translation = _asyncpg_translation()
+    name = next((translation[class_] for class_ in type(error).__mro__ if class_ in translation), None)
+    if name is None:
+        return None
+    # One of SQLAlchemy's emulated DBAPI exceptions (sqlalchemy.exc.EmulatedDBAPIException), made as it makes them:
+    # the driver's message, and the driver's exception kept (driver_exception; its sqlstate as .sqlstate, .pgcode).
+    made: Exception = getattr(dbapi, name)(error.args[0] if error.args else str(error), error)
+    made.__cause__ = error
+    return made
+
+
+def _sqlalchemy_error(
+    dialect: Dialect, orig: Exception, sql: str, params: tuple[Any, ...], lost: bool
+) -> sa_exc.DBAPIError:
+    # SQLAlchemy's exception class of the first PEP 249 name in the DBAPI exception's MRO (by the dialect's names).
+    names = dialect.dbapi_exception_translation_map
+    for class_ in type(orig).__mro__:
+        found = getattr(sa_exc, names.get(class_.__name__, class_.__name__), None)
+        if isinstance(found, type) and issubclass(found, sa_exc.DBAPIError):
+            return found(sql, params, orig, connection_invalidated=lost)
+    return sa_exc.DBAPIError(sql, params, orig, connection_invalidated=lost)
 
 
 class Direct(Protocol):
@@ -235,20 +295,22 @@ class Statement:
                 "pg_direct.Statement cannot send an IN list, whose SQL depends on the list's length: use"
                 " = any_(array) on PostgreSQL, or in_(json_values(name)) with the list as JSON on SQLite"
             )
-        # Bind and result processors as SQLAlchemy's own execution takes them: each type's implementation for this
-        # dialect, asked through the public TypeEngine API.
-        binds = tuple(
-            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in compiled.positiontup or ()
-        )
+        # The parameters in the order the SQL takes them, each with its type's bind processor for this dialect.
+        parameters = compiled.binds
+        names = list(compiled.positiontup or ())
+        if any(name not in parameters for name in names):
+            raise ValueError(f"pg_direct.Statement needs parameter names that SQL takes as they are: {names}")
+        binds = tuple((name, _bind_processor(parameters[name], dialect)) for name in names)
         # The values the statement carries itself (a literal compared with a column), by their parameter names.
-        self._fixed = {name: value for name, value in compiled.params.items() if not compiled.binds[name].required}
-        # An INSERT, UPDATE or DELETE returns what the compiler made it return (PostgreSQL's implicit RETURNING of a
-        # serial key included); a SELECT its columns.
-        returning = getattr(compiled, "effective_returning", None)
-        columns = list(returning if returning is not None else getattr(self._statement, "exported_columns", ()))
-        names = [getattr(column, "name", None) or f"column_{index}" for index, column in enumerate(columns)]
-        shape = namedtuple("DirectRow", names, rename=True)  # type: ignore[misc]
+        self._fixed = {name: value for name, value in compiled.params.items() if not parameters[name].required}
+        # Each row as the statement's columns, in their order: a SELECT's, or the RETURNING columns SQLAlchemy
+        # rendered for an INSERT, UPDATE or DELETE (those it asked for, or its implicit RETURNING of a primary key).
+        columns = (
+            list(compiled.effective_returning or ())
+            if compiled.isinsert or compiled.isupdate or compiled.isdelete
+            else list(getattr(self._statement, "selected_columns", ()))
+        )
+        shape = namedtuple("DirectRow", [column.key for column in columns], rename=True)  # type: ignore[misc]
         results = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
         if any(results):
             converters = list(zip(range(len(results)), results, strict=True))
@@ -267,6 +329,10 @@ class Statement:
 
         made = self._compiled[dialect.name] = _Compiled(sql=compiled.string, binds=binds, row=row)
         return made
+
+
+def _bind_processor(parameter: BindParameter[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    return parameter.type.dialect_impl(dialect).bind_processor(dialect)
 
 
 class Keeper:

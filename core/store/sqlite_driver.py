@@ -1,18 +1,32 @@
-"""SQLAlchemy's aiosqlite adapter, with every statement run at once on the event loop's thread.
+"""SQLite under SQLAlchemy's asyncio engine, with every statement run at once on the event loop's thread.
 
 aiosqlite runs sqlite3 in a thread of its own and every call into it is a trip there and back through the event
-loop: SQLAlchemy's adapter makes four for a statement that returns rows and three for one that does not. In a busy
-process each trip waits its turn behind every other ready callback, and a write transaction holds SQLite's one
+loop: SQLAlchemy's adapter for it makes four for a statement that returns rows and three for one that does not. In a
+busy process each trip waits its turn behind every other ready callback, and a write transaction holds SQLite's one
 write lock across all of them: ten statements meant ten turns of a loaded event loop with the lock held, so the
 trips, not the SQL, decided how many decisions a second one process could commit. The statements themselves take
 tens of microseconds (WAL, synchronous=NORMAL: a commit is a write to the page cache), less than one trip costs.
 
-So here a statement runs where SQLAlchemy asks for it, on the loop's thread, and is read to the end at once; a
-transaction no longer yields to the loop between its statements. aiosqlite's thread still opens and closes the
-connection. SQLite's own busy handler would sleep inside the call and stall the loop, so connections run with
-busy_timeout 0 and a statement that meets another process's lock (a CLI command writing, say) is retried after an
-asyncio sleep, for up to BUSY_BUDGET seconds, as busy_timeout would have. Server-side cursors (stream results)
-keep SQLAlchemy's own class. Database passes this module to the engine.
+So SQLite is reached here without aiosqlite. InlineDialect is SQLAlchemy's own dialect for the standard library's
+sqlite3 (SQLiteDialect_pysqlite), declared asynchronous so that SQLAlchemy's AsyncEngine takes it, and registered
+with SQLAlchemy's dialect registry as sqlite+ackbot; Database maps the configured sqlite+aiosqlite:// URL to it
+(engine_url). SQLAlchemy runs a dialect's driver calls inside its greenlet on the event loop's thread, and here a
+statement runs right there, read to the end at once: a transaction no longer yields to the loop between its
+statements, and no result holds a statement (or the snapshot of a read) open in SQLite once execute() returned.
+
+Each statement still passes through SQLAlchemy's await, by the public AdaptedConnection.run_async: an asyncio
+engine insists on one per AsyncConnection.execute (its AwaitRequired check refuses a driver that never awaits),
+and it is what lets a statement wait for a lock without blocking the loop. SQLite's own busy handler would sleep
+inside the call and stall the loop, so connections run with busy_timeout 0 and a statement that meets another
+process's lock (a CLI command writing, say) is retried after an asyncio sleep, for up to BUSY_BUDGET seconds, as
+busy_timeout would have. The await costs the greenlet one switch there and back, not a turn of the event loop:
+the awaited coroutine does not suspend unless it has to wait. Streamed results (stream_results) read from sqlite3's
+cursor as SQLAlchemy asks.
+
+Two points of contact with SQLAlchemy are not its documented API, because SQLAlchemy has none for them: the slot
+in which AdaptedConnection (which has no constructor) keeps the driver's connection for driver_connection and
+run_async, set once in InlineConnection.__init__ and checked at import; and the method SQLAlchemy's asyncio
+extension calls on every asynchronous driver's cursor (InlineCursor._async_soft_close).
 """
 
 from __future__ import annotations
@@ -23,18 +37,16 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiosqlite
-from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
-from sqlalchemy.dialects.sqlite.aiosqlite import (
-    AsyncAdapt_aiosqlite_connection,
-    AsyncAdapt_aiosqlite_cursor,
-    AsyncAdapt_aiosqlite_dbapi,
-)
+from sqlalchemy import pool
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import URL, AdaptedConnection, make_url
+from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.util import immutabledict
-from sqlalchemy.util.concurrency import await_
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from core.store import pg_direct
 
@@ -49,6 +61,9 @@ BUSY_FIRST_PAUSE = 0.001
 BUSY_MAX_PAUSE = 0.1
 # A WAL snapshot that went stale cannot be cured by waiting: the transaction has to start again.
 _BUSY_SNAPSHOT = 517
+# The URL scheme of InlineDialect (registered below), and the one users configure.
+DRIVERNAME = "sqlite+ackbot"
+CONFIGURED_DRIVERNAME = "sqlite+aiosqlite"
 
 
 def _sha256_hex(text: str) -> str:
@@ -66,7 +81,8 @@ async def _patiently(call: Callable[[], _T]) -> _T:
     """Run a sqlite3 call now; while it meets another connection's lock, pause on the event loop and try again.
 
     A statement that fails with SQLITE_BUSY did nothing, so running it again is safe. The call itself never
-    suspends: awaiting this costs SQLAlchemy's greenlet one switch, not a turn of the event loop.
+    suspends: awaiting this costs no turn of the event loop unless it has to wait (under SQLAlchemy, the greenlet
+    one switch there and back).
     """
     deadline = 0.0
     pause = BUSY_FIRST_PAUSE
@@ -85,7 +101,7 @@ async def _patiently(call: Callable[[], _T]) -> _T:
 
 
 def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
-    """Run one statement and return everything the adapter will ask of its cursor."""
+    """Run one statement and return everything a cursor will be asked of it."""
     cursor = connection.cursor()
     try:
         if many:
@@ -102,123 +118,238 @@ def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: 
         cursor.close()
 
 
-class InlineCursor(AsyncAdapt_aiosqlite_cursor):
-    """A buffered cursor whose statement runs at once on the calling thread, read to the end."""
+class InlineCursor:
+    """A DBAPI cursor whose statement runs at once on the calling thread and is read to the end."""
 
-    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
+    __slots__ = ("arraysize", "connection", "description", "lastrowid", "rowcount", "rows")
 
-    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
-        # No aiosqlite cursor is made here (that would be a trip to its thread): _run makes and closes its own.
-        self._adapt_connection = adapt_connection
-        self._connection = adapt_connection._connection
-        self._soft_closed_memoized = immutabledict()
-        self._rows = collections.deque()
-        self._description: Any = None
-        self._rowcount = -1
-        self._lastrowid: int | None = None
-        self._arraysize = 1
+    def __init__(self, connection: InlineConnection) -> None:
+        self.connection = connection
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.arraysize = 1
+        self.rows: collections.deque[Any] = collections.deque()
+
+    def execute(self, operation: str, parameters: Any = None) -> None:
+        self.run(operation, parameters, False)
+
+    def executemany(self, operation: str, seq_of_parameters: Sequence[Any]) -> None:
+        self.run(operation, seq_of_parameters, True)
+
+    def run(self, operation: str, parameters: Any, many: bool) -> None:
+        # sqlite3's errors are this DBAPI's: SQLAlchemy wraps them as it does for any driver.
+        outcome = self.connection.run_async(lambda raw: _patiently(lambda: _run(raw, operation, parameters, many)))
+        self.description, rows, self.rowcount, self.lastrowid = outcome
+        self.rows = collections.deque(rows)
+
+    def fetchone(self) -> Any:
+        rows = self.rows
+        return rows.popleft() if rows else None
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        rows = self.rows
+        return [rows.popleft() for _ in range(min(len(rows), self.arraysize if size is None else size))]
+
+    def fetchall(self) -> list[Any]:
+        rows = list(self.rows)
+        self.rows.clear()
+        return rows
+
+    def setinputsizes(self, *_sizes: Any) -> None:
+        return
+
+    def setoutputsize(self, *_size: Any) -> None:
+        return
+
+    def close(self) -> None:
+        self.rows.clear()
+
+    async def _async_soft_close(self) -> None:
+        # Called by SQLAlchemy's asyncio extension on the cursor of every asynchronous driver (since 2.0.44) for a
+        # result that leaves its greenlet with rows unread, so that the driver can read or release them there: not
+        # a name of SQLAlchemy's that this code uses, the one it looks for on ours. Every row was read already.
+        return
+
+
+class StreamingCursor:
+    """A server-side cursor (stream_results): sqlite3's own, its rows fetched as SQLAlchemy asks for them."""
+
+    __slots__ = ("arraysize", "connection", "cursor")
+
+    def __init__(self, connection: InlineConnection) -> None:
+        self.connection = connection
+        self.arraysize = 1
+        self.cursor: sqlite3.Cursor | None = None
+
+    def execute(self, operation: str, parameters: Any = None) -> None:
+        def run(raw: sqlite3.Connection) -> sqlite3.Cursor:
+            return raw.execute(operation, () if parameters is None else parameters)
+
+        self.cursor = self.connection.run_async(lambda raw: _patiently(lambda: run(raw)))
+
+    def executemany(self, operation: str, seq_of_parameters: Sequence[Any]) -> None:
+        raise NotImplementedError("a server-side cursor runs one statement")
 
     @property
     def description(self) -> Any:
-        return self._description
+        return self.cursor.description if self.cursor is not None else None
 
     @property
     def rowcount(self) -> int:
-        return self._rowcount
+        return self.cursor.rowcount if self.cursor is not None else -1
 
     @property
-    def lastrowid(self) -> Any:
-        return self._lastrowid
+    def lastrowid(self) -> int | None:
+        return self.cursor.lastrowid if self.cursor is not None else None
 
-    @property
-    def arraysize(self) -> int:
-        return self._arraysize
+    def fetchone(self) -> Any:
+        return self.cursor.fetchone() if self.cursor is not None else None
 
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._arraysize = value
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        if self.cursor is None:
+            return []
+        return self.cursor.fetchmany(self.arraysize if size is None else size)
 
-    def _inline(self, operation: str, parameters: Any, many: bool) -> None:
-        raw = _raw(self._adapt_connection)
-        try:
-            outcome = await_(_patiently(lambda: _run(raw, operation, parameters, many)))
-        except Exception as error:
-            self._adapt_connection._handle_exception(error)
-        self._description, rows, self._rowcount, self._lastrowid = outcome
-        self._rows = collections.deque(rows)
-
-    def execute(self, operation: Any, parameters: Any = None) -> None:
-        self._inline(operation, parameters, False)
-
-    def executemany(self, operation: Any, seq_of_parameters: Sequence[Any]) -> None:
-        self._inline(operation, seq_of_parameters, True)
-
-    async def _async_soft_close(self) -> None:
-        return  # the sqlite3 cursor was closed already
+    def fetchall(self) -> list[Any]:
+        return self.cursor.fetchall() if self.cursor is not None else []
 
     def close(self) -> None:
-        self._rows.clear()
+        if self.cursor is not None:
+            self.cursor.close()
+            self.cursor = None
 
 
-def _raw(adapt_connection: AsyncAdapt_dbapi_connection) -> sqlite3.Connection:
-    connection: aiosqlite.Connection = adapt_connection._connection  # type: ignore[assignment]
-    raw = connection._connection
-    if raw is None:
-        raise ValueError("no active connection")  # as aiosqlite says it; the adapter maps it to OperationalError
-    return raw
+class InlineConnection(AdaptedConnection):
+    """The DBAPI connection InlineDialect hands SQLAlchemy: a sqlite3 connection (driver_connection), its
+    statements run on the calling thread under SQLAlchemy's await (run_async, see the module's docstring)."""
 
-
-class InlineConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
 
-    _cursor_cls: type[AsyncAdapt_aiosqlite_cursor] = InlineCursor
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        # AdaptedConnection keeps the driver's connection here for its driver_connection and run_async, and has no
+        # constructor to set it (checked at import below).
+        self._connection = raw  # type: ignore[assignment]
+
+    def cursor(self, server_side: bool = False) -> InlineCursor | StreamingCursor:
+        return StreamingCursor(self) if server_side else InlineCursor(self)
 
     def commit(self) -> None:
-        self._end(sqlite3.Connection.commit)
+        if self.driver_connection.in_transaction:
+            self.run_async(lambda raw: _patiently(raw.commit))
 
     def rollback(self) -> None:
-        self._end(sqlite3.Connection.rollback)
-
-    def _end(self, how: Callable[[sqlite3.Connection], None]) -> None:
-        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        raw = connection._connection
-        # The pool rolls back every connection it takes back, committed or not: with no transaction open there
-        # is nothing to end.
-        if raw is None or not raw.in_transaction:
-            return
+        # The pool rolls back every connection it takes back, committed or not: with no transaction open (or the
+        # connection closed) there is nothing to end, and no await to pay for it.
         try:
-            await_(_patiently(lambda: how(raw)))
-        except Exception as error:
-            self._handle_exception(error)
+            in_transaction = self.driver_connection.in_transaction
+        except sqlite3.ProgrammingError:
+            return
+        if in_transaction:
+            self.run_async(lambda raw: _patiently(raw.rollback))
+
+    def close(self) -> None:
+        self.driver_connection.close()
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self.driver_connection.isolation_level  # type: ignore[no-any-return]
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        self.driver_connection.isolation_level = value
+
+    def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self.driver_connection.create_function(*args, **kwargs)
 
 
-class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    """The DBAPI module SQLAlchemy's aiosqlite dialect expects, handing out InlineConnections."""
-
-    def connect(self, *arg: Any, **kw: Any) -> InlineConnection:
-        # Made on aiosqlite's thread, used on the event loop's.
-        kw["check_same_thread"] = False
-        adapted = super().connect(*arg, **kw)
-        connection = InlineConnection(self, adapted._connection)
-        raw = _raw(connection)
-        raw.execute("PRAGMA busy_timeout=0")  # waiting is _patiently's job, off the loop's clock
-        # The audit log's appender has SQLite compute each row's hash (core/store/audit.py).
-        raw.create_function(SQLITE_SHA256, 1, _sha256_hex, deterministic=True)
-        return connection
+def _check_adapted_connection() -> None:
+    # InlineConnection relies on where AdaptedConnection keeps the driver's connection: fail here, at import, if a
+    # SQLAlchemy release moved it, rather than at the first statement.
+    raw = sqlite3.connect(":memory:")
+    try:
+        adapted = InlineConnection(raw)
+        if adapted.driver_connection is not raw:
+            raise ImportError("this SQLAlchemy's AdaptedConnection does not keep the driver's connection as expected")
+    finally:
+        raw.close()
 
 
-def dbapi() -> InlineDBAPI:
-    """The module to pass as create_async_engine(module=...) for sqlite+aiosqlite URLs."""
-    return InlineDBAPI(aiosqlite, sqlite3)
+_check_adapted_connection()
+
+
+# SQLAlchemy's execution context for SQLite (the dialect's own, as it names it), which this one extends.
+if TYPE_CHECKING:
+    _SQLiteExecutionContext = DefaultExecutionContext
+else:
+    _SQLiteExecutionContext = SQLiteDialect_pysqlite.execution_ctx_cls
+
+
+class InlineExecutionContext(_SQLiteExecutionContext):
+    def create_server_side_cursor(self) -> DBAPICursor:
+        # Streamed results (AsyncConnection.stream, stream_results).
+        return self.root_connection.connection.cursor(server_side=True)
+
+
+class InlineDialect(SQLiteDialect_pysqlite):
+    """SQLAlchemy's sqlite3 dialect, declared asynchronous: sqlite3 runs inline, on the event loop's thread."""
+
+    driver = "ackbot"
+    supports_statement_cache = True
+    is_async = True
+    # Closing a sqlite3 connection waits on nothing: the pool may close one wherever it has to (terminate).
+    has_terminate = True
+    supports_server_side_cursors = True
+    execution_ctx_cls = InlineExecutionContext  # type: ignore[assignment]
+
+    @classmethod
+    def get_pool_class(cls, url: URL) -> type[pool.Pool]:
+        # As SQLAlchemy's aiosqlite dialect: a queue the event loop can wait on for a file, one connection in memory.
+        database = url.database or ""
+        if database and database != ":memory:" and url.query.get("mode") != "memory":
+            return pool.AsyncAdaptedQueuePool
+        return pool.StaticPool
+
+    def connect(self, *cargs: Any, **cparams: Any) -> DBAPIConnection:
+        # Opened and used on the event loop's thread; the pool may still close one from another (a collected one).
+        cparams["check_same_thread"] = False
+        # busy_timeout 0: SQLite's busy handler would sleep on the event loop's thread; _patiently waits instead.
+        cparams["timeout"] = 0
+        return InlineConnection(sqlite3.connect(*cargs, **cparams))  # type: ignore[return-value]
+
+    def get_driver_connection(self, connection: DBAPIConnection) -> Any:
+        return connection.driver_connection
+
+    def do_terminate(self, dbapi_connection: DBAPIConnection) -> None:
+        dbapi_connection.close()
+
+
+registry.register(DRIVERNAME.replace("+", "."), __name__, InlineDialect.__name__)
+
+
+def engine_url(url: str) -> URL | str:
+    """The URL to give SQLAlchemy for a configured one: sqlite+aiosqlite:// becomes this module's dialect."""
+    parsed = make_url(url)
+    if parsed.drivername != CONFIGURED_DRIVERNAME:
+        return url
+    return parsed.set(drivername=DRIVERNAME)
+
+
+def prepare_connection(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    """The engine's connect listener (Database): the function the audit log's appender has SQLite compute each
+    row's hash with (core/store/audit.py)."""
+    dbapi_connection.create_function(SQLITE_SHA256, 1, _sha256_hex, deterministic=True)
 
 
 class InlineDirect:
-    """A session's SQLite connection for statements sent without SQLAlchemy (pg_direct.Statement), at once on the
-    loop's thread as every statement here is, inside whatever transaction the session has begun."""
+    """A session's SQLite connection for statements sent without SQLAlchemy (pg_direct.Statement, and the write
+    transactions' BEGIN IMMEDIATE, COMMIT and ROLLBACK), at once on the loop's thread as every statement here is,
+    inside whatever transaction the connection has begun; each waits for another's lock on the event loop."""
 
     def __init__(self, conn: AsyncConnection, adapted: InlineConnection) -> None:
         self.conn = conn
         self._adapted = adapted
+        self._raw: sqlite3.Connection = adapted.driver_connection
 
     @classmethod
     async def of(cls, conn: AsyncConnection) -> InlineDirect:
@@ -242,11 +373,13 @@ class InlineDirect:
     @property
     def in_transaction(self) -> bool:
         """Whether SQLite has a transaction open on this connection."""
-        return _raw(self._adapted).in_transaction
+        return self._raw.in_transaction
 
     async def _send(self, sql: str, args: Any, many: bool) -> list[Any]:
-        raw = _raw(self._adapted)
+        raw = self._raw
         try:
             return (await _patiently(lambda: _run(raw, sql, args, many)))[1]
         except Exception as error:
-            await pg_direct.raise_as_sqlalchemy(self.conn, error, sql, (args[0] if many and args else args) or ())
+            await pg_direct.raise_as_sqlalchemy(
+                self.conn, self._adapted, error, sql, (args[0] if many and args else args) or ()
+            )
