@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from slack_sdk.models.blocks import Block
 
-from bot.cards import samples, slack
+from bot.cards import samples, slack, slack_blocks
 from core.channels.base import Button, Notification
 from core.models.approvals import Approval
 from core.models.deliveries import DeliveryPurpose
@@ -54,9 +54,9 @@ def mrkdwn_texts(message: dict[str, Any]) -> list[str]:
 def assert_valid(message: dict[str, Any]) -> None:
     """What Slack would check: every block parses and validates, and the message is within every limit."""
     assert set(message) <= {"text", "blocks", "attachments"}
-    assert isinstance(message["text"], str) and 0 < len(message["text"]) <= slack.FALLBACK_TEXT_MAX
+    assert isinstance(message["text"], str) and 0 < len(message["text"]) <= slack_blocks.FALLBACK_TEXT_MAX
     blocks = message["blocks"]
-    assert 0 < len(blocks) <= slack.MAX_BLOCKS
+    assert 0 < len(blocks) <= slack_blocks.MAX_BLOCKS
     all_blocks = list(blocks)
     for attachment in message.get("attachments", []):
         assert re.fullmatch(r"#[0-9A-F]{6}", attachment["color"])
@@ -69,24 +69,24 @@ def assert_valid(message: dict[str, Any]) -> None:
     for d in walk(message):
         kind = d.get("type")
         if kind == "header":
-            assert len(d["text"]["text"]) <= slack.HEADER_TEXT_MAX
+            assert len(d["text"]["text"]) <= slack_blocks.HEADER_TEXT_MAX
         elif kind == "section":
             assert "text" in d or "fields" in d
             if "text" in d:
-                assert len(d["text"]["text"]) <= slack.SECTION_TEXT_MAX
-            assert len(d.get("fields", [])) <= slack.FIELDS_PER_SECTION
-            assert all(len(f["text"]) <= slack.FIELD_TEXT_MAX for f in d.get("fields", []))
+                assert len(d["text"]["text"]) <= slack_blocks.SECTION_TEXT_MAX
+            assert len(d.get("fields", [])) <= slack_blocks.FIELDS_PER_SECTION
+            assert all(len(f["text"]) <= slack_blocks.FIELD_TEXT_MAX for f in d.get("fields", []))
         elif kind == "context":
-            assert 0 < len(d["elements"]) <= slack.CONTEXT_ELEMENTS_MAX
-            assert all(len(e["text"]) <= slack.SECTION_TEXT_MAX for e in d["elements"])
+            assert 0 < len(d["elements"]) <= slack_blocks.CONTEXT_ELEMENTS_MAX
+            assert all(len(e["text"]) <= slack_blocks.SECTION_TEXT_MAX for e in d["elements"])
         elif kind == "button":
-            assert len(d["text"]["text"]) <= slack.BUTTON_TEXT_MAX
-            assert len(d.get("value", "")) <= slack.BUTTON_VALUE_MAX
+            assert len(d["text"]["text"]) <= slack_blocks.BUTTON_TEXT_MAX
+            assert len(d.get("value", "")) <= slack_blocks.BUTTON_VALUE_MAX
             action_ids.append(d["action_id"])
         elif kind in ("plain_text", "mrkdwn"):
             assert d["text"], "Slack rejects empty text objects"
     assert len(action_ids) == len(set(action_ids)), "action_id must be unique within a message"
-    assert slack.message_text_size(message) <= slack.MESSAGE_TEXT_MAX
+    assert slack_blocks.message_text_size(message) <= slack_blocks.MESSAGE_TEXT_MAX
     json.dumps(message)  # plain JSON, nothing exotic
 
 
@@ -273,9 +273,9 @@ def test_huge_text_reply_stays_valid() -> None:
 
 
 def test_block_cap_keeps_the_buttons() -> None:
-    blocks = [slack._section(str(i)) for i in range(80)] + [{"type": "actions", "elements": []}]
-    message = slack._message("x", blocks)
-    assert len(message["blocks"]) == slack.MAX_BLOCKS
+    blocks = [slack_blocks.section(str(i)) for i in range(80)] + [{"type": "actions", "elements": []}]
+    message = slack_blocks.message("x", blocks)
+    assert len(message["blocks"]) == slack_blocks.MAX_BLOCKS
     assert message["blocks"][-1]["type"] == "actions"
     assert message["blocks"][-2]["elements"][0]["text"] == "… and 32 more blocks"
 
@@ -332,15 +332,16 @@ def test_event_text_cannot_inject_mentions_links_or_formatting(index: int) -> No
 
 def test_escape_keeps_ordinary_text_readable() -> None:
     assert (
-        slack.escape("payments_api in eu-west-1: 5 > 3 & rising") == "payments_api in eu-west-1: 5 &gt; 3 &amp; rising"
+        slack_blocks.escape("payments_api in eu-west-1: 5 > 3 & rising")
+        == "payments_api in eu-west-1: 5 &gt; 3 &amp; rising"
     )
-    assert slack.escape("*bold* _it_") == "\u2217bold\u2217 \u02cdit\u02cd"
-    assert slack.escape("&lt;!channel&gt;") == "&amp;lt;!channel&amp;gt;"
+    assert slack_blocks.escape("*bold* _it_") == "\u2217bold\u2217 \u02cdit\u02cd"
+    assert slack_blocks.escape("&lt;!channel&gt;") == "&amp;lt;!channel&amp;gt;"
 
 
 def test_cut_never_splits_an_entity() -> None:
-    assert slack.cut("ab&amp;cd", 5) == "ab…"
-    assert slack.cut("abc", 3) == "abc"
+    assert slack_blocks.cut("ab&amp;cd", 5) == "ab…"
+    assert slack_blocks.cut("abc", 3) == "abc"
 
 
 def test_link_urls_cannot_break_out_of_their_markup() -> None:
