@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -280,14 +280,7 @@ class ApprovalService:
         now = self.clock.now()
         intent = await self._click(token, actor, now, expected_tenant=tenant, expected_choice=choice)
         if answering and intent.kind is IntentKind.click:
-            intent = Intent(
-                kind=intent.kind,
-                actor=actor,
-                choice=intent.choice,
-                claims=intent.claims,
-                answering=answering,
-                holder=self._holder,
-            )
+            intent = replace(intent, answering=answering, holder=self._holder)
         return await self._decide(intent, now=now)
 
     async def decide_by_id(
