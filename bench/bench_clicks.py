@@ -1,7 +1,7 @@
 """Benchmark Slack clicks: click-to-decision latency through POST /slack/events, beside a bare-aiohttp baseline.
 
 Run from the repository root:  .venv/bin/python bench/bench_clicks.py [--rates 100] [--seconds 10] [--pg]
-    [--no-wait] [--lead 0] [--drain 30] [--profile | --statements | --calls]
+    [--no-wait] [--lead 0] [--drain 30] [--quorum] [--profile | --statements | --calls]
 
 Set-up, not measured: a fake Slack Web API (tests/peers/fake_slack.py, run as its own process; it logs every call
 it receives to a file) and `ackbot serve` with a Slack app in HTTP mode pointed at it (bot token and signing secret
@@ -39,7 +39,8 @@ clicks/s.
 the server sent during the clicks (all of them: decisions, long polls, the dispatcher), per click and by kind;
 --calls counts the function calls of the server's event-loop thread per click, a measure of its work that does
 not move with the machine's speed (see harness.CALLS; run it at 25 clicks/s, which the slowed server keeps up
-with).
+with). --quorum opens approvals that need the acknowledgements of alice and bob, so each click is a vote that
+leaves its approval pending (no long polls then): with --calls or --statements, the work of a quorum vote.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 # `python -c STATEMENTS OUT serve --config ...`: bot.cli with every SQL statement counted between SIGUSR1 and SIGUSR2
 # (by its first words: the verb and the table), written to OUT at SIGUSR2. SQLAlchemy's events see its statements;
-# some are sent by the driver itself (pg_direct.DirectConnection, sqlite_driver.InlineDirect), counted there.
+# some are sent by the driver itself (pg_direct.DirectConnection, sqlite_driver.SqliteDirect), counted there.
 STATEMENTS = r"""
 import collections, re, runpy, signal, sys
 from sqlalchemy import event
@@ -240,7 +241,7 @@ def direct(method):
 for method in ("execute", "fetch", "executemany"):
     setattr(pg_direct.DirectConnection, method, direct(getattr(pg_direct.DirectConnection, method)))
 for method in ("fetch", "executemany"):
-    setattr(sqlite_driver.InlineDirect, method, direct(getattr(sqlite_driver.InlineDirect, method)))
+    setattr(sqlite_driver.SqliteDirect, method, direct(getattr(sqlite_driver.SqliteDirect, method)))
 
 
 def start(*_):
@@ -304,7 +305,11 @@ def ackbot_config(*, port: int, database_url: str, slack_api: str) -> str:
             "signing_secret": f"env:{SIGNING_SECRET_ENV}",
             "api_base_url": slack_api,
         },
-        "people": [{"name": "alice", "display_name": "Alice", "identities": {"slack": ALICE}}],
+        "people": [
+            {"name": "alice", "display_name": "Alice", "identities": {"slack": ALICE}},
+            # The second approver of --quorum's approvals (who never clicks).
+            {"name": "bob", "display_name": "Bob", "identities": {"slack": "U0BOB"}},
+        ],
         "channels": [{"name": "ops", "type": "slack", "settings": {"channel": "#ops", "rate_per_second": 1000}}],
     }
     return json.dumps(config, indent=1)
@@ -406,8 +411,11 @@ class Approval:
     ts: str = ""
 
 
-async def open_approvals(client: aiohttp.ClientSession, base: str, run: str, count: int) -> list[Approval]:
-    """Open `count` approvals through the API, SETUP_CONCURRENCY at a time."""
+async def open_approvals(
+    client: aiohttp.ClientSession, base: str, run: str, count: int, *, quorum: bool = False
+) -> list[Approval]:
+    """Open `count` approvals through the API, SETUP_CONCURRENCY at a time (with quorum: two acknowledgements of
+    alice and bob needed, so that each click is a vote that does not decide)."""
     out: list[Approval | None] = [None] * count
     queue = iter(range(count))
 
@@ -416,9 +424,10 @@ async def open_approvals(client: aiohttp.ClientSession, base: str, run: str, cou
             body = {
                 "title": f"bench click {run} #{index}.",
                 "requester": "bench",
-                "approvers": ["alice"],
+                "approvers": ["alice", "bob"] if quorum else ["alice"],
                 "targets": ["ops"],
                 "timeout": "1h",
+                **({"quorum": 2} if quorum else {}),
             }
             async with client.post(base + "/api/v1/approvals", json=body) as resp:
                 doc = await resp.json(content_type=None)
@@ -631,7 +640,7 @@ async def run_one(
             async with aiohttp.ClientSession(connector=connector, headers=headers) as client:
                 if fake is not None:
                     began = time.perf_counter()
-                    approvals = await open_approvals(client, base, run, count)
+                    approvals = await open_approvals(client, base, run, count, quorum=args.quorum)
                     opened = time.perf_counter() - began
                     await collect_tokens(fake, approvals, run, within=args.setup_timeout)
                     posted = time.perf_counter() - began
@@ -844,6 +853,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration; rate x seconds approvals")
     parser.add_argument("--lead", type=float, default=0.0, help="send each long poll this many seconds before")
     parser.add_argument("--no-wait", action="store_true", help="no long polls (decided is then not measured)")
+    parser.add_argument(
+        "--quorum", action="store_true", help="approvals that need two acknowledgements: each click is a vote"
+    )
     parser.add_argument("--drain", type=float, default=30.0, help="seconds after the load to wait for answers")
     parser.add_argument("--setup-timeout", type=float, default=300.0, help="seconds to open and post the approvals")
     parser.add_argument("--pg", action="store_true", help="ackbot on PostgreSQL at 127.0.0.1:5432 (a fresh database)")
@@ -851,6 +863,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--statements", action="store_true", help="count ackbot's SQL statements during the clicks")
     parser.add_argument("--calls", action="store_true", help="count ackbot's function calls during the clicks")
     args = parser.parse_args(argv)
+    # A vote leaves its approval pending: there is no decision for a long poll to wait for.
+    args.no_wait = args.no_wait or args.quorum
     if args.profile + args.statements + args.calls > 1:
         parser.error("--profile, --statements and --calls each need the server to themselves: choose one")
     if args.seconds <= 0 or args.lead < 0 or args.drain < 0 or max(args.rates) * args.seconds > 20000:

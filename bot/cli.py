@@ -272,7 +272,7 @@ def cmd_teams_conversations(args: argparse.Namespace) -> int:
     from core.store import conversations as conversation_store
 
     async def show(_config: AckbotConfig, db: Database) -> int:
-        async with db.sessions() as session:
+        async with db.read() as session:
             found = await conversation_store.list_conversations(session=session, include_removed=args.all)
         if args.json:
             print(json.dumps([c.model_dump(mode="json", exclude={"reference"}) for c in found], indent=2))

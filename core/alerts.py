@@ -22,7 +22,7 @@ async def list_alerts(
 
     ValueError for a cursor we did not make.
     """
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await alert_store.list_alerts(
             session=session,
             tenants=tenants,
@@ -36,5 +36,5 @@ async def list_alerts(
 
 async def get_alert(*, db: Database, alert_id: str) -> Alert | None:
     """One alert by id."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await alert_store.get(session=session, alert_id=alert_id)

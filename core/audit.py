@@ -66,7 +66,7 @@ async def list_entries(
     limit: int = 50,
 ) -> tuple[list[AuditEntry], int | None]:
     """Audit entries newest first, filtered; the page and the last seq when there is more."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         rows, last = await audit_store.list_rows(
             session=session,
             tenants=tenants,
@@ -113,7 +113,7 @@ class ChainReport:
 
 async def verify_chain(*, db: Database) -> ChainReport:
     """Walk the whole log; report the first edited, deleted or reordered row, or a truncated tail."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         head_seq, head_hash = await audit_store.head(session=session)
     previous_hash = audit_store.GENESIS_HASH
     expected = 1

@@ -93,7 +93,7 @@ async def list_alerts(*, runtime: Runtime, actor: Actor, args: list[str], prefix
     refused = _refusal(scope, tenant)
     if refused is not None:
         return refused
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         alerts, _ = await alert_store.list_alerts(
             session=session,
             tenants=[tenant] if tenant else scope.tenants,

@@ -83,7 +83,7 @@ async def channel_health(*, runtime: Runtime, channel: str) -> channel_store.Cha
     """Health figures of one channel, from the deliveries every replica shares."""
     if channel not in runtime.channels and channel not in runtime.channel_configs:
         raise UnknownChannel(channel)
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         return await channel_store.health(session=session, channel=channel)
 
 

@@ -13,13 +13,13 @@ from core.store.db import Database
 
 async def get_conversation(*, db: Database, conversation_id: str) -> TeamsConversation | None:
     """One conversation by id."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await conversation_store.get(session=session, conversation_id=conversation_id)
 
 
 async def find_conversation(*, db: Database, key: str) -> TeamsConversation | None:
     """The conversation a channel setting names (id, channel id or name); AmbiguousConversationError if several."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await conversation_store.find(session=session, key=key)
 
 
@@ -28,7 +28,7 @@ async def personal_chat(
 ) -> tuple[TeamsConversation | None, TeamsConversation | None]:
     """(the bot's installed 1:1 chat with the person, None) when there is one; else (None, the latest conversation
     of the tenant, or of any tenant), whose service URL and bot account a new chat is opened with."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         found = await conversation_store.find_personal(session=session, user_aad_id=user_aad_id)
         if found is not None and found.installed:
             return found, None

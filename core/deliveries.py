@@ -28,7 +28,7 @@ async def list_deliveries(
     cursor: str | None = None,
 ) -> tuple[list[Delivery], str | None]:
     """Deliveries newest first, filtered; the page and the last id when there is more (ValueError: a bad cursor)."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await delivery_store.list_deliveries(
             session=session,
             tenants=tenants,
@@ -44,13 +44,13 @@ async def list_deliveries(
 
 async def get_delivery(*, db: Database, delivery_id: str) -> Delivery | None:
     """One delivery by id."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await delivery_store.get(session=session, delivery_id=delivery_id)
 
 
 async def with_attempts(*, db: Database, delivery_id: str) -> tuple[Delivery, list[DeliveryAttempt]] | None:
     """A delivery and every attempt at it, oldest first; None if there is no such delivery."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         delivery = await delivery_store.get(session=session, delivery_id=delivery_id)
         if delivery is None:
             return None
@@ -89,7 +89,7 @@ async def latest_sent_notification(
     whose message is in conversation_id (message_ref["conversation_id"]); None when there is none."""
     if not channels or not (approval_id or alert_id):
         return None
-    async with db.sessions() as session:
+    async with db.read() as session:
         candidates = await delivery_store.latest_sent_notifies(
             session=session, channels=channels, approval_id=approval_id, alert_id=alert_id
         )

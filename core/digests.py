@@ -271,13 +271,13 @@ async def list_windows(
     *, db: Database, tenants: list[str] | None, status: str | None, limit: int
 ) -> list[DigestWindowRow]:
     """Digest windows, the ones closing soonest first."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await digest_store.list_windows(session=session, tenants=tenants, status=status, limit=limit)
 
 
 async def window_with_items(*, db: Database, window_id: str) -> tuple[DigestWindowRow, list[DigestItemRow]] | None:
     """A window and every alert in it, in digest order; None if there is no such window."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         row = await digest_store.get(session=session, window_id=window_id)
         if row is None:
             return None

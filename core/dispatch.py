@@ -243,7 +243,7 @@ class Dispatcher:
                 log.exception("delivery %s: unexpected failure; it will be retried after its lease", row.id)
 
     async def _release(self, ids: list[str], when: datetime) -> None:
-        async with self.db.single_statements() as session:
+        async with self.db.transaction(autocommit=True) as session:
             await session.execute(
                 update(DeliveryRow)
                 .where(DeliveryRow.id.in_(ids), DeliveryRow.claimed_by == self.worker_id)
@@ -257,7 +257,7 @@ class Dispatcher:
         event_ids = {r.event_id for r in rows if r.event_id}
         if not rows or (not alert_ids and not event_ids and not self.prefetchers):
             return
-        async with self.db.sessions() as session:
+        async with self.db.read() as session:
             alerts: dict[str, Alert] = {}
             if alert_ids:
                 found = await session.execute(_ALERTS_BY_ID, {"ids": sorted(alert_ids)})
@@ -290,7 +290,7 @@ class Dispatcher:
         }
         prefetched = self._prefetched.pop(row.id, None)
         # A session that runs no query never connects: enrichers that do nothing for this row cost nothing.
-        async with self.db.sessions() as session:
+        async with self.db.read() as session:
             if prefetched is not None:
                 fields["alert"], fields["event"] = prefetched
             else:
@@ -341,7 +341,7 @@ class Dispatcher:
         The delivery is pending, or was inserted already claimed by this dispatcher (see claim_for_now).
         """
         now = self.clock.now()
-        async with self.db.single_statements() as session:
+        async with self.db.transaction(autocommit=True) as session:
             row = (
                 await session.execute(
                     update(DeliveryRow)
@@ -499,7 +499,7 @@ class Dispatcher:
 
     async def refresh_gauges(self) -> None:
         """Set the dead-letter gauge from the database, which every replica shares."""
-        async with self.db.sessions() as session:
+        async with self.db.read() as session:
             counts = await delivery_store.count_dead(session=session)
         dead: dict[str, int] = {name: 0 for name in self.channels}
         dead.update(counts)

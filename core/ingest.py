@@ -29,10 +29,10 @@ from core.rulebook import RuleBook
 from core.store import alerts as alert_store
 from core.store import noise as noise_store
 from core.store.alerts import AlertChange, Transition
-from core.store.db import Database, Writer, WriteTransaction
+from core.store.db import Database, direct_of
 from core.store.deliveries import delivery_values
 from core.store.noise import NoiseLedger
-from core.store.pg_direct import DirectConnection
+from core.store.pg_direct import Direct
 from core.store.tables import DeliveryRow, EventRow, table_of
 
 log = logging.getLogger("ackbot.ingest")
@@ -138,8 +138,9 @@ class _Group:
     """What the rounds of one group share."""
 
     deps: IngestDeps
-    conn: AsyncConnection  # the group's transaction, for Core statements
-    direct: DirectConnection | None  # PostgreSQL: conn's driver connection, for the statements every group runs
+    session: AsyncSession  # the group's transaction, for what is stored through the ORM (approvals, digests)
+    conn: AsyncConnection  # the same transaction, for Core statements (without the ORM's bookkeeping)
+    direct: Direct | None  # PostgreSQL: its driver connection, for the statements every group runs
     now: datetime
     client_ids: dict[tuple[str, str], IngestResult] = field(default_factory=dict)
     silences_loaded: bool = False
@@ -148,16 +149,7 @@ class _Group:
     deliveries_by_channel: list[str] = field(default_factory=list)
     suppressed: int = 0
     outcomes: list[str] = field(default_factory=list)
-    # Made when first needed: a group whose events no rule acts on stores them with Core statements alone.
-    _session: AsyncSession | None = None
     _ledger: NoiseLedger | None = None
-
-    @property
-    def session(self) -> AsyncSession:
-        """An ORM session in the group's transaction, for what is stored through the ORM (approvals, digests)."""
-        if self._session is None:
-            self._session = self.deps.db.joined_session(self.conn, self.direct)
-        return self._session
 
     @property
     def ledger(self) -> NoiseLedger:
@@ -170,14 +162,6 @@ class _Group:
         """Write the ledger's new waits and cancellations (each round, so that the next one reads them)."""
         if self._ledger is not None:
             await self._ledger.save()
-
-    async def finish(self, *, flush: bool) -> None:
-        """Let go of the session, first writing its pending objects into the transaction if flush."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            if flush:
-                await session.flush()
-            await session.close()
 
 
 def _duplicate_of(event_id: str, alert_id: str | None) -> IngestResult:
@@ -439,9 +423,7 @@ class GroupOutcome:
                     metrics.labelled(metrics.events_received, incoming.kind, submission.source).inc()
 
 
-async def store_group(
-    *, transaction: WriteTransaction, deps: IngestDeps, submissions: Sequence[Submission]
-) -> GroupOutcome:
+async def store_group(*, session: AsyncSession, deps: IngestDeps, submissions: Sequence[Submission]) -> GroupOutcome:
     """Store the events of several requests, and the deliveries they cause, in the caller's transaction."""
     now = deps.clock.now()
     items = [
@@ -449,15 +431,13 @@ async def store_group(
         for number, submission in enumerate(submissions)
         for position, (incoming, tenant) in enumerate(zip(submission.events, submission.tenants, strict=True))
     ]
-    group = _Group(deps=deps, conn=transaction.conn, direct=transaction.direct, now=now)
+    direct = await direct_of(session) if deps.db.is_postgres else None
+    group = _Group(deps=deps, session=session, conn=await session.connection(), direct=direct, now=now)
     answered: dict[tuple[int, int], IngestResult] = {}
-    try:
-        for batch in rounds(items):
-            answered.update(await _store_round(group, batch))
-    except BaseException:
-        await group.finish(flush=False)
-        raise
-    await group.finish(flush=True)
+    for batch in rounds(items):
+        answered.update(await _store_round(group, batch))
+    if session.new or session.dirty or session.deleted:
+        await session.flush()  # before the caller's written(): the group's statements are all sent then
     results = [
         [answered[(number, position)] for position in range(len(submission.events))]
         for number, submission in enumerate(submissions)
@@ -482,22 +462,15 @@ def conflicted(exc: BaseException) -> bool:
 
 
 async def store_committed(
-    *,
-    deps: IngestDeps,
-    submissions: Sequence[Submission],
-    written: Callable[[], None] | None = None,
-    writer: Writer | None = None,
+    *, deps: IngestDeps, submissions: Sequence[Submission], written: Callable[[], None] | None = None
 ) -> list[list[IngestResult]]:
     """Store a group in its own transaction, again after a conflict; returns once it has committed. written, if
     given, is called when the group's statements are sent, before the commit (core.intake lets the next group
-    start then); writer, if given, is the connection to use (core.intake's writers keep theirs between groups)."""
-    if writer is None:
-        async with deps.db.writer() as own:
-            return await store_committed(deps=deps, submissions=submissions, written=written, writer=own)
+    start then)."""
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
-            async with writer.transaction() as transaction:
-                outcome = await store_group(transaction=transaction, deps=deps, submissions=submissions)
+            async with deps.db.transaction() as session:
+                outcome = await store_group(session=session, deps=deps, submissions=submissions)
                 if written is not None:
                     written()
         except DBAPIError as exc:

@@ -23,7 +23,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core.ingest import IngestDeps, IngestResult, Submission, conflicted, store_committed
 from core.models.events import EventIn
-from core.store.db import Writer
 
 log = logging.getLogger("ackbot.intake")
 
@@ -45,10 +44,10 @@ class IngestQueue:
     # so the requests that arrived while the previous group was written join this one instead of the next (bigger
     # groups, less CPU per event: docs/performance-history.md). Idle, a lone request waits only three turns.
     GATHER_TURNS = 3
-    # Turns of the event loop a writer whose queue is empty waits for a request before it leaves, with its
-    # connection. Under load the next requests arrive within a few turns (the answers of the group just committed
-    # go out, and their clients send again), so a writer keeps its connection from one group to the next instead
-    # of checking one out of the pool per group; idle, it leaves almost at once.
+    # Turns of the event loop a writer whose queue is empty waits for a request before it leaves. Under load the
+    # next requests arrive within a few turns (the answers of the group just committed go out, and their clients
+    # send again), so a writer stays for the next group instead of a new one being started; idle, it leaves
+    # almost at once.
     LINGER_TURNS = 20
 
     def __init__(self, deps: Callable[[], IngestDeps], *, writers: int = 1) -> None:
@@ -89,9 +88,6 @@ class IngestQueue:
 
     async def _write(self) -> None:
         group: list[_Waiting] = []
-        # The writer's connection, kept from one group to the next while there are groups to write (a checkout of
-        # the pool per group cost more than some of the group's statements), and returned when the writer leaves.
-        writer: Writer | None = None
         try:
             while await self._work_arrives():
                 for _ in range(self.GATHER_TURNS):
@@ -103,9 +99,7 @@ class IngestQueue:
                         continue  # another writer took them meanwhile
                     group = [w for w in self._take_group() if not w.answer.done()]  # a cancelled one stays unstored
                     if group:
-                        deps = self._deps()
-                        writer = writer or Writer(deps.db, again=True)
-                        await self._store(deps, writer, group, written)
+                        await self._store(self._deps(), group, written)
                     group = []
                 finally:
                     written()
@@ -120,8 +114,6 @@ class IngestQueue:
         finally:
             # In the same step as the last look at the queue: a submit after this starts a writer.
             self._running -= 1
-            if writer is not None:
-                await writer.close()
 
     async def _work_arrives(self) -> bool:
         # Whether there is a group to take: at once if requests are queued, else after letting up to LINGER_TURNS
@@ -132,12 +124,10 @@ class IngestQueue:
             await asyncio.sleep(0)
         return bool(self._waiting)
 
-    async def _store(
-        self, deps: IngestDeps, writer: Writer, group: list[_Waiting], written: Callable[[], None]
-    ) -> None:
+    async def _store(self, deps: IngestDeps, group: list[_Waiting], written: Callable[[], None]) -> None:
         try:
             submissions = [w.submission for w in group]
-            results = await store_committed(deps=deps, submissions=submissions, written=written, writer=writer)
+            results = await store_committed(deps=deps, submissions=submissions, written=written)
         except Exception as exc:
             if len(group) == 1 or _shared_failure(exc):
                 for waiting in group:
@@ -146,7 +136,7 @@ class IngestQueue:
             log.warning("ingest: a group of %d requests failed (%s); storing each alone", len(group), exc)
             for waiting in group:
                 try:
-                    (alone,) = await store_committed(deps=deps, submissions=[waiting.submission], writer=writer)
+                    (alone,) = await store_committed(deps=deps, submissions=[waiting.submission])
                 except Exception as alone_exc:
                     _settle(waiting, error=alone_exc)
                 else:

@@ -148,7 +148,7 @@ async def dry_run(
     actions = []
     now = clock.now()
     by_name = {rule.name: rule for rule in matched}
-    async with db.sessions() as session:
+    async with db.read() as session:
         # The noise decisions, explained without writing: silence, throttle, quiet hours, digest, wait, and until when.
         silences = await noise.silences_for(session=session, event=event, now=now, settings=settings)
         for plan in plans:

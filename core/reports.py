@@ -246,7 +246,7 @@ async def send_now(
 
 async def preview(*, db: Database, config: AckbotConfig, now: datetime, public_url: str) -> dict[str, Any]:
     """The report as it would be sent now, without sending it."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await build(session=session, config=config.reports, now=now, public_url=public_url)
 
 

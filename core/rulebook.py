@@ -44,7 +44,7 @@ class RuleBook:
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload API rules if they changed since the last look; True if the rule set was rebuilt."""
-        async with self.db.sessions() as session:
+        async with self.db.read() as session:
             stamp = await rule_store.version(session=session)
             if not force and stamp == self._version:
                 return False
@@ -62,7 +62,7 @@ class RuleBook:
 
 async def api_rule(*, db: Database, name: str) -> Rule | None:
     """The stored API rule of this name."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await rule_store.get(session=session, name=name)
 
 

@@ -108,7 +108,7 @@ class Runtime:
 
     async def refresh_channels(self, *, force: bool = False) -> bool:
         """Bring API-created channels in line with the database (they may change on any replica)."""
-        async with self.db.sessions() as session:
+        async with self.db.read() as session:
             stamp = await channel_store.version(session=session)
             if not force and stamp == self._channels_version:
                 return False

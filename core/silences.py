@@ -230,14 +230,14 @@ async def list_silences(
     *, db: Database, tenants: list[str] | None, state: str, now: datetime, limit: int
 ) -> list[Silence]:
     """Silences by state (active, pending, expired, all), the ones ending soonest first."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         rows = await silence_store.list_silences(session=session, tenants=tenants, state=state, now=now, limit=limit)
         return [silence_from_row(row) for row in rows]
 
 
 async def get_silence(*, db: Database, silence_id: str) -> Silence | None:
     """One silence by id."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         row = await silence_store.get(session=session, silence_id=silence_id)
         return silence_from_row(row) if row is not None else None
 

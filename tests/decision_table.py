@@ -420,7 +420,7 @@ async def snapshot(runtime: Runtime, approval_id: str, alert_id: str | None) -> 
     """The rows a decision may touch, as plain dicts (whatever columns the tables have besides)."""
     approvals, votes, nonces = table_of(ApprovalRow), table_of(ApprovalVoteRow), table_of(SpentNonceRow)
     deliveries, audit, alerts = table_of(DeliveryRow), table_of(AuditRow), table_of(AlertRow)
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         approval = (await session.execute(select(approvals).where(approvals.c.id == approval_id))).one()._asdict()
         vote_rows = await session.execute(select(votes).where(votes.c.approval_id == approval_id).order_by(votes.c.id))
         nonce_rows = await session.execute(select(nonces.c.nonce))
@@ -636,10 +636,10 @@ class _Run:
             event = EventIn(kind="deploy.requested", tenant="acme", title="Deploy api 1.4", severity="high")
             (ingested,) = await self.runtime.intake.submit(events=[event], tenants=["acme"], source="api")
             self.alert_id = ingested.alert_id
-            async with self.runtime.db.sessions() as session:
+            async with self.runtime.db.read() as session:
                 (self.approval_id,) = (await session.execute(select(ApprovalRow.id))).scalars().all()
         deliveries = table_of(DeliveryRow)
-        async with self.runtime.db.sessions() as session:
+        async with self.runtime.db.read() as session:
             rows = await session.execute(
                 select(deliveries).where(deliveries.c.approval_id == self.approval_id, deliveries.c.purpose == "notify")
             )

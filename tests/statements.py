@@ -1,7 +1,7 @@
 """What SQL a Database sends while a block runs, whichever way it goes out.
 
 SQLAlchemy's cursor events see its own statements; some are sent by the driver itself, through
-core.store.pg_direct.DirectConnection (asyncpg) or core.store.sqlite_driver.InlineDirect, which are watched
+core.store.pg_direct.DirectConnection (asyncpg) or core.store.sqlite_driver.SqliteDirect, which are watched
 too. Transaction boundaries (BEGIN, COMMIT, ROLLBACK) are left out: on PostgreSQL SQLAlchemy's events never
 saw them either.
 """
@@ -69,8 +69,8 @@ async def _watching(db: Database, record: Callable[[str, tuple[Any, ...]], None]
             method = getattr(pg_direct.DirectConnection, name)
             patch.setattr(pg_direct.DirectConnection, name, watching(method, name == "executemany"))
         for name in ("fetch", "executemany"):
-            method = getattr(sqlite_driver.InlineDirect, name)
-            patch.setattr(sqlite_driver.InlineDirect, name, watching(method, name == "executemany"))
+            method = getattr(sqlite_driver.SqliteDirect, name)
+            patch.setattr(sqlite_driver.SqliteDirect, name, watching(method, name == "executemany"))
         try:
             yield
         finally:

@@ -27,7 +27,7 @@ EVENT = {
 
 
 async def _count(runtime: Any, table: Any) -> int:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         return int((await session.execute(select(func.count()).select_from(table))).scalar_one())
 
 
@@ -164,7 +164,7 @@ async def test_dedup_key_inside_the_window_creates_no_delivery(app_factory: AppF
     clock.advance(timedelta(minutes=6))
     third = await (await client.post("/api/v1/events", json=event, headers=auth())).json()
     assert third["duplicate"] is False and third["deliveries"] == 1
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         rows = (await session.execute(select(DeliveryRow).order_by(DeliveryRow.created_at))).scalars().all()
     assert [r.suppressed_count for r in rows] == [0, 1]
 

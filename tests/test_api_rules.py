@@ -95,7 +95,7 @@ async def test_dry_run_explains_and_sends_nothing(app_factory: AppFactory) -> No
     body = await (await client.post("/api/v1/rules/test", json=EVENT, headers=auth(TENANT_KEY))).json()
     assert {a["outcome"] for a in body["actions"]} == {"suppress"}
     assert "window open until" in body["actions"][0]["reason"]
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         from sqlalchemy import func, select
 
         from core.store.tables import DeliveryRow

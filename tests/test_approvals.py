@@ -122,14 +122,14 @@ class Harness:
         raise AssertionError(f"no message for {approval_id} to {target}")
 
     async def count(self, table: Any, *where: Any) -> int:
-        async with self.runtime.db.sessions() as session:
+        async with self.runtime.db.read() as session:
             query = select(func.count()).select_from(table)
             for condition in where:
                 query = query.where(condition)
             return int((await session.execute(query)).scalar_one())
 
     async def delivery(self, delivery_id: str) -> DeliveryRow:
-        async with self.runtime.db.sessions() as session:
+        async with self.runtime.db.read() as session:
             row = await session.get(DeliveryRow, delivery_id)
         assert row is not None
         return row
@@ -184,7 +184,7 @@ async def test_create_queues_one_message_per_target_in_one_transaction(harness: 
     assert created["id"].startswith("apr_") and created["state"] == "pending"
     assert created["choices"] == ["acknowledge", "deny", "escalate"] and created["quorum"] == 1
     assert created["context"] == {"pr": 7} and created["votes"] == []
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         rows = (await session.execute(select(DeliveryRow).order_by(DeliveryRow.created_at))).scalars().all()
     got = sorted((r.channel, r.target or "", (r.extra or {}).get("person") or "") for r in rows)
     # person:alice reaches her on every platform she is on; on chat her Slack user id, on mail her address.
@@ -388,7 +388,7 @@ async def test_a_decision_updates_every_message_and_is_audited(harness: HarnessF
     assert approval.decided_by == "alice" and approval.decision_channel == "chat" and approval.decided_at
 
     # One update per message that showed it, on every channel, each editing its own message.
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         updates = (
             (await session.execute(select(DeliveryRow).where(DeliveryRow.purpose == DeliveryPurpose.update)))
             .scalars()
@@ -407,7 +407,7 @@ async def test_a_decision_updates_every_message_and_is_audited(harness: HarnessF
         assert note.approval.state is ApprovalState.acknowledged and note.buttons == []
     # The nonce is spent, the decision and who took it are in the audit log (the token is not).
     assert await h.count(SpentNonceRow) == 1
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         row = (await session.execute(select(AuditRow).where(AuditRow.type == "approval.acknowledged"))).scalar_one()
     assert row.actor == "alice" and row.actor_platform == "slack" and row.approval_id == created["id"]
     assert row.data["kid"] and row.data["nonce_hash"] and tokens["acknowledge"] not in str(row.data)
@@ -595,7 +595,7 @@ async def test_every_bad_token_is_refused_and_changes_nothing(harness: HarnessFa
     assert await h.state(approval_id) is ApprovalState.pending
     assert await h.count(ApprovalVoteRow) == 1 and await h.count(SpentNonceRow) == 1
     assert await h.count(AuditRow, AuditRow.type == "decision.refused") == len(refusals) + 4
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         reasons = (await session.execute(select(AuditRow.data).where(AuditRow.type == "decision.refused"))).scalars()
         assert {r["reason"] for r in reasons} >= {"bad_signature", "replayed", "retired_key", "expired", "wrong_tenant"}
 
@@ -664,7 +664,7 @@ async def test_quorum_needs_distinct_people(harness: HarnessFactory) -> None:
 
 async def _decision_writes(h: Harness, approval_id: str) -> dict[str, Any]:
     """What deciding an approval wrote, with its ids, times and token details taken out: what two paths compare."""
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         deliveries = (
             await session.execute(
                 select(DeliveryRow).where(
@@ -734,8 +734,8 @@ async def test_a_plan_lost_to_a_race_is_planned_again_on_what_won(harness: Harne
     approvals = h.runtime.approvals
     now = h.clock.now()
     intent = plans.Intent(kind=plans.IntentKind.click, actor=ALICE, choice="acknowledge", claims=claims)
-    async with h.runtime.db.direct_reads() as direct:
-        pending = await approval_store.snapshot(session=direct, approval_id=created["id"], nonce=claims.nonce)
+    async with h.runtime.db.read() as session:
+        pending = await approval_store.snapshot(session=session, approval_id=created["id"], nonce=claims.nonce)
     stale = machine.decide(pending, intent, now=now, policy=approvals.policy)
     assert pending is not None and stale.result.ok and stale.version == pending.version
     assert (await approvals.decide(token=tokens["deny"], actor=BOB)).ok

@@ -19,7 +19,7 @@ harness = test_approvals.harness
 
 
 async def _keys(runtime: Any, purpose: str | None = None) -> list[SigningKeyRow]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         query = select(SigningKeyRow).order_by(SigningKeyRow.created_at)
         if purpose:
             query = query.where(SigningKeyRow.purpose == purpose)

@@ -29,13 +29,13 @@ ESCALATION = [
 
 
 async def _deliveries(h: Harness, approval_id: str) -> list[DeliveryRow]:
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         query = select(DeliveryRow).where(DeliveryRow.approval_id == approval_id).order_by(DeliveryRow.created_at)
         return list((await session.execute(query)).scalars())
 
 
 async def _audit_types(h: Harness, approval_id: str) -> list[str]:
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         query = select(AuditRow.type).where(AuditRow.approval_id == approval_id).order_by(AuditRow.seq)
         return list((await session.execute(query)).scalars())
 
@@ -121,7 +121,7 @@ async def test_each_step_fires_once_across_replicas_and_restarts(harness: Harnes
                 "approval.escalated",
                 "approval.escalated",
             ]
-            async with fresh.db.sessions() as session:
+            async with fresh.db.read() as session:
                 to_carol = await session.execute(
                     select(DeliveryRow.id).where(
                         DeliveryRow.approval_id == approval_id, DeliveryRow.target == "carol@example.com"
@@ -178,7 +178,7 @@ async def test_callback_is_signed_and_retried_after_a_500(harness: HarnessFactor
         result = await h.runtime.approvals.decide_by_id(approval_id=created["id"], choice="deny", actor=BOB)
         assert result.ok
         await h.runtime.dispatcher.run_once()  # type: ignore[union-attr]
-        async with h.runtime.db.sessions() as session:
+        async with h.runtime.db.read() as session:
             callback = (
                 await session.execute(select(DeliveryRow).where(DeliveryRow.purpose == DeliveryPurpose.callback))
             ).scalar_one()
@@ -224,7 +224,7 @@ async def test_callbacks_to_private_addresses_are_refused_by_default(harness: Ha
         created = await h.create(callback_url=sink.url("/cb"))
         await h.runtime.approvals.decide_by_id(approval_id=created["id"], choice="deny", actor=BOB)
         await h.dispatch()
-        async with h.runtime.db.sessions() as session:
+        async with h.runtime.db.read() as session:
             callback = (
                 await session.execute(select(DeliveryRow).where(DeliveryRow.channel == "_callback"))
             ).scalar_one()
@@ -278,7 +278,7 @@ async def test_a_rule_action_opens_an_approval_and_branches_on_the_answer(harnes
         if r.purpose == "notify" and r.extra
     ]
     assert follow_ups == [("console", "on_acknowledge")]
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         alert = await session.get(AlertRow, ingested["alert_id"])
     assert alert is not None and alert.status == "acknowledged" and alert.acknowledged_by == "alice"
     await h.dispatch()
@@ -301,7 +301,7 @@ async def test_a_rule_action_opens_an_approval_and_branches_on_the_answer(harnes
 
 
 async def _deliveries_for_alert(h: Harness, alert_id: str) -> list[DeliveryRow]:
-    async with h.runtime.db.sessions() as session:
+    async with h.runtime.db.read() as session:
         query = select(DeliveryRow).where(DeliveryRow.alert_id == alert_id).order_by(DeliveryRow.created_at)
         return list((await session.execute(query)).scalars())
 

@@ -34,7 +34,7 @@ async def test_concurrent_appends_form_one_unbroken_chain(migrated_db: Database)
     await asyncio.gather(*(_append(migrated_db, n) for n in range(40)))
     report = await audit.verify_chain(db=migrated_db)
     assert report.ok and report.rows == 40 and report.head_seq == 40, report
-    async with migrated_db.sessions() as session:
+    async with migrated_db.read() as session:
         rows = list((await session.execute(select(AuditRow).order_by(AuditRow.seq))).scalars())
     assert [r.seq for r in rows] == list(range(1, 41))
     assert sorted(r.data["n"] for r in rows) == list(range(40))
@@ -51,7 +51,7 @@ async def test_the_database_hashes_what_python_verifies(migrated_db: Database) -
         db=migrated_db, type="a.b", at=NOW, tenant="ünï", approval_id="apr_1", alert_id="alr_1", data=tricky
     )
     await audit.record_now(db=migrated_db, type="a.c", at=NOW, actor="p", actor_platform="slack")
-    async with migrated_db.sessions() as session:
+    async with migrated_db.read() as session:
         rows = list((await session.execute(select(AuditRow).order_by(AuditRow.seq))).scalars())
     assert [(r.seq, r.type, r.data) for r in rows] == [(1, "a.b", tricky), (2, "a.c", {})]
     assert rows[0].prev_hash == audit_store.GENESIS_HASH and rows[1].prev_hash == rows[0].hash
@@ -62,7 +62,7 @@ async def test_the_database_hashes_what_python_verifies(migrated_db: Database) -
 
 
 async def _chain(db: Database) -> list[tuple[int, str, str]]:
-    async with db.sessions() as session:
+    async with db.read() as session:
         rows = (await session.execute(select(AuditRow).order_by(AuditRow.seq))).scalars()
         return [(r.seq, r.type, r.prev_hash) for r in rows]
 
@@ -86,7 +86,7 @@ async def test_rows_of_one_transaction_are_chained_in_order_and_a_rollback_leave
         (4, "t.fourth"),
     ]
     assert (await audit.verify_chain(db=db)).ok
-    async with db.sessions() as session:
+    async with db.read() as session:
         assert (await session.execute(select(func.count()).select_from(AuditPendingRow))).scalar_one() == 0
 
 

@@ -49,7 +49,7 @@ async def kill_backends(url: str) -> int:
 
 
 async def select_one(database: Database) -> int:
-    async with database.sessions() as session:
+    async with database.read() as session:
         return int((await session.execute(text("SELECT 1"))).scalar_one())
 
 
@@ -111,7 +111,7 @@ async def test_a_read_holds_no_transaction_open(migrated_db: Database) -> None:
         driver = raw.driver_connection
         return bool(driver.is_in_transaction() if migrated_db.is_postgres else driver.in_transaction)  # type: ignore[union-attr]
 
-    async with migrated_db.sessions() as session:
+    async with migrated_db.read() as session:
         assert (await session.execute(text("SELECT count(*) FROM approvals"))).scalar_one() == 0
         assert not await in_transaction(session)
     async with migrated_db.transaction() as writing:

@@ -62,7 +62,7 @@ def event(key: str, severity: str = "high", namespace: str = "prod", tenant: str
 
 
 async def digest_rows(runtime: Any) -> list[DeliveryRow]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         query = select(DeliveryRow).where(DeliveryRow.purpose == "digest").order_by(DeliveryRow.created_at)
         return list((await session.execute(query)).scalars())
 
@@ -154,7 +154,7 @@ async def test_two_schedulers_racing_flush_each_window_once(app_factory: AppFact
     rows = await digest_rows(runtime)
     assert len(rows) == 12 and len({row.tenant for row in rows}) == 12
     assert all(row.extra is not None and row.extra["digest"]["total"] == 3 for row in rows)
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         counts = (await session.execute(select(DigestWindowRow.status, func.count()).group_by("status"))).all()
     assert dict(counts) == {"flushed": 12}
 

@@ -43,7 +43,7 @@ def config_with(database_url: str, channels: list[dict[str, Any]], **kw: Any) ->
 
 
 async def statuses(runtime: Any) -> dict[str, str]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         rows = (await session.execute(select(DeliveryRow.channel, DeliveryRow.status))).all()
     return {channel: status for channel, status in rows}
 
@@ -123,7 +123,7 @@ async def test_retry_after_is_honoured(app_factory: AppFactory, database_url: st
         clock.advance(timedelta(seconds=120))
         assert await runtime.dispatcher.run_once() == 1
         assert len(sink.requests) == 3
-        async with runtime.db.sessions() as session:
+        async with runtime.db.read() as session:
             codes = (
                 await session.execute(select(DeliveryAttemptRow.status_code).order_by(DeliveryAttemptRow.id))
             ).scalars()
@@ -171,7 +171,7 @@ async def test_a_burst_to_one_destination_is_paced_and_nothing_is_lost(
             await sink.wait_for(300)
         await asyncio.sleep(0.2)
         assert len(sink.requests) == 300
-        async with runtime.db.sessions() as session:
+        async with runtime.db.read() as session:
             attempts = (await session.execute(select(DeliveryAttemptRow.finished_at))).scalars().all()
         assert len(attempts) == 300
         # What the receiver sees: never more than the rate (plus the one-message burst allowance) arriving inside
@@ -391,7 +391,7 @@ async def test_outcomes_are_recorded_together_and_a_lost_lease_is_refused(migrat
         # The two sent ones in one UPDATE and their message refs in one executemany, the failure in its own UPDATE,
         # every attempt row in one INSERT: a constant number of statements, each built once.
         assert [s for s in statements if s in ("UPDATE", "INSERT")] == ["UPDATE", "UPDATE", "UPDATE", "INSERT"]
-    async with db.sessions() as session:
+    async with db.read() as session:
         rows = {r.id: r for r in (await session.execute(select(DeliveryRow))).scalars()}
         attempts = (await session.execute(select(DeliveryAttemptRow))).scalars().all()
     assert rows[first.id].message_ref == {"ts": "1"} and rows[second.id].message_ref == {"ts": "2"}
@@ -423,7 +423,7 @@ async def test_an_outcome_with_a_nul_byte_or_a_naive_time_is_still_recorded(migr
     )
     # A receiver's error text must never keep its delivery from settling (it would be sent again and again).
     assert await delivery_store.settle_many(db=db, worker="w1", settlements=[failure]) == {row.id}
-    async with db.sessions() as session:
+    async with db.read() as session:
         stored = (await session.execute(select(DeliveryRow).where(DeliveryRow.id == row.id))).scalar_one()
     assert stored.status == "failed" and stored.last_error is not None
     assert stored.last_error.replace("\x00", "") == "bad gateway:  in the body"
@@ -470,7 +470,7 @@ async def test_a_claim_finds_due_rows_by_index_instead_of_scanning_every_deliver
 
 async def test_the_dead_letter_gauge_reads_only_dead_deliveries(sqlite_url: str) -> None:
     async def count(db: Database) -> None:
-        async with db.sessions() as session:
+        async with db.read() as session:
             assert await delivery_store.count_dead(session=session) == {}
 
     # SQLite's statistics hold no values (ackbot never gathers them there); PostgreSQL's know "dead" is rare.

@@ -21,6 +21,7 @@ from core.rulebook import RuleBook
 from core.store import migrate
 from core.store.db import Database
 from core.store.pg_direct import DirectConnection
+from core.store.sqlite_driver import SqliteDirect
 from core.store.tables import AlertRow, DeliveryRow, EventRow
 
 ALL = Rule(name="all", match=Match(kinds=["disk.*"]), actions=[Action(channel="ops")])
@@ -56,24 +57,29 @@ def watch(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]
     def on_end(what: str) -> Callable[[Any], None]:
         return lambda conn: sent.append((id(conn), what))
 
-    async def direct_execute(direct: DirectConnection, sql: str) -> None:
-        # "COMMIT; BEGIN" commits: the BEGIN only opens the writer's next transaction.
+    for kind in (DirectConnection, SqliteDirect):
+        watch_direct(kind, sent, monkeypatch)
+    listeners = {"before_cursor_execute": on_statement, "commit": on_end("commit"), "rollback": on_end("rollback")}
+    for name, listener in listeners.items():
+        event.listen(db.engine.sync_engine, name, listener)
+    return sent
+
+
+def watch_direct(kind: Any, sent: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    send_execute, send_fetch = kind.execute, kind.fetch
+
+    async def direct_execute(direct: Any, sql: str) -> None:
         for what in ("commit", "rollback"):
             if sql.lower().startswith(what):
                 sent.append((id(direct.conn.sync_connection), what))
         await send_execute(direct, sql)
 
-    async def direct_fetch(direct: DirectConnection, sql: str, *args: Any) -> Sequence[Any]:
+    async def direct_fetch(direct: Any, sql: str, *args: Any) -> Sequence[Any]:
         sent.append((id(direct.conn.sync_connection), "statement"))
         return await send_fetch(direct, sql, *args)
 
-    send_execute, send_fetch = DirectConnection.execute, DirectConnection.fetch
-    monkeypatch.setattr(DirectConnection, "execute", direct_execute)
-    monkeypatch.setattr(DirectConnection, "fetch", direct_fetch)
-    listeners = {"before_cursor_execute": on_statement, "commit": on_end("commit"), "rollback": on_end("rollback")}
-    for name, listener in listeners.items():
-        event.listen(db.engine.sync_engine, name, listener)
-    return sent
+    monkeypatch.setattr(kind, "execute", direct_execute)
+    monkeypatch.setattr(kind, "fetch", direct_fetch)
 
 
 def commits_in(sent: list[tuple[int, str]]) -> int:
@@ -81,7 +87,7 @@ def commits_in(sent: list[tuple[int, str]]) -> int:
 
 
 async def count(db: Database, table: Any, *where: Any) -> int:
-    async with db.sessions() as session:
+    async with db.read() as session:
         return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
 
 
@@ -149,7 +155,7 @@ async def test_firing_and_resolve_in_one_group_keep_their_order(migrated_db: Dat
     assert fired.alert_id == updated.alert_id == resolved.alert_id != other.alert_id
     assert not fired.duplicate and updated.duplicate  # throttled within the dedup window
     assert resolved.deliveries == 1  # the resolve updates what was sent
-    async with db.sessions() as session:
+    async with db.read() as session:
         alert = await session.get(AlertRow, fired.alert_id)
     assert alert is not None and alert.status == "resolved" and alert.event_count == 3
 
@@ -169,7 +175,7 @@ async def test_a_busy_writer_keeps_its_connection_between_groups(
         await asyncio.gather(*(submit_one(queue, disk(f"busy{burst}-{n}")) for n in range(3)))
     await queue.drain()
     assert commits_in(sent) >= 10 and len(checkouts) == 1, (commits_in(sent), len(checkouts))
-    async with db.sessions() as session:
+    async with db.read() as session:
         assert await session.scalar(select(func.count()).select_from(EventRow)) == 30
 
 
@@ -199,7 +205,7 @@ async def test_two_replicas_writing_the_same_alerts(pg_url: str) -> None:
         one, two = await asyncio.gather(burst(queues[0], keys), burst(queues[1], list(reversed(keys))))
         assert len({r.alert_id for r in one + two}) == 30
         assert await count(first, AlertRow) == 30 and await count(first, EventRow) == 60
-        async with first.sessions() as session:
+        async with first.read() as session:
             counts = (await session.execute(select(AlertRow.event_count))).scalars().all()
         assert sorted(set(counts)) == [2]
         # Within the dedup window each alert notified once, whichever replica saw it first.

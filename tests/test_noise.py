@@ -34,7 +34,7 @@ def webhook(url: str) -> dict[str, Any]:
 
 
 async def rows(runtime: Any) -> list[DeliveryRow]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         return list((await session.execute(select(DeliveryRow).order_by(DeliveryRow.created_at))).scalars())
 
 

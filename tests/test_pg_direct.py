@@ -14,7 +14,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select,
 from sqlalchemy import exc as sa_exc
 
 from core.ingest import conflicted
-from core.store.db import Database, Writer, direct_of
+from core.store.db import Database, direct_of
 from core.store.pg_direct import DirectConnection, Keeper, Statement
 from core.store.tables import JsonDoc, UtcDateTime
 from tests.test_db_pool import kill_backends
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 async def db(pg_url: str) -> AsyncIterator[Database]:
     database = Database(pg_url, pool_size=2)
-    async with database.core_transaction() as transaction:
-        await transaction.conn.execute(text("CREATE TABLE t (id integer PRIMARY KEY)"))
+    async with database.transaction() as session:
+        await session.execute(text("CREATE TABLE t (id integer PRIMARY KEY)"))
     yield database
     await database.close()
 
@@ -48,22 +48,19 @@ async def test_an_error_is_the_one_sqlalchemy_raises_and_the_transaction_is_roll
     with pytest.raises(sa_exc.IntegrityError) as theirs:
         async with db.transaction() as session:
             await session.execute(text(duplicate))
-    async with db.writer() as writer:
-        with pytest.raises(sa_exc.IntegrityError) as ours:
-            async with writer.transaction() as transaction:
-                assert transaction.direct is not None
-                await transaction.conn.execute(text("INSERT INTO t VALUES (7)"))
-                await transaction.direct.fetch(duplicate.replace("(1), (1)", "($1), ($1)"), 1)
-        # The same class as SQLAlchemy's own statement raises, and the same sqlstate underneath (the retry and the
-        # HTTP answer go by them).
-        assert type(ours.value) is type(theirs.value)
-        assert getattr(ours.value.orig, "sqlstate", None) == getattr(theirs.value.orig, "sqlstate", None) == "23505"
-        assert conflicted(ours.value)
-        assert not ours.value.connection_invalidated
-        # The row the failed transaction had written is gone, and the writer goes on on the same connection.
-        async with writer.transaction() as transaction:
-            assert transaction.direct is not None
-            assert [tuple(row) for row in await transaction.direct.fetch("SELECT count(*) FROM t")] == [(0,)]
+    with pytest.raises(sa_exc.IntegrityError) as ours:
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO t VALUES (7)"))
+            await (await direct_of(session)).fetch(duplicate.replace("(1), (1)", "($1), ($1)"), 1)
+    # The same class as SQLAlchemy's own statement raises, and the same sqlstate underneath (the retry and the
+    # HTTP answer go by them).
+    assert type(ours.value) is type(theirs.value)
+    assert getattr(ours.value.orig, "sqlstate", None) == getattr(theirs.value.orig, "sqlstate", None) == "23505"
+    assert conflicted(ours.value)
+    assert not ours.value.connection_invalidated
+    # The row the failed transaction had written is gone, and the next transaction goes on.
+    async with db.transaction() as session:
+        assert [tuple(row) for row in await (await direct_of(session)).fetch("SELECT count(*) FROM t")] == [(0,)]
     assert "idle in transaction" not in await server_states(db.url)
 
 
@@ -78,28 +75,26 @@ async def test_an_error_is_the_one_sqlalchemy_raises_and_the_transaction_is_roll
 )
 async def test_other_errors_are_the_ones_sqlalchemy_raises(db: Database, statement: str) -> None:
     errors = []
-    async with db.writer() as writer:
-        for direct in (False, True):
-            with pytest.raises(sa_exc.DBAPIError) as raised:
-                async with writer.transaction() as transaction:
-                    assert transaction.direct is not None
-                    if direct:
-                        await transaction.direct.fetch(statement)
-                    else:
-                        await transaction.conn.execute(text(statement))
-            error = raised.value
-            orig: Any = error.orig
-            errors.append(
-                (type(error), type(orig), str(orig), orig.sqlstate, type(orig.__cause__), error.connection_invalidated)
-            )
+    for direct in (False, True):
+        with pytest.raises(sa_exc.DBAPIError) as raised:
+            async with db.transaction() as session:
+                if direct:
+                    await (await direct_of(session)).fetch(statement)
+                else:
+                    await session.execute(text(statement))
+        error = raised.value
+        orig: Any = error.orig
+        errors.append(
+            (type(error), type(orig), str(orig), orig.sqlstate, type(orig.__cause__), error.connection_invalidated)
+        )
     assert errors[0] == errors[1]
 
 
 async def test_a_connection_found_lost_has_the_pool_check_the_others(db: Database) -> None:
-    assert db.direct_engine is not None
+    autocommit = db.engine.execution_options(isolation_level="AUTOCOMMIT")
     # Two pooled connections, one given back a moment ago: too recently used to be pinged at its next checkout.
-    lost = await DirectConnection.connect(db.direct_engine)
-    returned = await DirectConnection.connect(db.direct_engine)
+    lost = await DirectConnection.connect(autocommit)
+    returned = await DirectConnection.connect(autocommit)
     await returned.close()
     assert await kill_backends(db.url) >= 2
     await asyncio.sleep(0.1)  # as a server restart would; asyncpg hears of it a moment later
@@ -108,43 +103,36 @@ async def test_a_connection_found_lost_has_the_pool_check_the_others(db: Databas
     assert raised.value.connection_invalidated and not lost.usable
     await lost.close()
     # The server went away: the pool checks the other connection before it hands it out, and replaces it.
-    async with db.sessions() as session:
+    async with db.read() as session:
         assert (await session.execute(text("SELECT 2"))).scalar_one() == 2
 
 
-@pytest.mark.parametrize("again", [False, True])
-async def test_a_lost_connection_fails_its_transaction_and_is_replaced(db: Database, again: bool) -> None:
+async def test_a_lost_connection_fails_its_transaction_and_is_replaced(db: Database) -> None:
     async def restart() -> None:
         # As a server restart would; asyncpg hears of it a moment later.
         assert await kill_backends(db.url) >= 1
         await asyncio.sleep(0.1)
 
-    writer = Writer(db, again=again)
-    try:
-        async with writer.transaction() as transaction:
-            await transaction.conn.execute(text("INSERT INTO t VALUES (1)"))
-        # Lost in the middle of a transaction: that one fails as SQLAlchemy's would (answered 503), invalidated.
-        with pytest.raises((sa_exc.OperationalError, sa_exc.InterfaceError)) as lost:
-            async with writer.transaction() as transaction:
-                assert transaction.direct is not None
-                await restart()
-                await transaction.direct.fetch("INSERT INTO t VALUES ($1)", 2)
-        assert lost.value.connection_invalidated
-        async with writer.transaction() as transaction:
-            assert transaction.direct is not None
-            await transaction.direct.fetch("INSERT INTO t VALUES ($1)", 3)
-        # Lost between two transactions: the writer sees it and takes another connection, without an error.
-        await restart()
-        async with writer.transaction() as transaction:
-            assert transaction.direct is not None
-            await transaction.direct.fetch("INSERT INTO t VALUES ($1)", 4)
-    finally:
-        await writer.close()
-    async with db.sessions() as session:
+    async with db.transaction() as session:
+        await session.execute(text("INSERT INTO t VALUES (1)"))
+    # Lost in the middle of a transaction: that one fails as SQLAlchemy's would (answered 503), invalidated.
+    with pytest.raises((sa_exc.OperationalError, sa_exc.InterfaceError)) as lost:
+        async with db.transaction() as session:
+            direct = await direct_of(session)
+            await restart()
+            await direct.fetch("INSERT INTO t VALUES ($1)", 2)
+    assert lost.value.connection_invalidated
+    async with db.transaction() as session:
+        await (await direct_of(session)).fetch("INSERT INTO t VALUES ($1)", 3)
+    # Lost between two transactions: the kept connection is found lost and replaced, without an error.
+    await restart()
+    async with db.transaction() as session:
+        await (await direct_of(session)).fetch("INSERT INTO t VALUES ($1)", 4)
+    async with db.read() as session:
         assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [1, 3, 4]
 
 
-async def test_a_writer_that_writes_again_begins_the_next_transaction_with_the_commit(
+async def test_a_write_transaction_is_begun_and_ended_by_asyncpg_and_leaves_nothing_open(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[str] = []
@@ -155,20 +143,14 @@ async def test_a_writer_that_writes_again_begins_the_next_transaction_with_the_c
         await send(direct, sql)
 
     monkeypatch.setattr(DirectConnection, "execute", execute)
-    writer = Writer(db, again=True)
-    try:
-        for n in range(3):
-            async with writer.transaction() as transaction:
-                assert transaction.direct is not None
-                await transaction.direct.fetch("INSERT INTO t VALUES ($1)", n)
-        # Open and holding nothing between transactions; ended by the writer when it stops.
-        assert await server_states(db.url) == ["idle in transaction"]
-    finally:
-        await writer.close()
-    assert await server_states(db.url) == ["idle"]
-    assert sent == ["BEGIN", "COMMIT; BEGIN", "COMMIT; BEGIN", "COMMIT; BEGIN", "ROLLBACK"]
-    async with db.sessions() as session:
-        assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [0, 1, 2]
+    for n in range(3):
+        async with db.transaction() as session:
+            await (await direct_of(session)).fetch("INSERT INTO t VALUES ($1)", n)
+            await session.execute(text("INSERT INTO t VALUES (:n)"), {"n": 10 + n})
+    assert sent == ["BEGIN", "COMMIT"] * 3
+    assert set(await server_states(db.url)) <= {"idle"}
+    async with db.read() as session:
+        assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [0, 1, 2, 10, 11, 12]
 
 
 _DOCS = Table(
@@ -182,8 +164,8 @@ _DOCS = Table(
 
 
 async def test_a_statement_sends_what_sqlalchemy_would_and_reads_back_the_same_values(db: Database) -> None:
-    async with db.core_transaction() as transaction:
-        await transaction.conn.run_sync(_DOCS.metadata.create_all)
+    async with db.transaction() as session:
+        await (await session.connection()).run_sync(_DOCS.metadata.create_all)
     when = datetime(2026, 11, 22, 12, 30, tzinfo=UTC)
     rows = [
         {"id": 1, "kind": "a", "doc": {"x": [1, "two"], "y": None}, "at": when},
@@ -199,7 +181,7 @@ async def test_a_statement_sends_what_sqlalchemy_would_and_reads_back_the_same_v
         theirs = (await session.execute(select_a)).all()
     assert [row._asdict() for row in ours] == [row._asdict() for row in theirs]
     assert ours[0].doc == {"x": [1, "two"], "y": None} and ours[0].at == when and ours[0].at.tzinfo is not None
-    async with db.sessions() as session:
+    async with db.read() as session:
         second = (await session.execute(select(_DOCS.c.at).where(_DOCS.c.id == 2))).scalar_one()
     assert second == datetime(2026, 11, 22, 13, 0, tzinfo=UTC)
     # An IN list's SQL depends on its length: refused rather than sent wrong.
@@ -216,13 +198,13 @@ async def test_one_statement_writes_and_reads_hold_no_transaction_and_give_back_
     pool = db.engine.sync_engine.pool
     # A transaction that wrote has a transaction id: the statement after an INSERT is in another one, or not.
     alone = text("SELECT pg_current_xact_id_if_assigned() IS NULL")
-    async with db.single_statements() as session:
+    async with db.transaction(autocommit=True) as session:
         await session.execute(text("INSERT INTO t VALUES (1)"))
         assert (await session.execute(alone)).scalar_one() is True
     async with db.transaction() as session:
         await session.execute(text("INSERT INTO t VALUES (2)"))
         assert (await session.execute(alone)).scalar_one() is False
-    async with db.sessions() as session:
+    async with db.read() as session:
         direct = await direct_of(session)
         assert direct is not None and await direct_of(session) is direct  # one per session
         assert [tuple(row) for row in await direct.fetch("SELECT count(*) FROM t")] == [(2,)]
@@ -233,7 +215,7 @@ async def test_one_statement_writes_and_reads_hold_no_transaction_and_give_back_
     async with db.transaction() as session:
         assert await direct_of(session) is direct
         await session.execute(text("INSERT INTO t VALUES (3)"))
-    async with db.sessions() as session:
+    async with db.read() as session:
         assert await direct_of(session) is direct
     assert pool.checkedout() == 1
     await db.close()
@@ -241,8 +223,8 @@ async def test_one_statement_writes_and_reads_hold_no_transaction_and_give_back_
 
 
 async def test_a_kept_connection_that_was_lost_is_replaced_without_an_error(db: Database) -> None:
-    assert db.direct_engine is not None
-    keeper = Keeper(db.direct_engine, size=2, ping_after=0.0)
+    held = db.engine.sync_engine.pool.checkedout()  # the database's own kept connections
+    keeper = Keeper(db.engine.execution_options(isolation_level="AUTOCOMMIT"), size=2, ping_after=0.0)
     try:
         first = await keeper.take()
         await keeper.give(first)
@@ -257,4 +239,4 @@ async def test_a_kept_connection_that_was_lost_is_replaced_without_an_error(db: 
         assert not second.usable
     finally:
         await keeper.close()
-    assert db.engine.sync_engine.pool.checkedout() == 0
+    assert db.engine.sync_engine.pool.checkedout() == held

@@ -123,7 +123,7 @@ def config(database_url: str, url: str | None = None, **kw: Any) -> AckbotConfig
 
 
 async def deliveries(runtime: Any) -> list[DeliveryRow]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         return list((await session.execute(select(DeliveryRow).order_by(DeliveryRow.created_at))).scalars())
 
 
@@ -161,7 +161,7 @@ async def test_release_digest_sends_one_digest_when_the_night_ends(app_factory: 
         assert (await (await client.post("/api/v1/events", json=event, headers=auth())).json())["deliveries"] == 0
         clock.advance(timedelta(hours=2))
     assert await deliveries(runtime) == []
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         (window,) = (await session.execute(select(DigestWindowRow))).scalars()
     assert window.kind == "quiet" and window.window_end == utc(2026, 10, 25, 5)  # 06:00 CET
     assert runtime.noise is not None

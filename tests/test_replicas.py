@@ -264,7 +264,7 @@ async def test_concurrent_clicks_through_two_replicas_decide_once(pg_url: str, t
             try:
                 report = await audit.verify_chain(db=db)
                 assert report.ok and report.rows == 200 * 5, report
-                async with db.sessions() as session:
+                async with db.read() as session:
                     rows = (await session.execute(select(AuditRow.type, func.count()).group_by(AuditRow.type))).all()
                     pending = (await session.execute(select(func.count()).select_from(AuditPendingRow))).scalar_one()
                 assert dict(rows) == {"approval.created": 200, "approval.acknowledged": 200, "decision.refused": 600}

@@ -132,7 +132,7 @@ async def test_each_scheduled_report_fires_once_across_replicas(app_factory: App
     finally:
         for db in replicas:
             await db.close()
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         runs = (await session.execute(select(ReportRunRow).order_by(ReportRunRow.scheduled_for))).scalars().all()
         reported = (await session.execute(select(DeliveryRow).where(DeliveryRow.purpose == "report"))).scalars().all()
     assert [run.scheduled_for for run in runs] == [
@@ -183,7 +183,7 @@ async def test_the_report_goes_out_as_html_mail_json_and_cards(app_factory: AppF
             assert html.count("<table") == 2 and "&lt;b&gt;old cert&lt;/b&gt;" in html and "<b>old" not in html
             assert "tls api.acme.com" in html and "Pending approvals: 0" in html
 
-            async with runtime.db.sessions() as session:
+            async with runtime.db.read() as session:
                 row = (await session.execute(select(DeliveryRow).where(DeliveryRow.channel == "hook"))).scalar_one()
             note = await runtime.dispatcher.build_notification(row)
             message = slack_cards.render(note)

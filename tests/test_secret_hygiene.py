@@ -99,7 +99,7 @@ async def test_no_secret_leaks_anywhere(
         seen.append(caplog.text)
 
         dump: list[str] = []
-        async with runtime.db.sessions() as session:
+        async with runtime.db.read() as session:
             for table in Base.metadata.sorted_tables:
                 rows = (await session.execute(select(table))).all()
                 dump += [repr(tuple(row)) for row in rows]

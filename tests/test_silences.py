@@ -172,13 +172,13 @@ async def test_each_replica_sees_a_silence_written_by_another_at_once(migrated_d
     from core.store import silences as silence_store
 
     here, there = SilenceMatcher(), SilenceMatcher()
-    async with migrated_db.sessions() as session:
+    async with migrated_db.read() as session:
         assert await here.in_force(session=session, tenant="acme", now=START) == []
         assert await silence_store.revision(session=session) == 0
     async with migrated_db.transaction() as session:
         spec = SilenceIn(matchers={"kinds": ["backup.*"]}, duration="1h", created_by="x")
         made = await create(session=session, db=migrated_db, spec=spec, tenant="acme", now=START)
-    async with migrated_db.sessions() as session:
+    async with migrated_db.read() as session:
         assert [s.id for s in await here.in_force(session=session, tenant="acme", now=START)] == [made.id]
         assert await there.in_force(session=session, tenant="other", now=START) == []
         # The clock alone ends it, without a reload.
@@ -186,5 +186,5 @@ async def test_each_replica_sees_a_silence_written_by_another_at_once(migrated_d
     async with migrated_db.transaction() as session:
         assert await silence_store.expire(session=session, db=migrated_db, silence_id=made.id, now=START)
         assert await silence_store.revision(session=session) == 2
-    async with migrated_db.sessions() as session:
+    async with migrated_db.read() as session:
         assert await here.in_force(session=session, tenant="acme", now=START) == []

@@ -135,7 +135,7 @@ async def test_event_to_buttons_to_click_to_updated_message(
 
 
 async def deliveries(runtime: Any, approval_id: str, purpose: DeliveryPurpose) -> list[DeliveryRow]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         query = select(DeliveryRow).where(DeliveryRow.approval_id == approval_id, DeliveryRow.purpose == purpose)
         return list((await session.execute(query)).scalars().all())
 

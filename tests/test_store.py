@@ -54,7 +54,7 @@ async def test_noise_window_admits_once_then_counts(migrated_db: Database) -> No
         assert not held.admitted and held.suppressed_now == n
     later = await admit(T0 + timedelta(minutes=6))
     assert later.admitted and later.suppressed_before == 3 and later.window_until == T0 + timedelta(minutes=11)
-    async with db.sessions() as session:
+    async with db.read() as session:
         peeked = await noise_store.peek(session=session, key="k1", now=T0 + timedelta(minutes=7))
         assert peeked is not None and not peeked.admitted
         assert await noise_store.peek(session=session, key="k1", now=T0 + timedelta(minutes=12)) is None
@@ -124,7 +124,7 @@ async def test_concurrent_firings_open_one_alert(migrated_db: Database) -> None:
 
     ids = await asyncio.gather(*(fire() for _ in range(10)))
     assert len(set(ids)) == 1
-    async with db.sessions() as session:
+    async with db.read() as session:
         alert = await alert_store.get(session=session, alert_id=ids[0])
     assert alert is not None and alert.event_count == 10
 
@@ -181,7 +181,7 @@ async def test_expired_lease_is_claimed_again_and_the_old_worker_cannot_settle(m
         message_ref={"ts": "1.2"},
     )
     assert fresh is True
-    async with db.sessions() as session:
+    async with db.read() as session:
         stored = await session.get(DeliveryRow, delivery_id)
         history = await delivery_store.attempts(session=session, delivery_id=delivery_id)
     assert stored is not None and stored.status == "sent" and stored.message_ref == {"ts": "1.2"}
@@ -217,6 +217,6 @@ async def test_failed_delivery_waits_for_its_next_attempt(migrated_db: Database)
         )
         == 1
     )
-    async with db.sessions() as session:
+    async with db.read() as session:
         ids = (await session.execute(select(DeliveryRow.attempts))).scalars().all()
     assert ids == [1]

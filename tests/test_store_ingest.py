@@ -13,7 +13,7 @@ from core.models.common import Severity
 from core.models.events import Alert, Event, Link
 from core.store import alerts as alert_store
 from core.store.alerts import Transition
-from core.store.db import Database
+from core.store.db import Database, direct_of
 from core.store.tables import AlertRow, EventRow, UtcDateTime, table_of
 from tests.test_store import T0, _event
 
@@ -34,7 +34,7 @@ async def test_a_firing_says_its_alert_as_stored(migrated_db: Database) -> None:
     )
 
     async def stored(alert_id: str) -> Alert | None:
-        async with db.sessions() as session:
+        async with db.read() as session:
             return await alert_store.get(session=session, alert_id=alert_id)
 
     async with db.transaction() as session:
@@ -92,15 +92,17 @@ async def test_firings_stored_with_their_alerts_leave_the_rows_of_two_statements
             [(firing(tenant, 3, 1, severity=Severity.low, summary="again"), "fp-a")],
         ]
         for run in runs:
-            async with db.core_transaction() as transaction:
-                book = alert_store.AlertBook(conn=transaction.conn, db=db, direct=transaction.direct)
+            async with db.transaction() as session:
+                conn = await session.connection()
+                direct = await direct_of(session) if db.is_postgres else None
+                book = alert_store.AlertBook(conn=conn, db=db, direct=direct)
                 changes = await book.apply(run, store_events=together)
                 unstored = [event for (event, _), change in zip(run, changes, strict=True) if not change.event_stored]
                 for event, change in zip((e for e, _ in run), changes, strict=True):
                     assert change.event_stored is (together and db.is_postgres)
                     event.alert_id = change.alert_id
                 if unstored:
-                    await transaction.conn.execute(insert(table_of(EventRow)), [event_columns(e) for e in unstored])
+                    await conn.execute(insert(table_of(EventRow)), [event_columns(e) for e in unstored])
 
     def event_columns(event: Event) -> dict[str, Any]:
         return {
@@ -111,7 +113,7 @@ async def test_firings_stored_with_their_alerts_leave_the_rows_of_two_statements
 
     await store("one", together=True)
     await store("two", together=False)
-    async with db.sessions() as session:
+    async with db.read() as session:
         rows: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
         for tenant in ("one", "two"):
             alert_rows = await session.execute(

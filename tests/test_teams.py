@@ -108,7 +108,7 @@ async def install_ops(client: TestClient[Any, Any], connector: FakeConnector) ->
 
 
 async def conversations(runtime: Runtime) -> dict[str, conversation_store.TeamsConversation]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         found = await conversation_store.list_conversations(session=session)
     return {c.conversation_id: c for c in found}
 
@@ -116,7 +116,7 @@ async def conversations(runtime: Runtime) -> dict[str, conversation_store.TeamsC
 async def sent_deliveries(runtime: Runtime, count: int = 1, within: float = 10.0) -> list[DeliveryRow]:
     async with asyncio.timeout(within):
         while True:
-            async with runtime.db.sessions() as session:
+            async with runtime.db.read() as session:
                 rows = list((await session.execute(select(DeliveryRow).where(DeliveryRow.status == "sent"))).scalars())
             if len(rows) >= count:
                 return rows

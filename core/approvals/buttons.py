@@ -180,6 +180,6 @@ class Buttons:
             claims = await self._keys.verify(token, now=now, expected_tenant=tenant, expected_choice=choice)
         except TokenError as exc:
             return None, DecisionReason(exc.reason.value), False
-        async with self._db.direct_reads() as direct:
-            spent = await approval_store.is_spent(session=direct, nonce=claims.nonce)
+        async with self._db.read() as session:
+            spent = await approval_store.is_spent(session=session, nonce=claims.nonce)
         return claims, (DecisionReason.replayed if spent else None), spent

@@ -111,7 +111,7 @@ class KeyManager:
         """Pick up keys rotated or retired by `ackbot keys` or another replica."""
         if self.from_config:
             return
-        async with self.db.sessions() as session:
+        async with self.db.read() as session:
             keys = await key_store.list_keys(session=session, purpose=self.mode)
         if any(not k.retired for k in keys):
             entries = [KeyEntry(k.kid, k.material, k.retired) for k in keys]
@@ -179,7 +179,7 @@ class KeyManager:
 
 async def list_stored(*, db: Database) -> list[StoredKey]:
     """Every stored key of every purpose, oldest first (material is never printed by callers)."""
-    async with db.sessions() as session:
+    async with db.read() as session:
         return await key_store.list_keys(session=session)
 
 

@@ -54,7 +54,7 @@ class Scheduler:
         """
         now = self._clock.now()
         await self.audit_creations()
-        async with self._db.sessions() as session:
+        async with self._db.read() as session:
             candidates = await approval_store.due_ids(session=session, now=now, limit=limit)
         advanced = 0
         for approval_id in candidates:

@@ -180,19 +180,19 @@ class ApprovalService:
 
     async def get(self, *, approval_id: str) -> Approval | None:
         """One approval."""
-        async with self.db.direct_reads() as direct:
-            return await approval_store.get(session=direct, approval_id=approval_id)
+        async with self.db.read() as session:
+            return await approval_store.get(session=session, approval_id=approval_id)
 
     async def view(self, *, approval_id: str) -> ApprovalView | None:
         """One approval with its votes and next due time, as the API shows it."""
-        async with self.db.direct_reads() as direct:
-            row = await approval_store.get_row(session=direct, approval_id=approval_id)
+        async with self.db.read() as session:
+            row = await approval_store.get_row(session=session, approval_id=approval_id)
             if row is None:
                 return None
             # Votes exist only toward a quorum above one, or as the one acknowledgement that decided: a vote that
             # reaches the quorum decides in the same write, so an open quorum-1 approval has none to read.
             may_have_votes = row.quorum > 1 or row.state == ApprovalState.acknowledged.value
-            votes = await approval_store.votes(session=direct, approval_id=approval_id) if may_have_votes else []
+            votes = await approval_store.votes(session=session, approval_id=approval_id) if may_have_votes else []
             return ApprovalView(approval=approval_from_row(row), votes=votes, next_due_at=row.next_due_at)
 
     async def wait(
@@ -213,7 +213,7 @@ class ApprovalService:
         cursor: str | None = None,
     ) -> tuple[list[Approval], str | None]:
         """Approvals newest first, filtered and paginated (ValueError for a cursor we did not make)."""
-        async with self.db.sessions() as session:
+        async with self.db.read() as session:
             return await approval_store.list_approvals(
                 session=session,
                 tenants=tenants,
@@ -301,9 +301,9 @@ class ApprovalService:
         now = self.clock.now()
         intent = await self._click(token, None, now)
         claims = intent.claims
-        async with self.db.direct_reads() as direct:
+        async with self.db.read() as session:
             snapshot = (
-                await approval_store.snapshot(session=direct, approval_id=claims.approval_id, nonce=claims.nonce)
+                await approval_store.snapshot(session=session, approval_id=claims.approval_id, nonce=claims.nonce)
                 if claims is not None
                 else None
             )
@@ -386,7 +386,7 @@ class ApprovalService:
             # Its own statement: a decision that also locked the alert row could deadlock against an ingest batch
             # (which locks alert rows and the audit head in event order). The approval is what counts.
             try:
-                async with self.db.single_statements() as session:
+                async with self.db.transaction(autocommit=True) as session:
                     await alert_store.mark_acknowledged(
                         session=session, alert_id=decided.alert_id, by=decided.decided_by or "", at=now
                     )

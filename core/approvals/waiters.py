@@ -117,7 +117,7 @@ class Waiters:
                 waited = list(self._waiting)
                 try:
                     for start in range(0, len(waited), WAIT_POLL_BATCH):
-                        async with self._db.sessions() as session:
+                        async with self._db.read() as session:
                             final = await approval_store.final_ids(
                                 session=session, approval_ids=waited[start : start + WAIT_POLL_BATCH]
                             )

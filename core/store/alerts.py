@@ -18,7 +18,7 @@ from core.models.events import Alert, AlertStatus, Event, EventStatus
 from core.store.convert import alert_from_columns, alert_from_row
 from core.store.db import Database, new_id
 from core.store.pagination import decode_cursor
-from core.store.pg_direct import DirectConnection
+from core.store.pg_direct import Direct
 from core.store.tables import AlertRow, table_of
 
 
@@ -51,10 +51,10 @@ class AlertBook:
     """The alerts one run of events speaks of (each identity at most once, see core.ingest.rounds), written in
     bulk: a firing opens or updates its alert in one upsert, a resolve reads (on PostgreSQL locks) and closes it."""
 
-    def __init__(self, *, conn: AsyncConnection, db: Database, direct: DirectConnection | None = None) -> None:
+    def __init__(self, *, conn: AsyncConnection, db: Database, direct: Direct | None = None) -> None:
         self.conn = conn
         self.db = db
-        self.direct = direct  # conn's driver connection (PostgreSQL, see core.store.db.Writer)
+        self.direct = direct  # conn's driver connection (PostgreSQL, see core.store.db.direct_of)
 
     async def apply(self, events: Sequence[tuple[Event, str]], *, store_events: bool = False) -> list[AlertChange]:
         """Open, update or resolve the alert of each (event, fingerprint); the changes in the same order. With
@@ -67,7 +67,7 @@ class AlertBook:
         return [changes[(event.tenant, fp)] for event, fp in events]
 
     async def _fire(
-        self, events: Sequence[tuple[Event, str]], *, direct: DirectConnection | None
+        self, events: Sequence[tuple[Event, str]], *, direct: Direct | None
     ) -> dict[tuple[str, str], AlertChange]:
         if not events:
             return {}

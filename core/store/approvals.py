@@ -200,8 +200,8 @@ async def decide(
     """Read the approval, plan (plan(None): no such approval) and write the plan exactly once; None: no plan."""
     if db.is_postgres:
         for _ in range(RACE_RETRIES):
-            async with db.direct_reads() as direct:
-                snapshot = await _read_at_once(direct, approval_id, nonce)
+            async with db.read() as session:
+                snapshot = await _read_at_once(await direct_of(session), approval_id, nonce)
             planned = plan(snapshot)
             if planned is None or not planned.writes:
                 return Applied(planned) if planned is not None else None
@@ -322,7 +322,8 @@ async def _write_at_once(db: Database, plan: Plan, rows: list[dict[str, Any]], n
         params.update(nonce=plan.nonce.nonce, spent_at=now, expires_at=plan.nonce.expires_at)
     if plan.vote is not None:
         params.update({f"vote_{key}": plan.vote[key] for key in _VOTE_KEYS[1:]})
-    return bool(await db.fetch_statement(statement, params))
+    async with db.transaction(autocommit=True) as session:
+        return bool(await statement.fetch(await direct_of(session), params))
 
 
 def _at_once(keys: tuple[str, ...], spend: bool, vote: bool) -> Any:
@@ -462,6 +463,6 @@ async def is_spent(*, session: AsyncSession | Direct, nonce: str) -> bool:
 
 async def prune_nonces(*, db: Database, before: datetime) -> int:
     """Forget nonces of tokens that expired before `before`: such a token is refused as expired anyway."""
-    async with db.single_statements() as session:
+    async with db.transaction(autocommit=True) as session:
         result = await session.execute(delete(_NONCES).where(_NONCES.c.expires_at < before))
         return int(getattr(result, "rowcount", 0) or 0)

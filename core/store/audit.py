@@ -237,7 +237,7 @@ async def walk(*, db: Database, batch: int = 1000) -> AsyncIterator[AuditRow]:
     """Every row in seq order, read in batches (the log can be long)."""
     last = 0
     while True:
-        async with db.sessions() as session:
+        async with db.read() as session:
             rows = list(
                 (
                     await session.execute(

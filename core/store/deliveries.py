@@ -118,10 +118,8 @@ async def claim(*, db: Database, worker: str, now: datetime, lease: timedelta, l
     """Take up to limit due deliveries: pending or failed ones that are due, and sending ones whose lease ran out."""
     params = {"now": now, "b_lease_until": now + lease, "worker": worker, "limit": limit}
     # One statement, sent by the driver: on PostgreSQL it commits on its own, one round trip.
-    if db.is_postgres:
-        return await db.fetch_statement(_DIRECT_CLAIM[True], params)
-    async with db.single_statements() as session:
-        return await _DIRECT_CLAIM[False].fetch(await direct_of(session), params)
+    async with db.transaction(autocommit=True) as session:
+        return await _DIRECT_CLAIM[db.is_postgres].fetch(await direct_of(session), params)
 
 
 # Built once (see _DIRECT_CLAIM): building a statement costs more than running it.
@@ -313,7 +311,9 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
     On SQLite the sent ones, the common case, take one UPDATE together; all their attempt rows one INSERT.
     """
     if db.is_postgres:
-        rows = await db.fetch_direct(_SETTLE_BATCH, _settle_batch_document(settlements), worker)
+        async with db.transaction(autocommit=True) as session:
+            direct = await direct_of(session)
+            rows = await direct.fetch(_SETTLE_BATCH, _settle_batch_document(settlements), worker)
         return {row["id"] for row in rows}
     numbers: dict[str, int] = {}
     async with db.transaction() as session:

@@ -1,21 +1,13 @@
-"""PostgreSQL: intake's write transactions run on asyncpg's own connection, under a pooled SQLAlchemy connection.
+"""PostgreSQL: transactions and hot statements sent by asyncpg itself, on the connection under SQLAlchemy's.
 
-Measured per call on the machine of docs/performance.md: a statement through SQLAlchemy costs about 160 µs of CPU
-and through asyncpg alone about 60 µs (SQLAlchemy's execution context, result and greenlet bridge, compiled or
-not); SQLAlchemy's BEGIN and COMMIT about 175 µs against asyncpg's 95; a checkout from SQLAlchemy's pool and the
-checkin after it about 60 µs. Intake pays them once per group of events, and they were most of what a group of a
-few events cost. So here the transaction (BEGIN, COMMIT, ROLLBACK) and the statement every group runs are sent by
-asyncpg directly, and a connection stays checked out across transactions while its holder (an intake writer) has
-work, but SQLAlchemy still owns it: its pool hands it out and takes it back (pinged when idle, see core.store.db),
-and every other statement of a group (Core or ORM) runs on the same connection, inside the same transaction. For
-that the SQLAlchemy connection is in AUTOCOMMIT mode, so that it never begins or ends a transaction of its own on
-the server: this module's BEGIN and COMMIT are the transaction's only boundaries.
+SQLAlchemy's execution context, result and greenlet bridge cost more than a hot statement's own work
+(docs/performance-history.md), so write transactions (BEGIN, COMMIT, ROLLBACK) and the hot statements are sent
+with asyncpg's public API. SQLAlchemy still owns the connection: its pool hands it out and takes it back (pinged
+when idle, see core.store.db), and every other statement of the transaction (Core or ORM) runs on the same
+connection, which is in AUTOCOMMIT mode so that SQLAlchemy never begins or ends a transaction of its own.
 
-An error of a direct call is raised as SQLAlchemy raises it for its own statements (raise_as_sqlalchemy: the same
-exception classes, with the same DBAPI exception and sqlstate as .orig, and a lost connection invalidated, after
-which the pool checks its other connections before handing them out), so callers (conflict retries, the HTTP
-answers) cannot tell the two paths apart. Only SQLAlchemy's public API is used for all of it, as for the statements'
-compilation (Statement).
+An error of a direct call is raised as SQLAlchemy raises it for its own statements (raise_as_sqlalchemy), so
+callers (conflict retries, the HTTP answers) cannot tell the two paths apart.
 """
 
 from __future__ import annotations
@@ -41,6 +33,7 @@ class DirectConnection:
 
     def __init__(self, conn: AsyncConnection, raw: PoolProxiedConnection) -> None:
         self.conn = conn
+        self.dialect = conn.dialect
         # The DBAPI connection SQLAlchemy's asyncpg dialect made of asyncpg's (for its judgement of a lost one)...
         self._adapter = raw.dbapi_connection
         # ...and asyncpg's connection itself, which the statements here are sent on.
@@ -69,7 +62,7 @@ class DirectConnection:
     async def close(self) -> None:
         """Return the connection to the pool, first rolling back a transaction begun for a group that never came."""
         if not self.usable or self._driver.is_in_transaction():
-            await _to_completion(self._abandon())
+            await to_completion(self._abandon())
         if not self.usable and not self.conn.invalidated:
             # Found lost (the server went away while it was held): discarded, or the pool would hand it out again
             # at once, unpinged, since it was in use a moment ago; and the pool checks the others (core.store.db).
@@ -90,7 +83,7 @@ class DirectConnection:
             # rolls it back if no group comes (close()).
             await self.execute("COMMIT; BEGIN" if begin_next else "COMMIT")
         except BaseException:
-            await _to_completion(self._abandon())
+            await to_completion(self._abandon())
             raise
 
     async def execute(self, sql: str) -> None:
@@ -213,17 +206,21 @@ def _sqlalchemy_error(
 
 
 class Direct(Protocol):
-    """A connection that sends compiled statements itself: DirectConnection, or SQLite's InlineDirect."""
+    """A connection that sends compiled statements itself: DirectConnection, or SQLite's SqliteDirect."""
 
     @property
     def conn(self) -> AsyncConnection: ...
+
+    @property
+    def dialect(self) -> Dialect: ...
 
     async def fetch(self, sql: str, *args: Any) -> Sequence[Any]: ...
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
 
 
-async def _to_completion(ending: Coroutine[Any, Any, None]) -> None:
+async def to_completion(ending: Coroutine[Any, Any, None]) -> None:
+    """Run ending to its end even if the calling task is cancelled meanwhile (then re-raised)."""
     # Runs ending in a task of its own and waits for it even if this task is cancelled meanwhile (then re-raised):
     # a connection must not be used again, or pooled, with the transaction still open.
     task = asyncio.ensure_future(ending)
@@ -254,7 +251,7 @@ def json_values(name: str) -> Any:
 
 class Statement:
     """A Core statement compiled once per dialect and sent by the driver itself (a Direct: asyncpg's connection here,
-    or SQLite's in sqlite_driver.InlineDirect), for the hot paths.
+    or SQLite's in sqlite_driver.SqliteDirect), for the hot paths.
 
     The SQL is what SQLAlchemy would send (its casts included), the parameters go through the same bind processors
     (JSON serialised, datetimes in UTC), and each row comes back as a named tuple of the statement's columns
@@ -272,21 +269,24 @@ class Statement:
 
     async def fetch(self, direct: Direct, params: Mapping[str, Any]) -> list[Any]:
         """Run it with params in direct's transaction; its rows."""
-        dialect = direct.conn.dialect
+        dialect = direct.dialect
         compiled = self._compiled.get(dialect.name) or self._compile(dialect)
         args = self._args(compiled, params)
         return [compiled.row(record) for record in await direct.fetch(compiled.sql, *args)]
 
     async def executemany(self, direct: Direct, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run it once per parameter set, in one round trip; no rows."""
-        dialect = direct.conn.dialect
+        dialect = direct.dialect
         compiled = self._compiled.get(dialect.name) or self._compile(dialect)
         await direct.executemany(compiled.sql, [self._args(compiled, row) for row in rows])
 
     def _args(self, compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
         fixed = self._fixed
-        values = (params[name] if name in params else fixed[name] for name, _ in compiled.binds)
-        return [value if bind is None else bind(value) for (_, bind), value in zip(compiled.binds, values, strict=True)]
+        args = [params[name] if name in params else fixed[name] for name, _ in compiled.binds]
+        for index, (_, bind) in enumerate(compiled.binds):
+            if bind is not None:
+                args[index] = bind(args[index])
+        return args
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled: Any = self._statement.compile(dialect=dialect, column_keys=self._keys)  # type: ignore[attr-defined]
@@ -336,11 +336,8 @@ def _bind_processor(parameter: BindParameter[Any], dialect: Dialect) -> Callable
 
 
 class Keeper:
-    """Idle DirectConnections kept checked out of SQLAlchemy's pool, to be handed out again without a checkout.
-
-    A checkout and checkin through SQLAlchemy's pool (its greenlet, events and connection objects) cost about as
-    much CPU as the statement a click's read sends; the transactions and reads of a busy process follow each
-    other closely, so most find a connection here. One idle longer than ping_after is pinged before use, as the
+    """Idle DirectConnections kept checked out of SQLAlchemy's pool, to be handed out again without a checkout
+    (which costs about as much as a click's read). One idle longer than ping_after is pinged before use, as the
     pool would (core.store.db), and one that is lost is discarded. At most `size` are kept, newest first.
     """
 
