@@ -19,7 +19,9 @@ dedup_key, so each one opens a new alert. Every system runs as a fresh subproces
     ingest competes with real dispatch (delivered/s is shown too).
 
 --profile runs each ackbot under a statistical profiler (see SAMPLER in harness.py) and prints where its CPU went
-during the window: by package, by function, and the ackbot functions on the stack.
+during the window: by package, by function, and the ackbot functions on the stack. --calls instead counts the
+function calls of the server's event-loop thread per event stored in the window (see CALLS in harness.py), a measure
+of its work that does not move with the machine's speed.
 
 Printed: events/s, requests/s, request latency p50/p99, the server's CPU (event-loop thread + other threads) and
 this process's (the load generator) in % of one core, the ratio ackbot / baseline of the same mode, and for ackbot
@@ -49,6 +51,8 @@ from harness import (
     SECRET_ENV,
     CpuSample,
     Sink,
+    calls_report,
+    counted_command,
     create_pg_database,
     drop_pg_database,
     free_port,
@@ -236,6 +240,7 @@ async def run_one(
     profile = workdir / f"{name}.profile"
     batch = args.batch if mode == "batch" else 0
     profiling = args.profile and system != "baseline"
+    calling = args.calls and system != "baseline"
     pg_url: str | None = None
     try:
         if system == "baseline":
@@ -247,7 +252,12 @@ async def run_one(
             config = workdir / f"{name}.yml"
             database_url = pg_url or f"sqlite+aiosqlite:///{workdir / f'{name}.db'}"
             config.write_text(ackbot_config(port=port, database_url=database_url, variant=variant, sink_url=sink.url))
-            cmd = profiled_command(config, profile) if profiling else serve_command(config)
+            if profiling:
+                cmd = profiled_command(config, profile)
+            elif calling:
+                cmd = counted_command(config, profile)
+            else:
+                cmd = serve_command(config)
         proc = spawn(cmd, log)
         try:
             await wait_ready(http, base, proc, log)
@@ -265,14 +275,14 @@ async def run_one(
                     )
                 )
                 await asyncio.sleep(max(0.0, start - time.time()))
-                if profiling:
+                if profiling or calling:
                     proc.send_signal(signal.SIGUSR1)
                 groups_before = await intake_groups(http, base) if system != "baseline" else (0.0, 0.0)
                 before = CpuSample(proc.pid)
                 await asyncio.sleep(max(0.0, end - time.time()))
                 after = CpuSample(proc.pid)
                 groups_after = await intake_groups(http, base) if system != "baseline" else (0.0, 0.0)
-                if profiling:
+                if profiling or calling:
                     proc.send_signal(signal.SIGUSR2)
                 load_avg = load_average()
                 load = await clients
@@ -288,6 +298,9 @@ async def run_one(
                     backlog = f"{len(sink.arrivals)}/{accepted} delivered {args.drain:g}s after the load"
                 if profiling:
                     profile_text = await read_profile(profile)
+                elif calling:
+                    counted = round(load.events_in(start, end))
+                    profile_text = calls_report(await read_profile(profile), counted, "events")
         finally:
             stop(proc)
     finally:
@@ -304,7 +317,7 @@ async def run_one(
         load_avg=load_avg,
         backlog=backlog,
         refused=load.refused,
-        profile=profile_text if profiling else "",
+        profile=profile_text if profiling or calling else "",
     )
     if system == "ackbot/webhook":
         result.delivered_per_s = delivered / args.seconds
@@ -367,7 +380,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     )
     for r in results:
         if r.profile:
-            print(f"\n--profile: {r.system}, {r.mode}, measured window\n{r.profile}", end="")
+            what = "--calls" if args.calls else "--profile"
+            print(f"\n{what}: {r.system}, {r.mode}, measured window\n{r.profile}", end="")
 
 
 async def bench(args: argparse.Namespace, workdir: Path) -> list[Result]:
@@ -416,7 +430,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pg", action="store_true", help="ackbot on PostgreSQL at 127.0.0.1:5432 (a fresh database)")
     parser.add_argument("--drain", type=float, default=30.0, help="webhook variant: seconds to wait for the backlog")
     parser.add_argument("--profile", action="store_true", help="sample where ackbot's CPU goes during the window")
+    parser.add_argument("--calls", action="store_true", help="count ackbot's function calls during the window")
     args = parser.parse_args(argv)
+    if args.profile and args.calls:
+        parser.error("--profile and --calls each need the server to themselves: choose one")
     if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or not 1 <= args.batch <= 1000:
         parser.error("--seconds > 0, --warmup >= 0, --concurrency >= 1, 1 <= --batch <= 1000")
     print(

@@ -27,13 +27,14 @@ from core.models.rules import Action, Rule
 from core.planning import ActionPlan, event_received, fingerprint, plan_actions
 from core.rulebook import RuleBook
 from core.store import alerts as alert_store
+from core.store import deliveries as delivery_store
 from core.store import noise as noise_store
 from core.store.alerts import AlertChange, Transition
 from core.store.db import Database, direct_of
 from core.store.deliveries import delivery_values
 from core.store.noise import NoiseLedger
-from core.store.pg_direct import Direct
-from core.store.tables import DeliveryRow, EventRow, table_of
+from core.store.pg_direct import Direct, Statement
+from core.store.tables import EventRow, table_of
 
 log = logging.getLogger("ackbot.ingest")
 
@@ -64,6 +65,26 @@ class IngestDeps:
     channel_names: Callable[[], set[str]]
     open_approval: ApprovalOpener | None = None
     noise: noise.NoiseSettings = field(default_factory=noise.NoiseSettings)
+
+
+_EVENT_KEYS = (
+    "id",
+    "tenant",
+    "client_id",
+    "kind",
+    "ts",
+    "received_at",
+    "severity",
+    "status",
+    "title",
+    "summary",
+    "scope",
+    "payload",
+    "links",
+    "dedup_key",
+    "alert_id",
+    "source",
+)
 
 
 def _event_values(event: Event) -> dict[str, Any]:
@@ -140,7 +161,7 @@ class _Group:
     deps: IngestDeps
     session: AsyncSession  # the group's transaction, for what is stored through the ORM (approvals, digests)
     conn: AsyncConnection  # the same transaction, for Core statements (without the ORM's bookkeeping)
-    direct: Direct | None  # PostgreSQL: its driver connection, for the statements every group runs
+    direct: Direct  # its driver connection, for the statements every group runs
     now: datetime
     client_ids: dict[tuple[str, str], IngestResult] = field(default_factory=dict)
     silences_loaded: bool = False
@@ -173,8 +194,8 @@ _EVENTS = table_of(EventRow)
 _CLIENT_IDS = select(_EVENTS.c.tenant, _EVENTS.c.client_id, _EVENTS.c.id, _EVENTS.c.alert_id).where(
     _EVENTS.c.client_id.in_(bindparam("client_ids", expanding=True))
 )
-_INSERT_EVENTS = insert(_EVENTS)
-_INSERT_DELIVERIES = insert(table_of(DeliveryRow))
+# Sent by the driver (pg_direct.Statement): the statements every group runs.
+_INSERT_EVENTS = Statement(insert(_EVENTS), keys=list(_EVENT_KEYS))
 
 
 async def _look_up_client_ids(group: _Group, items: Sequence[_Item]) -> None:
@@ -218,7 +239,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
         # A concurrent request with the same client id on another connection makes this (or the statement that
         # stored the others with their alerts) raise IntegrityError; the group is then stored again, and finds
         # that event.
-        await group.conn.execute(_INSERT_EVENTS, [_event_values(_event_of(item)) for item in unstored])
+        await _INSERT_EVENTS.executemany(group.direct, [_event_values(_event_of(item)) for item in unstored])
 
     planned, resolving = _plan(group, stored)
     if planned:
@@ -242,7 +263,7 @@ async def _store_round(group: _Group, items: Sequence[_Item]) -> dict[tuple[int,
     if deliveries:
         # Approvals opened above are ORM rows the deliveries point at: written first.
         await group.session.flush()
-        await group.conn.execute(_INSERT_DELIVERIES, deliveries)
+        await delivery_store.insert_many(session=group.session, rows=deliveries)
     await group.save_ledger()
     return answered
 
@@ -431,7 +452,7 @@ async def store_group(*, session: AsyncSession, deps: IngestDeps, submissions: S
         for number, submission in enumerate(submissions)
         for position, (incoming, tenant) in enumerate(zip(submission.events, submission.tenants, strict=True))
     ]
-    direct = await direct_of(session) if deps.db.is_postgres else None
+    direct = await direct_of(session)
     group = _Group(deps=deps, session=session, conn=await session.connection(), direct=direct, now=now)
     answered: dict[tuple[int, int], IngestResult] = {}
     for batch in rounds(items):

@@ -94,7 +94,7 @@ async def test_firings_stored_with_their_alerts_leave_the_rows_of_two_statements
         for run in runs:
             async with db.transaction() as session:
                 conn = await session.connection()
-                direct = await direct_of(session) if db.is_postgres else None
+                direct = await direct_of(session)
                 book = alert_store.AlertBook(conn=conn, db=db, direct=direct)
                 changes = await book.apply(run, store_events=together)
                 unstored = [event for (event, _), change in zip(run, changes, strict=True) if not change.event_stored]

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from core.models.common import Severity
 from core.models.events import Alert, AlertStatus, Event, EventStatus
 from core.store.convert import alert_from_columns, alert_from_row
-from core.store.db import Database, new_id
+from core.store.db import Database, direct_of, new_id
 from core.store.pagination import decode_cursor
-from core.store.pg_direct import Direct
+from core.store.pg_direct import Direct, Statement
 from core.store.tables import AlertRow, table_of
 
 
@@ -51,33 +51,35 @@ class AlertBook:
     """The alerts one run of events speaks of (each identity at most once, see core.ingest.rounds), written in
     bulk: a firing opens or updates its alert in one upsert, a resolve reads (on PostgreSQL locks) and closes it."""
 
-    def __init__(self, *, conn: AsyncConnection, db: Database, direct: Direct | None = None) -> None:
+    def __init__(self, *, conn: AsyncConnection, db: Database, direct: Direct) -> None:
         self.conn = conn
         self.db = db
-        self.direct = direct  # conn's driver connection (PostgreSQL, see core.store.db.direct_of)
+        self.direct = direct  # conn's driver connection (core.store.db.direct_of), for the upsert of each run
 
     async def apply(self, events: Sequence[tuple[Event, str]], *, store_events: bool = False) -> list[AlertChange]:
         """Open, update or resolve the alert of each (event, fingerprint); the changes in the same order. With
-        store_events and a direct connection (PostgreSQL), firings write their events in the same statement as their
-        alerts, and say so in AlertChange.event_stored; the caller stores the others."""
+        store_events on PostgreSQL, firings write their events in the same statement as their alerts, and say so in
+        AlertChange.event_stored; the caller stores the others."""
         firing = [(event, fp) for event, fp in events if event.status is not EventStatus.resolved]
         resolving = [(event, fp) for event, fp in events if event.status is EventStatus.resolved]
-        fired = await self._fire(firing, direct=self.direct if store_events else None)
+        fired = await self._fire(firing, store_events=store_events and self.db.is_postgres)
         changes = {**fired, **await self._resolve(resolving)}
         return [changes[(event.tenant, fp)] for event, fp in events]
 
     async def _fire(
-        self, events: Sequence[tuple[Event, str]], *, direct: Direct | None
+        self, events: Sequence[tuple[Event, str]], *, store_events: bool
     ) -> dict[tuple[str, str], AlertChange]:
         if not events:
             return {}
         ordered = sorted(events, key=lambda pair: (pair[0].tenant, pair[1]))
         rows = [_opening_row(event, fingerprint) for event, fingerprint in ordered]
         decided: Iterable[Any]  # rows by column name
-        if direct is not None:
-            decided = await direct.fetch(_FIRE_AND_STORE, _fire_and_store_run(ordered, rows))
+        if store_events:
+            decided = await self.direct.fetch(_FIRE_AND_STORE, _fire_and_store_run(ordered, rows))
         else:
-            decided = (await self.conn.execute(_fire_statement(self.db.dialect), rows)).mappings()
+            # One upsert per identity: sent by the driver, each costs less than SQLAlchemy's one multi-row statement.
+            fire = _fire_statement(self.db.dialect)
+            decided = [found._asdict() for row in rows for found in await fire.fetch(self.direct, row)]
         sent = {(row["tenant"], row["fingerprint"]): row for row in rows}
         changes = {}
         for stored in decided:
@@ -86,7 +88,7 @@ class AlertBook:
             # The refreshed columns are the ones just sent; the database says only what it decided.
             columns = {**row, **stored}
             transition = Transition.opened if stored["id"] == row["id"] else Transition.updated
-            changes[key] = AlertChange(columns, transition, event_stored=direct is not None)
+            changes[key] = AlertChange(columns, transition, event_stored=store_events)
         return changes
 
     async def _resolve(self, events: Sequence[tuple[Event, str]]) -> dict[tuple[str, str], AlertChange]:
@@ -137,10 +139,10 @@ def _opening_row(event: Event, fingerprint: str) -> dict[str, Any]:
 
 # The statements are built once: building one costs more than running it (SQLAlchemy's coercions and cache key).
 @functools.cache
-def _fire_statement(dialect: str) -> Any:
+def _fire_statement(dialect: str) -> Statement:
     table = table_of(AlertRow)
     insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    return (
+    statement = (
         # The active alert of the identity, if there is one, is updated in place (and stays acknowledged if it
         # was); rows are in identity order, the order PostgreSQL locks them in, so two replicas cannot deadlock.
         insert.on_conflict_do_update(
@@ -152,6 +154,7 @@ def _fire_statement(dialect: str) -> Any:
         # cost more than the rest of the statement.
         .returning(*(table.c[column] for column in _DECIDED))
     )
+    return Statement(statement, keys=list(_OPENING_KEYS))
 
 
 @functools.cache
@@ -191,6 +194,20 @@ _REFRESHED = (
 
 
 _CLOSING = (*_REFRESHED, "event_count", "status", "resolved_at")
+# The columns of an opening row (_opening_row), as the upsert is executed with them.
+_OPENING_KEYS = (
+    "id",
+    "tenant",
+    "fingerprint",
+    "kind",
+    "status",
+    "first_seen",
+    "resolved_at",
+    "acknowledged_by",
+    "acknowledged_at",
+    "event_count",
+    *_REFRESHED,
+)
 
 # What the upsert leaves as the active alert had it (or, for a new alert, as sent), and the identity it is keyed by.
 _DECIDED = (
@@ -306,7 +323,8 @@ def _refresh_from_event(row: dict[str, Any], event: Event) -> None:
 
 async def apply_event(*, session: AsyncSession, db: Database, event: Event, fingerprint: str) -> AlertChange:
     """Open, update or resolve the alert one event speaks of, inside the caller's transaction."""
-    (change,) = await AlertBook(conn=await session.connection(), db=db).apply([(event, fingerprint)])
+    book = AlertBook(conn=await session.connection(), db=db, direct=await direct_of(session))
+    (change,) = await book.apply([(event, fingerprint)])
     return change
 
 
