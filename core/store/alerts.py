@@ -194,21 +194,6 @@ _REFRESHED = (
 
 
 _CLOSING = (*_REFRESHED, "event_count", "status", "resolved_at")
-# The columns of an opening row (_opening_row), as the upsert is executed with them.
-_OPENING_KEYS = (
-    "id",
-    "tenant",
-    "fingerprint",
-    "kind",
-    "status",
-    "first_seen",
-    "resolved_at",
-    "acknowledged_by",
-    "acknowledged_at",
-    "event_count",
-    *_REFRESHED,
-)
-
 # What the upsert leaves as the active alert had it (or, for a new alert, as sent), and the identity it is keyed by.
 _DECIDED = (
     "id",
@@ -222,6 +207,8 @@ _DECIDED = (
     "acknowledged_at",
     "event_count",
 )
+# The columns of an opening row (_opening_row), as the upsert is executed with them.
+_OPENING_KEYS = (*_DECIDED, *_REFRESHED)
 
 # PostgreSQL: a run's firings upsert their alerts and store themselves in one statement, which takes the run as
 # one JSON document (a row per event) whatever the number of events. Against the upsert and the INSERT of events in
