@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.models.common import Duration, Strict, check_timezone
 from core.models.people import Group, Person, TenantList
 from core.models.rules import QuietHoursList, Rule, cron_expression
-from core.secrets import SecretRef
+from core.secrets import SecretPolicy, SecretRef, check_allowed_entry, check_directory
 
 DEFAULT_CONFIG_RESOURCE = "ackbot.yml"
 
@@ -231,6 +231,31 @@ class TeamsConfig(Strict):
         return bool(self.app_id)
 
 
+class SecretsConfig(Strict):
+    """The secret references that channels made through the API may name; the config file itself may name any."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description="env:NAME, env:PREFIX* (every variable starting so) or file:/absolute/path",
+    )
+    directories: list[str] = Field(
+        default_factory=list, description="absolute directories: any file inside (symlinks resolved) may be named"
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _entries(cls, entries: list[str]) -> list[str]:
+        return [check_allowed_entry(entry) for entry in entries]
+
+    @field_validator("directories")
+    @classmethod
+    def _directories(cls, directories: list[str]) -> list[str]:
+        return [check_directory(directory) for directory in directories]
+
+    def policy(self) -> SecretPolicy:
+        return SecretPolicy(allow=tuple(self.allow), directories=tuple(self.directories))
+
+
 class AckbotConfig(Strict):
     """The whole configuration file."""
 
@@ -249,6 +274,9 @@ class AckbotConfig(Strict):
     teams: TeamsConfig = Field(default_factory=TeamsConfig, description="the Teams bot's settings")
     quiet_hours: QuietHoursList = Field(default_factory=list, description="global quiet hours")
     reports: ReportsConfig = Field(default_factory=ReportsConfig, description="the scheduled report")
+    secrets: SecretsConfig = Field(
+        default_factory=SecretsConfig, description="the secret references objects made through the API may name"
+    )
 
     @model_validator(mode="after")
     def _noise_names_known(self) -> AckbotConfig:

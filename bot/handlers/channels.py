@@ -20,8 +20,9 @@ from core.commands import (
     remove_channel,
     send_test,
 )
-from core.config import ApiScope, ChannelConfig
+from core.config import ApiScope, ChannelConfig, format_loc
 from core.runtime import Runtime
+from core.secrets import references_in
 
 
 class ChannelView(BaseModel):
@@ -103,6 +104,14 @@ class Channels(NamedItems[ChannelConfig]):
             registry.validate_settings(item.type, item.settings)
         except ValidationError as exc:
             raise ApiError(422, "invalid channel", errors=validation_errors(exc, ("settings",))) from None
+        policy = runtime_of(request).config.secrets.policy()
+        refused = [
+            {"field": format_loc(("settings", *where)), "message": reason}
+            for where, reference in references_in(item.settings)
+            if (reason := policy.refusal(reference)) is not None
+        ]
+        if refused:
+            raise ApiError(422, "invalid channel", errors=refused)
 
     async def put(self, runtime: Runtime, item: ChannelConfig, now: datetime) -> None:
         await put_channel(db=runtime.db, channel=item, now=now)

@@ -23,7 +23,7 @@ from core.models.approvals import Approval
 from core.models.common import Severity, UtcDatetime
 from core.models.deliveries import DeliveryPurpose
 from core.models.events import Alert, Event
-from core.secrets import SecretError, redact
+from core.secrets import SecretError, SecretPolicy, redact
 from core.secrets import resolve_secret as read_secret
 
 
@@ -203,6 +203,9 @@ class ChannelContext:
     # Identifies this ackbot installation on every outbound request (X-Ackbot-Origin), so a receiver, or
     # another ackbot, can recognise and drop what came from here and loops cannot form.
     origin: str = ""
+    # The references a channel made through the API may resolve (checked at every use, as the allowlist may have
+    # shrunk since the channel was made); None for the config file's channels, which may resolve any.
+    secret_policy: SecretPolicy | None = None
 
 
 class BaseChannel:
@@ -246,6 +249,8 @@ class BaseChannel:
     def resolve_secret(self, reference: str) -> str:
         """Resolve a SecretRef at send time; failing that, a PermanentChannelError naming only the reference."""
         try:
+            if self.context.secret_policy is not None:
+                self.context.secret_policy.check(reference)
             value = read_secret(reference)
         except SecretError as exc:
             raise PermanentChannelError(f"{self.type} channel {self.name!r}: {exc}") from None
