@@ -66,6 +66,12 @@ class ApiKeyConfig(Strict):
 class ChannelConfig(Strict):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     type: str = Field(min_length=1, max_length=50)
+    tenant: str = Field(
+        default="*",
+        min_length=1,
+        max_length=100,
+        description='the tenant whose rules may send through it and whose keys see it; "*": shared by every tenant',
+    )
     enabled: bool = True
     settings: dict[str, Any] = Field(default_factory=dict)
 
@@ -311,12 +317,17 @@ class AckbotConfig(Strict):
                 if item.name in seen:
                     problems.append(f"{label}: the name {item.name!r} is used twice")
                 seen.add(item.name)
-        channel_names = {c.name for c in self.channels}
+        channel_tenants = {c.name: c.tenant for c in self.channels}
         for rule in self.rules:
             for hook in ("actions", "on_acknowledge", "on_deny", "on_escalate", "on_expire"):
                 for action in getattr(rule, hook):
-                    if action.channel not in channel_names:
+                    if action.channel not in channel_tenants:
                         problems.append(f"rule {rule.name!r} {hook}: no channel named {action.channel!r}")
+                    elif not channel_serves(channel_tenants[action.channel], rule.tenant):
+                        problems.append(
+                            f"rule {rule.name!r} {hook}: channel {action.channel!r} belongs to tenant "
+                            f"{channel_tenants[action.channel]!r}, not to the rule's tenant {rule.tenant!r}"
+                        )
         principals = {p.name for p in self.people} | {g.name for g in self.groups}
         for group in self.groups:
             for member in group.members:
@@ -328,6 +339,12 @@ class AckbotConfig(Strict):
 
     def channel(self, name: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.name == name), None)
+
+
+def channel_serves(channel_tenant: str, rule_tenant: str) -> bool:
+    """Whether a rule of rule_tenant may send through a channel of channel_tenant: a shared channel serves every
+    rule; a tenant's channel only that tenant's rules (a rule for every tenant would send it others' events)."""
+    return channel_tenant in ("*", rule_tenant)
 
 
 @dataclass(frozen=True)
