@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.models.common import Duration, Strict, check_timezone
-from core.models.people import Group, Person, TenantList
+from core.models.people import Group, Person, TenantList, channel_serves
 from core.models.rules import QuietHoursList, Rule, cron_expression
 from core.secrets import SecretPolicy, SecretRef, check_allowed_entry, check_directory
 
@@ -339,12 +339,6 @@ class AckbotConfig(Strict):
 
     def channel(self, name: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.name == name), None)
-
-
-def channel_serves(channel_tenant: str, rule_tenant: str) -> bool:
-    """Whether a rule of rule_tenant may send through a channel of channel_tenant: a shared channel serves every
-    rule; a tenant's channel only that tenant's rules (a rule for every tenant would send it others' events)."""
-    return channel_tenant in ("*", rule_tenant)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ class Runtime:
             config=self.config,
             rules=self.rulebook.all_rules,
             channel_types=lambda: {name: c.type for name, c in self.channel_configs.items()},
+            channel_tenants=lambda: {name: c.tenant for name, c in self.channel_configs.items()},
             public_url=lambda: self.public_url,
             on_commit=self._wake_dispatcher,
             holder=self.worker_id,

@@ -12,8 +12,9 @@ from bot.handlers.crud import NamedItems
 from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
 from bot.handlers.openapi import documented
 from core.auth import Principal
-from core.config import ApiScope, channel_serves
+from core.config import ApiScope
 from core.models.events import EventIn
+from core.models.people import channel_serves
 from core.models.rules import Rule
 from core.planning import build_event, dry_run
 from core.rulebook import api_rule, put_rule, remove_rule

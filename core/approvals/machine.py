@@ -361,7 +361,7 @@ def _escalation_plan(
     after = _moved(approval, values)
     stage = f"level{level + 1}"
     deliveries = message_updates(snapshot, after, now=now, stage=stage)
-    plans, warnings = plan_quietly(policy.directory, policy.channel_types(), step.targets)
+    plans, warnings = plan_quietly(policy.directory, policy.channel_types_for(approval.tenant), step.targets)
     for target in plans:
         # A conversation that shows the approval already gets the update above, not a second message.
         if (target.channel, target.target) not in snapshot.notified:
