@@ -89,6 +89,14 @@ class Runtime:
         server = self.config.server
         return server.public_url or f"http://{server.host}:{server.port}"
 
+    @property
+    def listen_url(self) -> str:
+        """Where this process listens, as a URL (an IPv6 host in brackets)."""
+        host = self.config.server.host
+        return (
+            f"http://[{host}]:{self.config.server.port}" if ":" in host else f"http://{host}:{self.config.server.port}"
+        )
+
     def channel_context(self, *, from_api: bool = False) -> ChannelContext:
         """What every channel is lent: the shared HTTP session, our public URL, the renderers; a channel made
         through the API also the secrets allowlist its references must pass."""
@@ -98,6 +106,7 @@ class Runtime:
             renderers=self.renderers,
             origin=self.origin,
             secret_policy=self.config.secrets.policy() if from_api else None,
+            own_urls=(self.listen_url,),
         )
 
     def add_channel(self, channel_config: ChannelConfig) -> Channel:

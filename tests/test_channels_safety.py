@@ -223,3 +223,19 @@ async def test_a_channel_refuses_loopback_without_allow_private_and_sends_nothin
         finally:
             for channel in (closed, opened, ours):
                 await channel.close()
+
+
+async def test_the_listening_address_is_ours_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind a proxy the public URL names another host; the port ackbot listens on still reaches it.
+    fake_dns(monkeypatch, {"ackbot.example.com": ["93.184.216.34"]})
+    for url in ("http://127.0.0.1:8080/api/v1/events", "http://[::1]:8080/x"):
+        with pytest.raises(UnsafeDestinationError, match="own public URL"):
+            await check_destination(
+                url, allow_private=True, public_url="https://ackbot.example.com", own_urls=("http://0.0.0.0:8080",)
+            )
+    await check_destination(
+        "http://127.0.0.1:9090/x",
+        allow_private=True,
+        public_url="https://ackbot.example.com",
+        own_urls=("http://0.0.0.0:8080",),
+    )

@@ -206,6 +206,8 @@ class ChannelContext:
     # The references a channel made through the API may resolve (checked at every use, as the allowlist may have
     # shrunk since the channel was made); None for the config file's channels, which may resolve any.
     secret_policy: SecretPolicy | None = None
+    # Other URLs that reach this process besides public_url (its listening address): no channel may post there.
+    own_urls: tuple[str, ...] = ()
 
 
 class BaseChannel:
@@ -407,7 +409,10 @@ class HttpChannel(BaseChannel):
             # Resolving the host for the safety check is bounded too: a stuck DNS server must not stall a worker.
             async with asyncio.timeout(self.settings.timeout):
                 await safety.check_destination(
-                    url, allow_private=self.settings.allow_private, public_url=self.context.public_url
+                    url,
+                    allow_private=self.settings.allow_private,
+                    public_url=self.context.public_url,
+                    own_urls=self.context.own_urls,
                 )
         except TimeoutError:
             raise TransientChannelError(f"{label}: resolving {where} timed out") from None

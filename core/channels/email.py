@@ -276,6 +276,7 @@ class EmailChannel(BaseChannel):
                     where=where,
                     allow_private=self.settings.allow_private,
                     public_url=self.context.public_url,
+                    own_urls=self.context.own_urls,
                 )
         except TimeoutError:
             raise TransientChannelError(f"email channel {self.name!r}: resolving {host} timed out") from None

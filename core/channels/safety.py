@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from core.channels.errors import PermanentChannelError, TransientChannelError, safe_url
@@ -166,14 +167,22 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
 
 
 async def check_endpoint(
-    host: str, port: int, *, where: str, allow_private: bool = False, public_url: str = ""
+    host: str,
+    port: int,
+    *,
+    where: str,
+    allow_private: bool = False,
+    public_url: str = "",
+    own_urls: Sequence[str] = (),
 ) -> None:
-    """Refuse (UnsafeDestinationError) a host:port that is ackbot itself, or that reaches a non-public address
-    unless allow_private; where is how messages name the destination."""
-    if await is_own_endpoint(host, port, public_url):
-        raise UnsafeDestinationError(
-            f"refused {where}: it is ackbot's own public URL, and posting to ourselves would loop"
-        )
+    """Refuse (UnsafeDestinationError) a host:port that is ackbot itself (its public URL, or another URL that
+    reaches this process, such as its listening address), or that reaches a non-public address unless
+    allow_private; where is how messages name the destination."""
+    for own in (public_url, *own_urls):
+        if await is_own_endpoint(host, port, own):
+            raise UnsafeDestinationError(
+                f"refused {where}: it is ackbot's own public URL, and posting to ourselves would loop"
+            )
     if allow_private:
         return
     addresses = await resolve_host(host, port)
@@ -189,7 +198,9 @@ async def check_endpoint(
             )
 
 
-async def check_destination(url: str, *, allow_private: bool = False, public_url: str = "") -> None:
+async def check_destination(
+    url: str, *, allow_private: bool = False, public_url: str = "", own_urls: Sequence[str] = ()
+) -> None:
     """Refuse (UnsafeDestinationError) a URL that is not http(s), points at ackbot itself, or reaches a private host."""
     where = safe_url(url)
     try:
@@ -206,4 +217,4 @@ async def check_destination(url: str, *, allow_private: bool = False, public_url
     if parts.username is not None or parts.password is not None:
         # Credentials belong in the channel's secret settings, where they are references and never logged.
         raise UnsafeDestinationError(f"refused {where}: credentials in the URL are not accepted")
-    await check_endpoint(host, port, where=where, allow_private=allow_private, public_url=public_url)
+    await check_endpoint(host, port, where=where, allow_private=allow_private, public_url=public_url, own_urls=own_urls)
