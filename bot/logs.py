@@ -88,7 +88,8 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # The text the redaction filter left, when it ran; formatting the exception again would undo it.
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.logs import REDACTED_TOKEN, RateLimitedLog, TokenRedactionFilter, redact_tokens
+from bot.logs import REDACTED_TOKEN, JsonFormatter, RateLimitedLog, TokenRedactionFilter, redact_tokens
 from core.tokens import DsseCodec, HmacCodec, KeyEntry, KeyRing, generate_ed25519_pem, generate_hmac_secret
 from tests.conftest import AppFactory, auth
 from tests.peers.fake_slack import FakeSlack
@@ -37,10 +37,13 @@ def tokens() -> list[str]:
         "payload=%7B%22value%22%3A%22{token}%22%7D",
     ],
 )
-def test_the_filter_removes_tokens_from_every_line(where: str) -> None:
+@pytest.mark.parametrize("as_json", [False, True])
+def test_the_filter_removes_tokens_from_every_line(where: str, as_json: bool) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(TokenRedactionFilter())
+    if as_json:
+        handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("ackbot.test.redaction")
     logger.addHandler(handler)
     logger.propagate = False
