@@ -352,6 +352,8 @@ class SlackSurface:
         self.config = config
         self.bolt: AsyncApp | None = None
         self.socket: AsyncSocketModeHandler | None = None
+        # Requests refused for their signature: one log line per interval however many arrive.
+        self.refused = RateLimitedLog(log)
         self._connecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -402,7 +404,6 @@ SLACK: web.AppKey[SlackSurface] = web.AppKey("slack", SlackSurface)
 # Bolt logs every request whose signature it refuses, body and all, at INFO: anyone can fill the log (and a
 # click's body holds its ack token). Its lines are dropped; slack_events logs one short line instead, rate-limited.
 _BOLT_VERIFICATION_LOG = logging.getLogger(f"slack_bolt.{RequestVerification.__name__}")
-_REFUSED = RateLimitedLog(log)
 
 
 def _warnings_only(record: logging.LogRecord) -> bool:
@@ -414,14 +415,15 @@ _BOLT_VERIFICATION_LOG.addFilter(_warnings_only)
 
 async def slack_events(request: web.Request) -> web.StreamResponse:
     """Commands, interactivity and events on one URL: Bolt checks the signature, then runs the listeners."""
-    bolt = request.app[SLACK].bolt
+    surface = request.app[SLACK]
+    bolt = surface.bolt
     if bolt is None:
         raise web.HTTPServiceUnavailable(reason="the Slack app is not running")
     bolt_request = await to_bolt_request(request)
     answer = await bolt.async_dispatch(bolt_request)
     if answer.status == 401:
         size = len(bolt_request.raw_body.encode("utf-8"))
-        _REFUSED.warning("Slack request refused: no valid signature (%d bytes from %s)", size, request.remote)
+        surface.refused.warning("Slack request refused: no valid signature (%d bytes from %s)", size, request.remote)
     return await to_aiohttp_response(answer)
 
 
