@@ -25,12 +25,14 @@ from pydantic import Field
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.middleware import RequestVerification
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.cards import slack as slack_cards
 from bot.handlers import slack_actions, slack_commands
+from bot.logs import RateLimitedLog
 from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult, parse_retry_after
 from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
 from core.config import AckbotConfig, SlackConfig
@@ -350,6 +352,8 @@ class SlackSurface:
         self.config = config
         self.bolt: AsyncApp | None = None
         self.socket: AsyncSocketModeHandler | None = None
+        # Requests refused for their signature: one log line per interval however many arrive.
+        self.refused = RateLimitedLog(log)
         self._connecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -397,12 +401,30 @@ class SlackSurface:
 SLACK: web.AppKey[SlackSurface] = web.AppKey("slack", SlackSurface)
 
 
+# Bolt logs every request whose signature it refuses, body and all, at INFO: anyone can fill the log (and a
+# click's body holds its ack token). Its lines are dropped; slack_events logs one short line instead, rate-limited.
+_BOLT_VERIFICATION_LOG = logging.getLogger(f"slack_bolt.{RequestVerification.__name__}")
+
+
+def _warnings_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+_BOLT_VERIFICATION_LOG.addFilter(_warnings_only)
+
+
 async def slack_events(request: web.Request) -> web.StreamResponse:
     """Commands, interactivity and events on one URL: Bolt checks the signature, then runs the listeners."""
-    bolt = request.app[SLACK].bolt
+    surface = request.app[SLACK]
+    bolt = surface.bolt
     if bolt is None:
         raise web.HTTPServiceUnavailable(reason="the Slack app is not running")
-    return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+    bolt_request = await to_bolt_request(request)
+    answer = await bolt.async_dispatch(bolt_request)
+    if answer.status == 401:
+        size = len(bolt_request.raw_body.encode("utf-8"))
+        surface.refused.warning("Slack request refused: no valid signature (%d bytes from %s)", size, request.remote)
+    return await to_aiohttp_response(answer)
 
 
 def mount(app: web.Application, runtime: Runtime) -> SlackSurface | None:

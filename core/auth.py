@@ -39,6 +39,14 @@ class Principal:
         """Whether the key may read or write this tenant's data."""
         return self.tenant in (ALL_TENANTS, tenant)
 
+    def sees(self, tenant: str) -> bool:
+        """Whether the key may read an item of this tenant: its own, or one shared with every tenant ("*")."""
+        return tenant == ALL_TENANTS or self.can_see(tenant)
+
+    def manages(self, tenant: str) -> bool:
+        """Whether the key may change an item of this tenant: its own; shared ones only with a key for every tenant."""
+        return self.tenant == ALL_TENANTS or self.tenant == tenant
+
     def check_tenant(self, tenant: str) -> None:
         """Raise ForbiddenError for another tenant's data."""
         if not self.can_see(tenant):

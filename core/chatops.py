@@ -9,7 +9,7 @@ from core import commands, silences
 from core.models.approvals import Approval, ApprovalState, Choice
 from core.models.common import Severity
 from core.models.events import Alert, AlertStatus
-from core.models.people import Actor
+from core.models.people import ALL_TENANTS, Actor
 from core.runtime import Runtime
 from core.store import alerts as alert_store
 
@@ -178,6 +178,16 @@ async def silence(*, runtime: Runtime, actor: Actor, args: list[str], prefix: st
     return Answer(text=f"🔕 {alert_id} is silenced until {made.ends_at:%Y-%m-%d %H:%M} UTC (silence {made.id}).")
 
 
+def channels_seen(runtime: Runtime, actor: Actor) -> set[str]:
+    """The channels a chat user sees: their tenants' and the shared ones (another tenant's are not there)."""
+    scope = commands.chat_scope(runtime=runtime, actor=actor)
+    return {
+        name
+        for name, config in runtime.channel_configs.items()
+        if name in runtime.channels and (config.tenant == ALL_TENANTS or scope.allows(config.tenant))
+    }
+
+
 async def send_test(*, runtime: Runtime, actor: Actor, args: list[str], prefix: str = "") -> Answer:
     """`test <channel>`: a real notification through the channel, and what the receiver said."""
     if len(args) != 1:
@@ -186,20 +196,26 @@ async def send_test(*, runtime: Runtime, actor: Actor, args: list[str], prefix: 
     if commands.person_of(runtime, actor) is None:
         return Answer(text="Only people listed in ackbot's config may send test notifications.")
     name = args[0]
+    seen = channels_seen(runtime, actor)
     try:
+        if name not in seen:
+            raise commands.UnknownChannel(name)
         outcome = await commands.send_test(runtime=runtime, channel=name, requested_by=actor.display_name or actor.id)
     except commands.UnknownChannel:
-        known = ", ".join(sorted(runtime.channels)) or "none"
+        known = ", ".join(sorted(seen)) or "none"
         return Answer(text=f"No channel named {name}. Channels: {known}")
     if outcome.ok:
         return Answer(text=f"✅ Test notification sent through {name} (delivery {outcome.delivery_id}).")
     return Answer(text=f"❌ Test notification through {name} failed: {outcome.error}")
 
 
-async def status(*, runtime: Runtime) -> Answer:
-    """`status`: every channel's health, from the deliveries all replicas share."""
+async def status(*, runtime: Runtime, actor: Actor) -> Answer:
+    """`status`: the health of every channel the caller sees, from the deliveries all replicas share."""
     lines = []
+    seen = channels_seen(runtime, actor)
     for health in await commands.all_channel_health(runtime=runtime):
+        if health.channel not in seen:
+            continue
         mark = "✅" if health.consecutive_failures == 0 else "❌"
         parts = [f"{mark} {health.channel}"]
         if health.last_success is not None:
@@ -229,7 +245,7 @@ async def run(*, runtime: Runtime, actor: Actor, text: str, prefix: str = "") ->
     if sub == "test":
         return await send_test(runtime=runtime, actor=actor, args=args, prefix=prefix)
     if sub == "status":
-        return await status(runtime=runtime)
+        return await status(runtime=runtime, actor=actor)
     if sub == "help":
         return Answer(text=help_text(prefix))
     return Answer(text=f"Unknown command {sub!r}.\n{help_text(prefix)}")

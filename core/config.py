@@ -15,9 +15,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.models.common import Duration, Strict, check_timezone
-from core.models.people import Group, Person, TenantList
+from core.models.people import Group, Person, TenantList, channel_serves
 from core.models.rules import QuietHoursList, Rule, cron_expression
-from core.secrets import SecretRef
+from core.secrets import SecretPolicy, SecretRef, check_allowed_entry, check_directory
 
 DEFAULT_CONFIG_RESOURCE = "ackbot.yml"
 
@@ -66,6 +66,12 @@ class ApiKeyConfig(Strict):
 class ChannelConfig(Strict):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     type: str = Field(min_length=1, max_length=50)
+    tenant: str = Field(
+        default="*",
+        min_length=1,
+        max_length=100,
+        description='the tenant whose rules may send through it and whose keys see it; "*": shared by every tenant',
+    )
     enabled: bool = True
     settings: dict[str, Any] = Field(default_factory=dict)
 
@@ -231,6 +237,31 @@ class TeamsConfig(Strict):
         return bool(self.app_id)
 
 
+class SecretsConfig(Strict):
+    """The secret references that channels made through the API may name; the config file itself may name any."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description="env:NAME, env:PREFIX* (every variable starting so) or file:/absolute/path",
+    )
+    directories: list[str] = Field(
+        default_factory=list, description="absolute directories: any file inside (symlinks resolved) may be named"
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _entries(cls, entries: list[str]) -> list[str]:
+        return [check_allowed_entry(entry) for entry in entries]
+
+    @field_validator("directories")
+    @classmethod
+    def _directories(cls, directories: list[str]) -> list[str]:
+        return [check_directory(directory) for directory in directories]
+
+    def policy(self) -> SecretPolicy:
+        return SecretPolicy(allow=tuple(self.allow), directories=tuple(self.directories))
+
+
 class AckbotConfig(Strict):
     """The whole configuration file."""
 
@@ -249,6 +280,9 @@ class AckbotConfig(Strict):
     teams: TeamsConfig = Field(default_factory=TeamsConfig, description="the Teams bot's settings")
     quiet_hours: QuietHoursList = Field(default_factory=list, description="global quiet hours")
     reports: ReportsConfig = Field(default_factory=ReportsConfig, description="the scheduled report")
+    secrets: SecretsConfig = Field(
+        default_factory=SecretsConfig, description="the secret references objects made through the API may name"
+    )
 
     @model_validator(mode="after")
     def _noise_names_known(self) -> AckbotConfig:
@@ -283,12 +317,17 @@ class AckbotConfig(Strict):
                 if item.name in seen:
                     problems.append(f"{label}: the name {item.name!r} is used twice")
                 seen.add(item.name)
-        channel_names = {c.name for c in self.channels}
+        channel_tenants = {c.name: c.tenant for c in self.channels}
         for rule in self.rules:
             for hook in ("actions", "on_acknowledge", "on_deny", "on_escalate", "on_expire"):
                 for action in getattr(rule, hook):
-                    if action.channel not in channel_names:
+                    if action.channel not in channel_tenants:
                         problems.append(f"rule {rule.name!r} {hook}: no channel named {action.channel!r}")
+                    elif not channel_serves(channel_tenants[action.channel], rule.tenant):
+                        problems.append(
+                            f"rule {rule.name!r} {hook}: channel {action.channel!r} belongs to tenant "
+                            f"{channel_tenants[action.channel]!r}, not to the rule's tenant {rule.tenant!r}"
+                        )
         principals = {p.name for p in self.people} | {g.name for g in self.groups}
         for group in self.groups:
             for member in group.members:

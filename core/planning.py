@@ -15,6 +15,7 @@ from core import noise
 from core.clock import Clock
 from core.models.deliveries import DeliveryPurpose
 from core.models.events import Event, EventIn
+from core.models.people import ALL_TENANTS
 from core.models.rules import Rule
 from core.rulebook import RuleBook
 from core.store import noise as noise_store
@@ -135,7 +136,9 @@ async def dry_run(
     other rule, and each action's outcome (silence, throttle, quiet hours, digest, wait, and until when)."""
     await rulebook.refresh()
     ruleset = rulebook.current()
-    verdicts = ruleset.explain(event)
+    # Another tenant's rules cannot match this event and are not this caller's to see: only its tenant's and shared.
+    tenant_of = {rule.name: rule.tenant for rule in rulebook.all_rules()}
+    verdicts = [v for v in ruleset.explain(event) if tenant_of.get(v.rule, ALL_TENANTS) in (ALL_TENANTS, event.tenant)]
     matched = ruleset.match(event)
     transition = Transition.resolved if event.status == "resolved" else Transition.opened
     plans = plan_actions(

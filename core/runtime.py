@@ -73,6 +73,7 @@ class Runtime:
             config=self.config,
             rules=self.rulebook.all_rules,
             channel_types=lambda: {name: c.type for name, c in self.channel_configs.items()},
+            channel_tenants=lambda: {name: c.tenant for name, c in self.channel_configs.items()},
             public_url=lambda: self.public_url,
             on_commit=self._wake_dispatcher,
             holder=self.worker_id,
@@ -88,14 +89,31 @@ class Runtime:
         server = self.config.server
         return server.public_url or f"http://{server.host}:{server.port}"
 
-    def channel_context(self) -> ChannelContext:
-        """What every channel is lent: the shared HTTP session, our public URL, the renderers."""
-        return ChannelContext(http=self.http, public_url=self.public_url, renderers=self.renderers, origin=self.origin)
+    @property
+    def listen_url(self) -> str:
+        """Where this process listens, as a URL (an IPv6 host in brackets)."""
+        host = self.config.server.host
+        return (
+            f"http://[{host}]:{self.config.server.port}" if ":" in host else f"http://{host}:{self.config.server.port}"
+        )
+
+    def channel_context(self, *, from_api: bool = False) -> ChannelContext:
+        """What every channel is lent: the shared HTTP session, our public URL, the renderers; a channel made
+        through the API also the secrets allowlist its references must pass."""
+        return ChannelContext(
+            http=self.http,
+            public_url=self.public_url,
+            renderers=self.renderers,
+            origin=self.origin,
+            secret_policy=self.config.secrets.policy() if from_api else None,
+            own_urls=(self.listen_url,),
+        )
 
     def add_channel(self, channel_config: ChannelConfig) -> Channel:
         """Build a channel from its config and put it into service (replacing one of the same name)."""
+        from_api = channel_config.name not in self.config_channel_names
         channel = self.registry.build(
-            channel_config.name, channel_config.type, channel_config.settings, self.channel_context()
+            channel_config.name, channel_config.type, channel_config.settings, self.channel_context(from_api=from_api)
         )
         self.channels[channel_config.name] = channel
         self.channel_configs[channel_config.name] = channel_config

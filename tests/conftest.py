@@ -143,6 +143,8 @@ def make_config(database_url: str, **overrides: Any) -> AckbotConfig:
         ],
         "channels": [{"name": "console", "type": "console"}],
         "rules": [{"name": "all", "actions": [{"channel": "console"}]}],
+        # The one reference the tests' API-made channels name; never the API keys' variables.
+        "secrets": {"allow": ["env:ACKBOT_TEST_WEBHOOK_SECRET"]},
     }
     data.update(overrides)
     return AckbotConfig.model_validate(data)

@@ -287,7 +287,7 @@ async def test_list_alerts_filters_and_pages(app_factory: AppFactory) -> None:
     assert (await client.get("/api/v1/alerts/alr_nope", headers=auth())).status == 404
     other = (await client.get("/api/v1/alerts?tenant=globex", headers=auth())).json()
     other_id = (await other)["items"][0]["id"]
-    assert (await client.get(f"/api/v1/alerts/{other_id}", headers=auth(TENANT_KEY))).status == 403
+    assert (await client.get(f"/api/v1/alerts/{other_id}", headers=auth(TENANT_KEY))).status == 404
 
 
 async def test_probes_and_metrics(app_factory: AppFactory) -> None:

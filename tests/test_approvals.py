@@ -249,7 +249,7 @@ async def test_tenants_and_scopes(harness: HarnessFactory) -> None:
     mine = await h.create(key=TENANT_KEY, tenant=None)
     assert mine["tenant"] == "acme"
     theirs = await h.create(tenant="globex")
-    assert (await h.client.get(f"/api/v1/approvals/{theirs['id']}", headers=auth(TENANT_KEY))).status == 403
+    assert (await h.client.get(f"/api/v1/approvals/{theirs['id']}", headers=auth(TENANT_KEY))).status == 404
     assert (await h.client.get("/api/v1/approvals/apr_nope", headers=auth())).status == 404
     listed = await (await h.client.get("/api/v1/approvals?state=pending", headers=auth(READ_KEY))).json()
     assert [a["id"] for a in listed["items"]] == [mine["id"]]

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from core.channels.base import ChannelContext
 from core.channels.email import EmailChannel, EmailSettings
 from core.channels.errors import PermanentChannelError, TransientChannelError
+from core.channels.safety import UnsafeDestinationError
 from core.models.approvals import ApprovalState
 from tests.peers.notes import make_alert, make_approval_note, make_note
 from tests.peers.smtp_sink import SmtpSink, free_port
@@ -29,9 +30,11 @@ def mailer(port: int, **settings: object) -> EmailChannel:
         "to": ["oncall@example.com", "lead@example.com"],
         "cc": ["audit@example.com"],
         "timeout": 5,
+        "allow_private": True,  # the test server is on loopback
         **settings,
     }
-    return EmailChannel("mail", EmailSettings.model_validate(data), ChannelContext(origin="origin-1"))
+    context = ChannelContext(origin="origin-1", public_url="http://127.0.0.1:8080")
+    return EmailChannel("mail", EmailSettings.model_validate(data), context)
 
 
 async def test_sends_multipart_text_and_html_with_message_id_from_the_idempotency_key() -> None:
@@ -190,3 +193,25 @@ def test_settings_are_checked(settings: dict[str, object], loc: tuple[str, ...])
 def test_settings_read_and_write_from_as_from() -> None:
     settings = EmailSettings.model_validate({"host": "h", "from": "ackbot@example.com"})
     assert settings.model_dump(mode="json")["from"] == "ackbot@example.com"
+
+
+async def test_an_smtp_server_on_loopback_is_refused_without_allow_private() -> None:
+    with SmtpSink() as smtp:
+        for host in ("127.0.0.1", "localhost", "::ffff:127.0.0.1"):
+            with pytest.raises(UnsafeDestinationError, match=r"loopback.*allow_private"):
+                await mailer(smtp.port, host=host, allow_private=False).send(make_note())
+        assert smtp.messages == []
+        await mailer(smtp.port, allow_private=True).send(make_note())
+        assert len(smtp.messages) == 1
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "169.254.169.254", "2002:7f00:1::"])
+async def test_private_and_link_local_smtp_servers_are_refused(host: str) -> None:
+    with pytest.raises(UnsafeDestinationError, match="allow_private"):
+        await mailer(25, host=host, allow_private=False).send(make_note())
+
+
+async def test_ackbots_own_address_is_refused_even_with_allow_private() -> None:
+    # An "SMTP server" at ackbot's own listening address and port: the same loop a webhook to itself would make.
+    with pytest.raises(UnsafeDestinationError, match="own public URL"):
+        await mailer(8080, host="localhost", allow_private=True).send(make_note())

@@ -7,9 +7,16 @@ import ipaddress
 
 import pytest
 
+from core.channels import safety
 from core.channels.base import ChannelContext
-from core.channels.errors import PermanentChannelError
-from core.channels.safety import UnsafeDestinationError, check_destination, classify_address, is_own_url
+from core.channels.errors import PermanentChannelError, TransientChannelError
+from core.channels.safety import (
+    IPAddress,
+    UnsafeDestinationError,
+    check_destination,
+    classify_address,
+    is_own_url,
+)
 from core.channels.webhook import WebhookChannel, WebhookSettings
 from tests.peers.http_sink import HttpSink
 from tests.peers.notes import make_note
@@ -33,6 +40,18 @@ from tests.peers.notes import make_note
         ("100.64.0.1", "shared address space"),
         ("::ffff:127.0.0.1", "loopback"),
         ("::ffff:169.254.169.254", "link-local"),
+        ("::ffff:10.0.0.1", "private"),
+        # 6to4 (2002::/16) carries an IPv4 address in its next 32 bits: the address it reaches through a relay.
+        ("2002:7f00:1::", "loopback"),
+        ("2002:a00:1::", "private"),
+        ("2002:a9fe:a9fe::", "link-local"),
+        ("2002:c0a8:101::1", "private"),
+        ("2002:6440:1::", "shared address space"),
+        ("2002::", "unspecified"),
+        # Teredo (2001::/32): the client's address, obfuscated in the last 32 bits, and the server's.
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "private"),
+        ("2001:0:7f00:1:8000:63bf:f7f7:f7f7", "loopback"),  # server 127.0.0.1, client 8.8.8.8
     ],
 )
 def test_non_public_addresses_are_classified(address: str, reason: str) -> None:
@@ -40,7 +59,7 @@ def test_non_public_addresses_are_classified(address: str, reason: str) -> None:
     assert found is not None and reason in found
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2002:808:808::1"])
 def test_public_addresses_pass(address: str) -> None:
     assert classify_address(ipaddress.ip_address(address)) is None
 
@@ -85,7 +104,7 @@ async def test_a_public_address_is_accepted() -> None:
 async def test_our_own_public_url_is_refused_even_with_allow_private(
     url: str, public_url: str, allow_private: bool
 ) -> None:
-    assert is_own_url(url, public_url)
+    assert await is_own_url(url, public_url)
     with pytest.raises(UnsafeDestinationError, match="own public URL"):
         await check_destination(url, allow_private=allow_private, public_url=public_url)
 
@@ -93,14 +112,68 @@ async def test_our_own_public_url_is_refused_even_with_allow_private(
 @pytest.mark.parametrize(
     ("url", "public_url"),
     [
-        ("http://ackbot.example.com/x", "https://ackbot.example.com"),  # another scheme
+        ("http://ackbot.example.com/x", "https://ackbot.example.com"),  # another port (80, not 443)
         ("https://ackbot.example.com:8443/x", "https://ackbot.example.com"),  # another port
-        ("https://hooks.example.com/x", "https://ackbot.example.com"),  # another host
+        ("https://hooks.example.com/x", "https://ackbot.example.com"),  # another host, another address
         ("https://ackbot.example.com/x", ""),  # no public URL known
+        ("http://127.0.0.1:8081/x", "http://127.0.0.1:8080"),  # this host, another port
+        ("http://8.8.8.8:8080/x", "http://127.0.0.1:8080"),  # the port, another host
     ],
 )
-def test_only_the_same_scheme_host_and_port_is_our_own(url: str, public_url: str) -> None:
-    assert not is_own_url(url, public_url)
+async def test_only_the_same_address_and_port_is_our_own(
+    url: str, public_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_dns(monkeypatch, {"ackbot.example.com": ["93.184.216.34"], "hooks.example.com": ["93.184.216.35"]})
+    assert not await is_own_url(url, public_url)
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, table: dict[str, list[str]]) -> None:
+    """Names resolve from the table (address literals to themselves): tests make no DNS queries."""
+
+    async def resolve(host: str, port: int) -> list[IPAddress]:
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            pass
+        if host not in table:
+            raise TransientChannelError(f"cannot resolve host {host!r}")
+        return [ipaddress.ip_address(a) for a in table[host]]
+
+    monkeypatch.setattr(safety, "resolve_host", resolve)
+
+
+# Spellings of http://127.0.0.1:8080 that a string comparison misses; each reaches the process listening there.
+OWN_URL_ALIASES = [
+    "http://localhost:8080/api/v1/events",
+    "http://127.0.0.2:8080/api/v1/events",
+    "http://[::ffff:127.0.0.1]:8080/api/v1/events",
+    "http://[::1]:8080/api/v1/events",
+    "http://0.0.0.0:8080/api/v1/events",
+    "http://2130706433:8080/api/v1/events",
+    "https://127.0.0.1:8080/api/v1/events",  # the scheme does not change where it connects
+    "http://ackbot.internal:8080/api/v1/events",  # a name that resolves to the same address
+]
+
+
+@pytest.mark.parametrize(
+    "public_url", ["http://127.0.0.1:8080", "http://localhost:8080", "http://ackbot.internal:8080"]
+)
+@pytest.mark.parametrize("url", OWN_URL_ALIASES)
+async def test_aliases_of_our_own_url_are_refused_with_allow_private(
+    url: str, public_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2130706433 is 127.0.0.1 as one number (getaddrinfo reads it so; the last test checks the real one).
+    table = {"localhost": ["127.0.0.1", "::1"], "ackbot.internal": ["127.0.0.1"], "2130706433": ["127.0.0.1"]}
+    fake_dns(monkeypatch, table)
+    assert await is_own_url(url, public_url)
+    with pytest.raises(UnsafeDestinationError, match="own public URL"):
+        await check_destination(url, allow_private=True, public_url=public_url)
+
+
+async def test_the_real_resolver_finds_the_numeric_and_named_aliases() -> None:
+    # No fake here: getaddrinfo itself reads 2130706433 and localhost (both are answered without a DNS server).
+    for url in ("http://2130706433:8080/x", "http://localhost:8080/x"):
+        assert await is_own_url(url, "http://127.0.0.1:8080")
 
 
 @pytest.mark.parametrize(
@@ -150,3 +223,19 @@ async def test_a_channel_refuses_loopback_without_allow_private_and_sends_nothin
         finally:
             for channel in (closed, opened, ours):
                 await channel.close()
+
+
+async def test_the_listening_address_is_ours_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind a proxy the public URL names another host; the port ackbot listens on still reaches it.
+    fake_dns(monkeypatch, {"ackbot.example.com": ["93.184.216.34"]})
+    for url in ("http://127.0.0.1:8080/api/v1/events", "http://[::1]:8080/x"):
+        with pytest.raises(UnsafeDestinationError, match="own public URL"):
+            await check_destination(
+                url, allow_private=True, public_url="https://ackbot.example.com", own_urls=("http://0.0.0.0:8080",)
+            )
+    await check_destination(
+        "http://127.0.0.1:9090/x",
+        allow_private=True,
+        public_url="https://ackbot.example.com",
+        own_urls=("http://0.0.0.0:8080",),
+    )

@@ -170,3 +170,21 @@ async def test_a_person_may_not_acknowledge_in_a_tenant_they_do_not_see(
     assert still_open is not None and not still_open.state.final
     accepted = await say(runtime, CAROL, f"ack {by_tenant['acme']}")
     assert accepted.decided is not None and accepted.decided.state.value == "acknowledged"
+
+
+async def test_test_and_status_show_only_the_channels_of_tenants_one_sees(
+    app_factory: AppFactory, database_url: str
+) -> None:
+    channels = [
+        {"name": "console", "type": "console"},
+        {"name": "acme-log", "type": "console", "tenant": "acme"},
+        {"name": "globex-log", "type": "console", "tenant": "globex"},
+    ]
+    _client, runtime = await app_factory(scoped_config(database_url, channels=channels), run_dispatcher=False)
+    refused = await say(runtime, CAROL, "test globex-log")  # carol sees acme only
+    assert refused.text == "No channel named globex-log. Channels: acme-log, console"
+    assert (await say(runtime, CAROL, "test acme-log")).text.startswith("✅")
+    assert (await say(runtime, CAROL, "test console")).text.startswith("✅")  # shared
+    status = (await say(runtime, CAROL, "status")).text
+    assert "acme-log" in status and "globex-log" not in status
+    assert "globex-log" in (await say(runtime, ALICE, "status")).text

@@ -156,6 +156,7 @@ async def test_the_report_goes_out_as_html_mail_json_and_cards(app_factory: AppF
                     "security": "none",
                     "from": "ackbot@example.com",
                     "to": ["ops@example.com"],
+                    "allow_private": True,
                 },
             }
             hook = {

@@ -107,7 +107,8 @@ async def issue(request: web.Request) -> web.Response:
     approval = await approvals.get(approval_id=body.approval_id)
     if approval is None:
         raise ApiError(404, "no such approval", errors=[{"field": "approval_id", "message": "no such approval"}])
-    principal.check_tenant(approval.tenant)
+    if not principal.sees(approval.tenant):
+        raise ApiError(404, "no such approval", errors=[{"field": "approval_id", "message": "no such approval"}])
     try:
         token, claims = await approvals.issue_token(
             approval_id=body.approval_id,

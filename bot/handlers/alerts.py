@@ -5,7 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.handlers.http import ApiError, authenticate, invalid_cursor, json_response, query_model, runtime_of
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    hide_unless_visible,
+    invalid_cursor,
+    json_response,
+    query_model,
+    runtime_of,
+)
 from bot.handlers.openapi import documented
 from core import alerts
 from core.config import ApiScope
@@ -60,12 +68,12 @@ async def list_alerts(request: web.Request) -> web.Response:
 
 @documented(summary="One alert", scope=ApiScope.notify_read, responses={200: Alert}, tags=("alerts",))
 async def get_alert(request: web.Request) -> web.Response:
-    """One alert by id; another tenant's alert is refused with 403."""
+    """One alert by id; another tenant's alert is not found (404)."""
     principal = authenticate(request, ApiScope.notify_read)
     alert = await alerts.get_alert(db=runtime_of(request).db, alert_id=request.match_info["alert_id"])
     if alert is None:
         raise ApiError(404, "no such alert")
-    principal.check_tenant(alert.tenant)
+    hide_unless_visible(principal, alert.tenant, "no such alert")
     return json_response(alert)
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 from bot.handlers.http import (
     ApiError,
     authenticate,
+    hide_unless_visible,
     invalid_cursor,
     json_response,
     parse_model,
@@ -104,7 +105,7 @@ async def _visible(request: web.Request, principal: Principal, approval_id: str)
     view = await runtime_of(request).approvals.view(approval_id=approval_id) if APPROVAL_ID.match(approval_id) else None
     if view is None:
         raise ApiError(404, "no such approval")
-    principal.check_tenant(view.approval.tenant)
+    hide_unless_visible(principal, view.approval.tenant, "no such approval")
     return view
 
 
@@ -148,7 +149,7 @@ async def get_approval(request: web.Request) -> web.Response:
     view = await runtime_of(request).approvals.wait(
         approval_id=approval_id,
         seconds=query.wait,
-        check=lambda first: principal.check_tenant(first.approval.tenant),
+        check=lambda first: hide_unless_visible(principal, first.approval.tenant, "no such approval"),
     )
     if view is None:
         raise ApiError(404, "no such approval")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from bot.handlers.crud import NamedItems
 from bot.handlers.http import ApiError, authenticate, json_response, runtime_of, validation_errors
 from bot.handlers.openapi import documented
-from core.auth import Principal
+from core.auth import ALL_TENANTS, Principal
 from core.commands import (
     UnknownChannel,
     all_channel_health,
@@ -20,13 +20,15 @@ from core.commands import (
     remove_channel,
     send_test,
 )
-from core.config import ApiScope, ChannelConfig
+from core.config import ApiScope, ChannelConfig, format_loc
 from core.runtime import Runtime
+from core.secrets import references_in
 
 
 class ChannelView(BaseModel):
     name: str
     type: str
+    tenant: str
     enabled: bool
     settings: dict[str, Any]
     origin: Literal["config", "api"]
@@ -67,6 +69,7 @@ def _describe(request: web.Request, config: ChannelConfig) -> ChannelView:
     return ChannelView(
         name=config.name,
         type=config.type,
+        tenant=config.tenant,
         enabled=config.enabled,
         settings=config.settings,
         origin="config" if config.name in runtime.config_channel_names else "api",
@@ -79,13 +82,18 @@ class Channels(NamedItems[ChannelConfig]):
 
     noun = "channel"
     model = ChannelConfig
-    fixed = ("name", "type")
+    # A channel's tenant is fixed: rules of that tenant (or, shared, of every tenant) were checked against it.
+    fixed = ("name", "type", "tenant")
 
     async def refresh(self, runtime: Runtime, *, force: bool = False) -> None:
         await runtime.refresh_channels(force=force)
 
-    def exists(self, runtime: Runtime, name: str) -> bool:
-        return name in runtime.channel_configs
+    def in_force(self, runtime: Runtime, name: str) -> ChannelConfig | None:
+        return runtime.channel_configs.get(name)
+
+    def defaults(self, principal: Principal) -> dict[str, Any]:
+        # A tenant's key makes its tenant's channels; a key for every tenant makes shared ones unless told otherwise.
+        return {"tenant": principal.tenant}
 
     def from_config(self, runtime: Runtime, name: str) -> bool:
         return name in runtime.config_channel_names
@@ -94,6 +102,10 @@ class Channels(NamedItems[ChannelConfig]):
         return runtime.channel_configs.get(name)
 
     def check(self, request: web.Request, principal: Principal, item: ChannelConfig) -> None:
+        if not principal.manages(item.tenant):
+            shared = item.tenant == ALL_TENANTS
+            message = "only a key for every tenant may make a shared channel" if shared else "another tenant"
+            raise ApiError(403, f"this API key is for tenant {principal.tenant!r}: {message}")
         registry = runtime_of(request).registry
         if item.type not in registry.types():
             known = ", ".join(sorted(registry.types()))
@@ -103,6 +115,14 @@ class Channels(NamedItems[ChannelConfig]):
             registry.validate_settings(item.type, item.settings)
         except ValidationError as exc:
             raise ApiError(422, "invalid channel", errors=validation_errors(exc, ("settings",))) from None
+        policy = runtime_of(request).config.secrets.policy()
+        refused = [
+            {"field": format_loc(("settings", *where)), "message": reason}
+            for where, reference in references_in(item.settings)
+            if (reason := policy.refusal(reference)) is not None
+        ]
+        if refused:
+            raise ApiError(422, "invalid channel", errors=refused)
 
     async def put(self, runtime: Runtime, item: ChannelConfig, now: datetime) -> None:
         await put_channel(db=runtime.db, channel=item, now=now)
@@ -127,9 +147,10 @@ class Channels(NamedItems[ChannelConfig]):
 CHANNELS = Channels()
 
 
-def _known(request: web.Request, name: str) -> ChannelConfig:
+def _known(request: web.Request, principal: Principal, name: str) -> ChannelConfig:
+    """The channel of this name, if the key sees it (its tenant's, or shared); 404 as for no channel otherwise."""
     config = runtime_of(request).channel_configs.get(name)
-    if config is None:
+    if config is None or not principal.sees(config.tenant):
         raise ApiError(404, f"no channel named {name!r}")
     return config
 
@@ -137,18 +158,19 @@ def _known(request: web.Request, name: str) -> ChannelConfig:
 @documented(summary="Every channel", scope=ApiScope.notify_read, responses={200: ChannelPage}, tags=("channels",))
 async def list_channels(request: web.Request) -> web.Response:
     """GET /api/v1/channels."""
-    authenticate(request, ApiScope.notify_read)
+    principal = authenticate(request, ApiScope.notify_read)
     runtime = runtime_of(request)
     await runtime.refresh_channels()
-    return json_response(ChannelPage(items=[_describe(request, c) for _, c in sorted(runtime.channel_configs.items())]))
+    seen = [c for _, c in sorted(runtime.channel_configs.items()) if principal.sees(c.tenant)]
+    return json_response(ChannelPage(items=[_describe(request, c) for c in seen]))
 
 
 @documented(summary="One channel", scope=ApiScope.notify_read, responses={200: ChannelView}, tags=("channels",))
 async def get_channel(request: web.Request) -> web.Response:
     """GET /api/v1/channels/{name}."""
-    authenticate(request, ApiScope.notify_read)
+    principal = authenticate(request, ApiScope.notify_read)
     await runtime_of(request).refresh_channels()
-    return json_response(_describe(request, _known(request, request.match_info["name"])))
+    return json_response(_describe(request, _known(request, principal, request.match_info["name"])))
 
 
 @documented(
@@ -198,8 +220,10 @@ async def test_channel(request: web.Request) -> web.Response:
     runtime = runtime_of(request)
     await runtime.refresh_channels()
     name = request.match_info["name"]
-    _known(request, name)
-    tenant = principal.tenant if principal.tenant != "*" else "default"
+    channel = _known(request, principal, name)
+    # A test goes out as the key's tenant; a key for every tenant tests a tenant's channel as that tenant.
+    tenant = principal.tenant if principal.tenant != ALL_TENANTS else channel.tenant
+    tenant = tenant if tenant != ALL_TENANTS else "default"
     try:
         outcome = await send_test(runtime=runtime, channel=name, tenant=tenant, requested_by=principal.name)
     except UnknownChannel:
@@ -210,9 +234,9 @@ async def test_channel(request: web.Request) -> web.Response:
 @documented(summary="A channel's health", scope=ApiScope.notify_read, responses={200: HealthView}, tags=("channels",))
 async def get_health(request: web.Request) -> web.Response:
     """GET /api/v1/channels/{name}/health."""
-    authenticate(request, ApiScope.notify_read)
+    principal = authenticate(request, ApiScope.notify_read)
     name = request.match_info["name"]
-    _known(request, name)
+    _known(request, principal, name)
     try:
         health = await channel_health(runtime=runtime_of(request), channel=name)
     except UnknownChannel:
@@ -228,8 +252,10 @@ async def get_health(request: web.Request) -> web.Response:
 )
 async def list_health(request: web.Request) -> web.Response:
     """GET /api/v1/channels/health: every channel in service."""
-    authenticate(request, ApiScope.notify_read)
-    items = [HealthView(**h.as_dict()) for h in await all_channel_health(runtime=runtime_of(request))]
+    principal = authenticate(request, ApiScope.notify_read)
+    runtime = runtime_of(request)
+    seen = {name for name, c in runtime.channel_configs.items() if principal.sees(c.tenant)}
+    items = [HealthView(**h.as_dict()) for h in await all_channel_health(runtime=runtime) if h.channel in seen]
     return json_response(HealthPage(items=items))
 
 

@@ -13,7 +13,15 @@ from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
-from bot.handlers.http import ApiError, authenticate, json_response, parse_model, read_json, runtime_of
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    hide_unless_visible,
+    json_response,
+    parse_model,
+    read_json,
+    runtime_of,
+)
 from core.auth import Principal
 from core.config import ApiScope, ChannelConfig
 from core.models.rules import Rule
@@ -35,8 +43,22 @@ class NamedItems(ABC, Generic[T]):
         """Put the stored items in force on this replica (force: even if nothing seems changed)."""
 
     @abstractmethod
+    def in_force(self, runtime: Runtime, name: str) -> T | None:
+        """The item of this name in force, from the config file or the API."""
+
     def exists(self, runtime: Runtime, name: str) -> bool:
         """Whether an item of this name is in force, from the config file or the API."""
+        return self.in_force(runtime, name) is not None
+
+    def hide_from(self, principal: Principal, item: T) -> None:
+        """404, as for an unknown name, for an item of a tenant the key does not see (items with a tenant)."""
+        tenant = getattr(item, "tenant", None)
+        if tenant is not None:
+            hide_unless_visible(principal, tenant, f"no {self.noun} named {item.name!r}")
+
+    def defaults(self, principal: Principal) -> dict[str, Any]:
+        """Fields a POST that leaves them out gets from the key (a tenant's key makes its tenant's items)."""
+        return {}
 
     @abstractmethod
     def from_config(self, runtime: Runtime, name: str) -> bool:
@@ -47,7 +69,12 @@ class NamedItems(ABC, Generic[T]):
         """The API-made item of this name."""
 
     def check_access(self, principal: Principal, item: T) -> None:
-        """Raise ApiError (or ForbiddenError) unless this key may change or delete the item as it is."""
+        """Raise ApiError (or ForbiddenError) unless this key may change or delete the item as it is (it sees it)."""
+        tenant = getattr(item, "tenant", None)
+        if tenant is not None and not principal.manages(tenant):
+            raise ApiError(
+                403, f"{self.noun} {item.name!r} is shared by every tenant: only a key for every tenant may change it"
+            )
 
     @abstractmethod
     def check(self, request: web.Request, principal: Principal, item: T) -> None:
@@ -77,11 +104,15 @@ class NamedItems(ABC, Generic[T]):
         return json_response(self.view(request, item), status=status)
 
     async def _addressed(self, request: web.Request, *, fix: str) -> tuple[Principal, Runtime, str]:
-        """The admin key, the runtime and the name in the path; 409 for an item of the config file."""
+        """The admin key, the runtime and the name in the path; 404 for an item the key does not see, 409 for an
+        item of the config file."""
         principal = authenticate(request, ApiScope.notify_admin)
         runtime = runtime_of(request)
         name = request.match_info["name"]
         await self.refresh(runtime)
+        found = self.in_force(runtime, name)
+        if found is not None:
+            self.hide_from(principal, found)
         if self.from_config(runtime, name):
             raise ApiError(409, f"{self.noun} {name!r} comes from the config file; {fix} it there")
         return principal, runtime, name
@@ -95,7 +126,10 @@ class NamedItems(ABC, Generic[T]):
     async def create(self, request: web.Request) -> web.Response:
         """POST: a new item; 409 if the name is taken."""
         principal = authenticate(request, ApiScope.notify_admin)
-        item = parse_model(self.model, await read_json(request))
+        body = await read_json(request)
+        if isinstance(body, dict):
+            body = {**self.defaults(principal), **body}
+        item = parse_model(self.model, body)
         runtime = runtime_of(request)
         await self.refresh(runtime)
         if self.exists(runtime, item.name):

@@ -5,7 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.handlers.http import ApiError, authenticate, invalid_cursor, json_response, query_model, runtime_of
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    hide_unless_visible,
+    invalid_cursor,
+    json_response,
+    query_model,
+    runtime_of,
+)
 from bot.handlers.openapi import documented
 from core import deliveries
 from core.config import ApiScope
@@ -75,7 +83,7 @@ async def get_delivery(request: web.Request) -> web.Response:
     if found is None:
         raise ApiError(404, "no such delivery")
     delivery, attempts = found
-    principal.check_tenant(delivery.tenant)
+    hide_unless_visible(principal, delivery.tenant, "no such delivery")
     return json_response(DeliveryDetail(**delivery.model_dump(), history=attempts))
 
 
@@ -94,7 +102,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
         db=runtime.db,
         delivery_id=delivery_id,
         now=runtime.clock.now(),
-        check=lambda delivery: principal.check_tenant(delivery.tenant),
+        check=lambda delivery: hide_unless_visible(principal, delivery.tenant, "no such delivery"),
     )
     if retry.found is None:
         raise ApiError(404, "no such delivery")

@@ -132,6 +132,13 @@ def runtime_of(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
+def hide_unless_visible(principal: Principal, tenant: str, not_found: str) -> None:
+    """Another tenant's item is not there for this key: the very 404 an unknown one gets, so that its existence
+    does not show either. Items shared with every tenant ("*") are visible."""
+    if not principal.sees(tenant):
+        raise ApiError(404, not_found)
+
+
 def authenticate(request: web.Request, scope: ApiScope) -> Principal:
     """The calling key, which must carry scope; 401/403 otherwise."""
     principal = runtime_of(request).keyring.authenticate(request.headers.get("Authorization"))

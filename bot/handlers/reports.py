@@ -7,7 +7,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field
 
-from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    hide_unless_visible,
+    json_response,
+    parse_model,
+    query_model,
+    read_json,
+    runtime_of,
+)
 from core import digests, reports
 from core.config import ApiScope
 from core.models.common import Strict
@@ -114,7 +123,7 @@ async def get_digest(request: web.Request) -> web.Response:
     if found is None:
         raise ApiError(404, "no such digest")
     row, items = found
-    principal.check_tenant(row.tenant)
+    hide_unless_visible(principal, row.tenant, "no such digest")
     return json_response({**_window_json(row), "alerts": [_item_json(item) for item in items]})
 
 

@@ -14,6 +14,7 @@ from bot.handlers.openapi import documented
 from core.auth import Principal
 from core.config import ApiScope
 from core.models.events import EventIn
+from core.models.people import channel_serves
 from core.models.rules import Rule
 from core.planning import build_event, dry_run
 from core.rulebook import api_rule, put_rule, remove_rule
@@ -59,13 +60,19 @@ def _rule_json(rule: Rule, origin: str) -> dict[str, Any]:
     return {**rule.model_dump(mode="json"), "origin": origin}
 
 
-def _check_channels(request: web.Request, rule: Rule) -> None:
-    known = set(runtime_of(request).channels)
+def _check_channels(request: web.Request, principal: Principal, rule: Rule) -> None:
+    runtime = runtime_of(request)
     errors = []
     for hook in ("actions", "on_acknowledge", "on_deny", "on_escalate", "on_expire"):
         for index, action in enumerate(getattr(rule, hook)):
-            if action.channel not in known:
-                errors.append({"field": f"{hook}[{index}].channel", "message": f"no channel named {action.channel!r}"})
+            field = f"{hook}[{index}].channel"
+            config = runtime.channel_configs.get(action.channel)
+            if action.channel not in runtime.channels or config is None or not principal.sees(config.tenant):
+                # Another tenant's channel is answered as an unknown one: its name is not confirmed either.
+                errors.append({"field": field, "message": f"no channel named {action.channel!r}"})
+            elif not channel_serves(config.tenant, rule.tenant):
+                message = f"channel {action.channel!r} belongs to tenant {config.tenant!r}, not to {rule.tenant!r}"
+                errors.append({"field": field, "message": message})
     if errors:
         raise ApiError(422, "invalid rule", errors=errors)
 
@@ -79,8 +86,8 @@ class Rules(NamedItems[Rule]):
     async def refresh(self, runtime: Runtime, *, force: bool = False) -> None:
         await runtime.rulebook.refresh(force=force)
 
-    def exists(self, runtime: Runtime, name: str) -> bool:
-        return any(rule.name == name for rule in runtime.rulebook.all_rules())
+    def in_force(self, runtime: Runtime, name: str) -> Rule | None:
+        return next((rule for rule in runtime.rulebook.all_rules() if rule.name == name), None)
 
     def from_config(self, runtime: Runtime, name: str) -> bool:
         return runtime.rulebook.origin(name) == "config"
@@ -88,12 +95,12 @@ class Rules(NamedItems[Rule]):
     async def current(self, runtime: Runtime, name: str) -> Rule | None:
         return await api_rule(db=runtime.db, name=name)
 
-    def check_access(self, principal: Principal, item: Rule) -> None:
-        _check_rule_tenant(principal, item)
+    def defaults(self, principal: Principal) -> dict[str, Any]:
+        return {"tenant": principal.tenant}
 
     def check(self, request: web.Request, principal: Principal, item: Rule) -> None:
         _check_rule_tenant(principal, item)
-        _check_channels(request, item)
+        _check_channels(request, principal, item)
 
     async def put(self, runtime: Runtime, item: Rule, now: datetime) -> None:
         await put_rule(db=runtime.db, rule=item, now=now)
@@ -114,11 +121,7 @@ async def list_rules(request: web.Request) -> web.Response:
     principal = authenticate(request, ApiScope.notify_read)
     book = runtime_of(request).rulebook
     await book.refresh()
-    items = [
-        _rule_json(rule, book.origin(rule.name))
-        for rule in book.all_rules()
-        if rule.tenant == "*" or principal.can_see(rule.tenant)
-    ]
+    items = [_rule_json(rule, book.origin(rule.name)) for rule in book.all_rules() if principal.sees(rule.tenant)]
     return json_response({"items": items})
 
 
@@ -130,10 +133,8 @@ async def get_rule(request: web.Request) -> web.Response:
     await book.refresh()
     name = request.match_info["name"]
     rule = next((r for r in book.all_rules() if r.name == name), None)
-    if rule is None:
+    if rule is None or not principal.sees(rule.tenant):
         raise ApiError(404, f"no rule named {name!r}")
-    if rule.tenant != "*":
-        principal.check_tenant(rule.tenant)
     return json_response(_rule_json(rule, book.origin(name)))
 
 

@@ -7,7 +7,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field
 
-from bot.handlers.http import ApiError, authenticate, json_response, parse_model, query_model, read_json, runtime_of
+from bot.handlers.http import (
+    ApiError,
+    authenticate,
+    hide_unless_visible,
+    json_response,
+    parse_model,
+    query_model,
+    read_json,
+    runtime_of,
+)
 from core import silences
 from core.auth import Principal
 from core.config import ApiScope
@@ -66,8 +75,7 @@ async def _load(request: web.Request, principal: Principal) -> Silence:
     silence = await silences.get_silence(db=runtime_of(request).db, silence_id=request.match_info["silence_id"])
     if silence is None:
         raise ApiError(404, "no such silence")
-    if silence.tenant != "*":
-        principal.check_tenant(silence.tenant)
+    hide_unless_visible(principal, silence.tenant, "no such silence")
     return silence
 
 

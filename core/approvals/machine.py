@@ -40,7 +40,7 @@ from core.approvals.plans import Intent, IntentKind, NonceSpend, Plan, Policy, Q
 from core.approvals.targets import delivery_key, plan_quietly
 from core.models.approvals import Approval, ApprovalState, Choice
 from core.models.deliveries import DeliveryPurpose
-from core.models.people import Person
+from core.models.people import ALL_TENANTS, Person
 from core.models.rules import EscalationStep
 from core.tokens import TokenClaims, nonce_digest
 
@@ -205,6 +205,12 @@ def _authorize(
         )
     if claims is not None and claims.subject is not None and claims.subject != person.name:
         raise refuse(DecisionReason.wrong_subject, "This link was sent to someone else.")
+    if ALL_TENANTS not in person.tenants and approval.tenant not in person.tenants:
+        # Approvers left open ("every configured person") must not reach across tenants: people see theirs only.
+        raise refuse(
+            DecisionReason.wrong_tenant,
+            f"{directory.display(person.name)} does not see tenant {approval.tenant!r}, so cannot decide this request.",
+        )
     if not directory.may_decide(person, approval.approvers):
         raise refuse(
             DecisionReason.not_approver, f"{directory.display(person.name)} is not an approver of this request."
@@ -355,7 +361,7 @@ def _escalation_plan(
     after = _moved(approval, values)
     stage = f"level{level + 1}"
     deliveries = message_updates(snapshot, after, now=now, stage=stage)
-    plans, warnings = plan_quietly(policy.directory, policy.channel_types(), step.targets)
+    plans, warnings = plan_quietly(policy.directory, policy.channel_types_for(approval.tenant), step.targets)
     for target in plans:
         # A conversation that shows the approval already gets the update above, not a second message.
         if (target.channel, target.target) not in snapshot.notified:

@@ -33,11 +33,13 @@ async def create(
 ) -> Approval:
     """Open an approval and queue one message per target, in one transaction; ApprovalInputError names a field."""
     check_names(policy.directory, request.approvers, "approvers")
-    plans = plan_targets(policy.directory, policy.channel_types(), request.targets)
+    # Another tenant's channel is not there for this approval: "no channel named", as for an unknown one.
+    channel_types = policy.channel_types_for(tenant)
+    plans = plan_targets(policy.directory, channel_types, request.targets)
     everyone = list(request.approvers)
     for index, step in enumerate(request.escalation):
         check_names(policy.directory, step.approvers, f"escalation[{index}].approvers")
-        plan_targets(policy.directory, policy.channel_types(), step.targets, field=f"escalation[{index}].targets")
+        plan_targets(policy.directory, channel_types, step.targets, field=f"escalation[{index}].targets")
         everyone += step.approvers
     eligible = policy.directory.eligible_count(everyone) if everyone else len(policy.directory.people)
     if request.quorum > eligible:

@@ -13,7 +13,7 @@ from core.approvals.directory import Directory
 from core.approvals.models import DecisionResult
 from core.models.approvals import Approval
 from core.models.deliveries import DeliveryPurpose
-from core.models.people import Actor
+from core.models.people import ALL_TENANTS, Actor, channel_serves
 from core.models.rules import Rule
 from core.tokens import TokenClaims
 
@@ -79,6 +79,17 @@ class Policy:
     directory: Directory
     channel_types: Callable[[], Mapping[str, str]]
     rules: Callable[[], Sequence[Rule]]
+    # name -> tenant of each channel ("*" shared); a channel it does not name is shared.
+    channel_tenants: Callable[[], Mapping[str, str]] = dict
+
+    def channel_types_for(self, tenant: str) -> Mapping[str, str]:
+        """The channels (name -> type) that an approval of this tenant may send to: its tenant's and shared ones."""
+        tenants = self.channel_tenants()
+        return {
+            name: kind
+            for name, kind in self.channel_types().items()
+            if channel_serves(tenants.get(name, ALL_TENANTS), tenant)
+        }
 
 
 @dataclass(frozen=True)

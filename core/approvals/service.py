@@ -77,6 +77,7 @@ class ApprovalService:
         rules: Callable[[], Sequence[Rule]],
         channel_types: Callable[[], Mapping[str, str]],
         public_url: Callable[[], str],
+        channel_tenants: Callable[[], Mapping[str, str]] = dict,
         on_commit: Callable[[], None] | None = None,
         holder: str | None = None,
     ) -> None:
@@ -85,7 +86,9 @@ class ApprovalService:
         self.config = config
         self.keys = KeyManager(db=db, config=config)
         self.directory = Directory(config.people, config.groups)
-        self.policy = Policy(directory=self.directory, channel_types=channel_types, rules=rules)
+        self.policy = Policy(
+            directory=self.directory, channel_types=channel_types, rules=rules, channel_tenants=channel_tenants
+        )
         self._on_commit = on_commit
         # The outbox worker that a clicked message's update is held under for the click's answer (None: never held).
         self._holder = holder

@@ -23,7 +23,7 @@ from core.models.approvals import Approval
 from core.models.common import Severity, UtcDatetime
 from core.models.deliveries import DeliveryPurpose
 from core.models.events import Alert, Event
-from core.secrets import SecretError, redact
+from core.secrets import SecretError, SecretPolicy, redact
 from core.secrets import resolve_secret as read_secret
 
 
@@ -203,6 +203,11 @@ class ChannelContext:
     # Identifies this ackbot installation on every outbound request (X-Ackbot-Origin), so a receiver, or
     # another ackbot, can recognise and drop what came from here and loops cannot form.
     origin: str = ""
+    # The references a channel made through the API may resolve (checked at every use, as the allowlist may have
+    # shrunk since the channel was made); None for the config file's channels, which may resolve any.
+    secret_policy: SecretPolicy | None = None
+    # Other URLs that reach this process besides public_url (its listening address): no channel may post there.
+    own_urls: tuple[str, ...] = ()
 
 
 class BaseChannel:
@@ -246,6 +251,8 @@ class BaseChannel:
     def resolve_secret(self, reference: str) -> str:
         """Resolve a SecretRef at send time; failing that, a PermanentChannelError naming only the reference."""
         try:
+            if self.context.secret_policy is not None:
+                self.context.secret_policy.check(reference)
             value = read_secret(reference)
         except SecretError as exc:
             raise PermanentChannelError(f"{self.type} channel {self.name!r}: {exc}") from None
@@ -402,7 +409,10 @@ class HttpChannel(BaseChannel):
             # Resolving the host for the safety check is bounded too: a stuck DNS server must not stall a worker.
             async with asyncio.timeout(self.settings.timeout):
                 await safety.check_destination(
-                    url, allow_private=self.settings.allow_private, public_url=self.context.public_url
+                    url,
+                    allow_private=self.settings.allow_private,
+                    public_url=self.context.public_url,
+                    own_urls=self.context.own_urls,
                 )
         except TimeoutError:
             raise TransientChannelError(f"{label}: resolving {where} timed out") from None

@@ -23,7 +23,9 @@ class ConsoleSettings(ChannelSettings):
 
 
 class ConsoleChannel(BaseChannel):
-    """Logs each delivery on the "ackbot.console" logger: severity, tenant, title, ids and the web ack URLs."""
+    """Logs each delivery on the "ackbot.console" logger: severity, tenant, title, ids and the choices offered.
+
+    Not the choices' links: each carries an ack token, a credential that must never reach a log."""
 
     type: ClassVar[str] = "console"
     Settings = ConsoleSettings
@@ -60,7 +62,8 @@ class ConsoleChannel(BaseChannel):
         if note.purpose in (DeliveryPurpose.digest, DeliveryPurpose.report) and note.summary:
             # The first line of a digest or report: its totals ("14 alerts (37 events) until ...").
             parts.append(json.dumps(note.summary.splitlines()[0], ensure_ascii=False))
-        parts.extend(f"{button.choice}={button.url}" for button in note.buttons)
+        if note.buttons:
+            parts.append("choices=" + ",".join(button.choice for button in note.buttons))
         return " ".join(parts)
 
     def _log(self, note: Notification, *, update: bool) -> None:

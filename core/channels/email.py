@@ -11,6 +11,7 @@ permanent, and connection trouble transient.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import logging
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, Literal
 import aiosmtplib
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from core.channels import safety
 from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult
 from core.channels.email_views import digest_html, page_start, report_html
 from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
@@ -62,6 +64,10 @@ class EmailSettings(ChannelSettings):
         default=None, max_length=255, description="right-hand side of Message-ID; default: the sender's domain"
     )
     subject_prefix: str = Field(default="", max_length=50)
+    allow_private: bool = Field(
+        default=False,
+        description="allow an SMTP server on loopback, private, link-local and other non-public addresses",
+    )
 
     # "from" is a Python keyword: the field is from_, read and written as "from".
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
@@ -257,9 +263,28 @@ class EmailChannel(BaseChannel):
         # What remains is the server and the settings disagreeing (no STARTTLS, no usable AUTH mechanism).
         return PermanentChannelError(message)
 
+    async def _check_server(self) -> None:
+        # The same destination rules as every HTTP channel: an SMTP host is as good a relay into the inside.
+        port = self.settings.port or _DEFAULT_PORTS[self.settings.security]
+        host = self.settings.host
+        where = f"smtp://[{host}]:{port}" if ":" in host else f"smtp://{host}:{port}"
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                await safety.check_endpoint(
+                    host,
+                    port,
+                    where=where,
+                    allow_private=self.settings.allow_private,
+                    public_url=self.context.public_url,
+                    own_urls=self.context.own_urls,
+                )
+        except TimeoutError:
+            raise TransientChannelError(f"email channel {self.name!r}: resolving {host} timed out") from None
+
     async def _deliver(self, note: Notification, *, in_reply_to: str | None) -> SendResult:
         message = self.build_message(note, in_reply_to=in_reply_to)
         to, cc = self.recipients(note)
+        await self._check_server()
         client = self._client()
         try:
             async with client:

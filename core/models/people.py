@@ -17,6 +17,14 @@ class Identities(Strict):
 
 
 ALL_TENANTS = "*"
+
+
+def channel_serves(channel_tenant: str, tenant: str) -> bool:
+    """Whether a rule or approval of this tenant may send through a channel of channel_tenant: a shared channel
+    ("*") serves every tenant; a tenant's channel only that tenant (a rule for every tenant would send it others')."""
+    return channel_tenant in (ALL_TENANTS, tenant)
+
+
 # Tenant names as events carry them, or "*" for every tenant.
 TenantList = list[Annotated[str, Field(min_length=1, max_length=100)]]
 

@@ -15,7 +15,7 @@ from core.store.tables import ChannelRow, DeliveryAttemptRow, DeliveryRow
 
 
 def _config(row: ChannelRow) -> ChannelConfig:
-    return ChannelConfig(name=row.name, type=row.type, enabled=row.enabled, settings=row.settings)
+    return ChannelConfig(name=row.name, type=row.type, tenant=row.tenant, enabled=row.enabled, settings=row.settings)
 
 
 async def list_channels(*, session: AsyncSession) -> list[ChannelConfig]:
@@ -38,6 +38,7 @@ async def put(*, session: AsyncSession, channel: ChannelConfig, now: datetime) -
             ChannelRow(
                 name=channel.name,
                 type=channel.type,
+                tenant=channel.tenant,
                 enabled=channel.enabled,
                 settings=channel.settings,
                 created_at=now,
@@ -46,6 +47,7 @@ async def put(*, session: AsyncSession, channel: ChannelConfig, now: datetime) -
         )
         return True
     row.type = channel.type
+    row.tenant = channel.tenant
     row.enabled = channel.enabled
     row.settings = channel.settings
     row.updated_at = now

@@ -210,6 +210,8 @@ class ChannelRow(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     type: Mapped[str] = mapped_column(String(50))
+    # "*": shared by every tenant (what channels made before tenants had channels are).
+    tenant: Mapped[str] = mapped_column(String(100), server_default="*")
     enabled: Mapped[bool] = mapped_column(default=True)
     settings: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
