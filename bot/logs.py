@@ -108,3 +108,5 @@ def configure(level: str = "INFO", as_json: bool = False) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # Alembic announces its context on every readiness probe; our own start-up line says what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # aiosqlite logs every call into its thread at DEBUG, from that thread: nothing an operator reads.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)

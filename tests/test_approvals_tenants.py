@@ -41,7 +41,7 @@ ACTORS = {
 
 
 async def refusals(runtime: Any) -> list[dict[str, Any]]:
-    async with runtime.db.sessions() as session:
+    async with runtime.db.read() as session:
         rows = await session.execute(select(AuditRow.data).where(AuditRow.type == "decision.refused"))
         return [dict(data) for data in rows.scalars()]
 
