@@ -351,6 +351,23 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return _on_database(args.config, run, schema="current")
 
 
+def cmd_callback_secret(args: argparse.Namespace) -> int:
+    """Print the secret approval callbacks are signed with, for their receiver to verify X-Ackbot-Signature."""
+    from core.approvals import keys as key_ops
+    from core.clock import SystemClock
+
+    async def show(config: AckbotConfig, db: Database) -> int:
+        secret = await key_ops.callback_secret(db=db, config=config, now=SystemClock().now())
+        print(
+            "warning: this is the secret that signs approval callbacks; keep it where only their receiver reads it",
+            file=sys.stderr,
+        )
+        print(secret)
+        return 0
+
+    return _on_database(args.config, show, schema="current")
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit log's hash chain; exit 1 naming the first edited or deleted row."""
     from core.audit import verify_chain
@@ -459,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command(keys, "list", cmd_keys, help="list the stored keys (never their material)")
     _add_command(keys, "rotate", cmd_keys, help="add a new key: it signs from now on, older keys still verify")
     _add_command(keys, "retire", cmd_keys, help="retire a key: the tokens it signed are refused", positionals=["kid"])
+    _add_command(
+        keys, "callback-secret", cmd_callback_secret, help="print the secret approval callbacks are signed with"
+    )
 
     audit = _add_group(sub, "audit", help="the audit log")
     _add_command(audit, "verify", cmd_audit_verify, help="check the hash chain; exit 1 at the first broken row")

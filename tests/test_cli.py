@@ -3,6 +3,7 @@ database see the schema as they need it (migrated, or refused until `ackbot db u
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,58 @@ def test_a_config_that_does_not_load_is_reported(tmp_path: Path, capsys: pytest.
     for command in (["send-test", "fax"], ["report", "send"]):
         assert main([*command, "--config", unknown_type]) == 1, command
         assert "unknown channel type 'fax'" in capsys.readouterr().err
+
+
+def test_keys_callback_secret_prints_the_secret_the_service_signs_callbacks_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.app import build_runtime
+    from core.channels import signing
+    from core.config import load_config
+
+    config = write_config(tmp_path)
+    assert main(["keys", "callback-secret", "--config", config]) == 1  # the schema is not there yet
+    assert "run `ackbot db upgrade` first" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--config", config]) == 0
+    capsys.readouterr()
+
+    async def served_secret() -> str:
+        runtime = build_runtime(load_config(config)[0], run_dispatcher=False)
+        await runtime.start()
+        try:
+            return runtime.approvals.keys.callback_secret
+        finally:
+            await runtime.stop()
+
+    assert main(["keys", "callback-secret", "--config", config]) == 0
+    shown = capsys.readouterr()
+    printed = shown.out.strip()
+    assert "warning" in shown.err and printed
+    # The very secret the running service signs with (generated once, kept in the database): a receiver holding it
+    # verifies a callback's X-Ackbot-Signature.
+    assert asyncio.run(served_secret()) == printed
+    body = b'{"approval_id": "apr_1", "state": "acknowledged"}'
+    assert signing.verify(printed, body, signing.sign(asyncio.run(served_secret()), body))
+    # A secret from the config file is the one printed.
+    monkeypatch.setenv("ACKBOT_TEST_CALLBACK_SECRET", "s3cret-from-the-environment-0123")
+    configured = write_config(tmp_path, "approvals: {callback_secret: 'env:ACKBOT_TEST_CALLBACK_SECRET'}\n")
+    assert main(["keys", "callback-secret", "--config", configured]) == 0
+    assert capsys.readouterr().out.strip() == "s3cret-from-the-environment-0123"
+
+
+def test_the_readmes_callback_receiver_check_accepts_ackbots_signature_and_nothing_else() -> None:
+    from core.channels import signing
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = readme.split("<!-- callback-receiver -->\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md (callback receiver)", "exec"), namespace)
+    check = namespace["ackbot_signature_ok"]
+    assert callable(check)
+    body = b'{"approval_id": "apr_1", "state": "acknowledged"}'
+    header = signing.sign(["old-secret", "the-secret"], body)
+    assert check("the-secret", body, header) and check("old-secret", body, header)
+    assert not check("another-secret", body, header)
+    assert not check("the-secret", body + b" ", header)
+    assert not check("the-secret", body, signing.sign("the-secret", body, timestamp=1_000))  # too old
+    assert not check("the-secret", body, "v1=" + header.split("v1=", 1)[1])  # no timestamp

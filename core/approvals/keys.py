@@ -216,3 +216,10 @@ async def retire(*, db: Database, config: AckbotConfig, kid: str, now: datetime)
             raise KeyOperationError(f"{kid!r} is the only active {key.purpose} key: `ackbot keys rotate` first")
         await key_store.retire(session=session, kid=kid, now=now)
     return StoredKey(key.kid, key.purpose, key.material, key.created_at, now)
+
+
+async def callback_secret(*, db: Database, config: AckbotConfig, now: datetime) -> str:
+    """The secret approval callbacks are signed with: the config's, else the stored one (made now if missing)."""
+    keys = KeyManager(db=db, config=config)
+    await keys.load(now=now)
+    return keys.callback_secret
