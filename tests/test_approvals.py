@@ -286,6 +286,20 @@ async def test_messages_carry_fresh_tokens_bound_to_delivery_channel_and_person(
             assert claims.approval_id == created["id"] and claims.tenant == "acme" and claims.choice == button.choice
             assert claims.subject == ("carol" if target == "carol@example.com" else None)
             assert claims.expires_at <= note.approval.expires_at
+    # Every message's tokens are audited, one row per message: by key id and nonce hash, never the token itself.
+    async with h.runtime.db.read() as session:
+        rows = (await session.execute(select(AuditRow).where(AuditRow.type == "tokens.issued"))).scalars().all()
+    assert sorted(row.data["delivery_id"] for row in rows) == sorted(note.delivery_id for note in h.recorder.sent)
+    for row in rows:
+        note = next(note for note in h.recorder.sent if note.delivery_id == row.data["delivery_id"])
+        assert row.approval_id == created["id"] and row.tenant == "acme" and row.actor_platform == "dispatcher"
+        assert row.data["subject"] == ("carol" if note.target == "carol@example.com" else None)
+        issued = {token["choice"]: token for token in row.data["tokens"]}
+        assert sorted(issued) == ["acknowledge", "deny"]
+        for button in note.buttons:
+            claims = codec.verify(button.token, now=now)
+            assert issued[button.choice]["kid"] == claims.kid and issued[button.choice]["nonce_hash"]
+            assert button.token not in str(row.data) and claims.nonce not in str(row.data)
 
 
 async def test_long_polls_share_one_watcher_get_the_decided_view_and_end_at_shutdown(

@@ -97,13 +97,36 @@ class Buttons:
         extra = row.extra or {}
         if row.purpose not in (DeliveryPurpose.notify, DeliveryPurpose.update) or extra.get("follow_up"):
             return
-        fields["buttons"] = self.buttons(
+        now = self._clock.now()
+        subject = extra.get("person")
+        buttons = self.buttons(
             approval=approval,
             delivery_id=row.id,
             channel=row.channel,
-            subject=extra.get("person"),
+            subject=subject,
             level=approval_row.escalation_level,
+            now=now,
         )
+        fields["buttons"] = buttons
+        if buttons:
+            # One row per message, not per token: the message's tokens by key id and nonce hash.
+            codec, at = self._keys.codec, int(now.timestamp())
+            await audit.record_now(
+                db=self._db,
+                type="tokens.issued",
+                at=now,
+                tenant=approval.tenant,
+                approval_id=approval.id,
+                alert_id=approval.alert_id,
+                actor="ackbot",
+                actor_platform="dispatcher",
+                data={
+                    "delivery_id": row.id,
+                    "channel": row.channel,
+                    "subject": subject,
+                    "tokens": [token_details(codec.verify(button.token, now=at)) for button in buttons],
+                },
+            )
 
     async def issue_token(
         self,
