@@ -22,13 +22,15 @@ from typing import Any, ClassVar
 import aiohttp
 from aiohttp import web
 from pydantic import Field
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot import slack_ingress
 from bot.cards import slack as slack_cards
 from bot.handlers import slack_actions, slack_commands
 from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult, parse_retry_after
@@ -350,6 +352,8 @@ class SlackSurface:
         self.config = config
         self.bolt: AsyncApp | None = None
         self.socket: AsyncSocketModeHandler | None = None
+        # Checked on the raw body before Bolt parses anything (bot/slack_ingress.py); None over Socket Mode.
+        self.signing_secret: str | None = None
         self._connecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -360,6 +364,7 @@ class SlackSurface:
         secret = resolve_secret(config.signing_secret) if config.signing_secret and not config.socket_mode else None
         client = web_client(config, token, session=self.runtime.http, timeout=10)
         self.bolt = build_bolt_app(self.runtime, config, client=client, signing_secret=secret)
+        self.signing_secret = secret
         if config.socket_mode and config.app_token is not None:
             # The handler's own client opens the WebSocket URL (apps.connections.open) with the app-level token.
             socket_client = AsyncWebClient(base_url=config.api_base_url, logger=log)
@@ -399,10 +404,14 @@ SLACK: web.AppKey[SlackSurface] = web.AppKey("slack", SlackSurface)
 
 async def slack_events(request: web.Request) -> web.StreamResponse:
     """Commands, interactivity and events on one URL: Bolt checks the signature, then runs the listeners."""
-    bolt = request.app[SLACK].bolt
+    surface = request.app[SLACK]
+    bolt = surface.bolt
     if bolt is None:
         raise web.HTTPServiceUnavailable(reason="the Slack app is not running")
-    return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+    limit = surface.runtime.config.server.max_body_bytes
+    body = await slack_ingress.checked_body(request, secret=surface.signing_secret, limit=limit)
+    bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+    return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
 
 
 def mount(app: web.Application, runtime: Runtime) -> SlackSurface | None:
