@@ -30,6 +30,7 @@ from core.models.events import EventIn
 from core.runtime import Runtime
 from core.store import migrate
 from core.store.db import Database
+from core.url_redaction import redact_urls
 
 
 def _channel_problems(config: AckbotConfig, text: str | None, file: str) -> list[ConfigProblem]:
@@ -161,7 +162,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     print(
-        f"ackbot: config {source}, database {config.database.url}, listening on http://{host}:{port}", file=sys.stderr
+        f"ackbot: config {source}, database {redact_urls(config.database.url)}, listening on http://{host}:{port}",
+        file=sys.stderr,
     )
     web.run_app(app, host=host, port=port, print=None, access_log=None)
     return 0

@@ -19,6 +19,7 @@ from core.auth import AuthError, ForbiddenError, Principal
 from core.config import ApiScope, format_loc
 from core.json_input import JsonRefused
 from core.runtime import Runtime
+from core.url_redaction import redact_urls
 
 log = logging.getLogger("ackbot.http")
 
@@ -44,9 +45,9 @@ def invalid_cursor() -> ApiError:
 
 def error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The one JSON shape of every error answer."""
-    body: dict[str, Any] = {"error": {"status": status, "message": message}}
+    body: dict[str, Any] = {"error": {"status": status, "message": redact_urls(message)}}
     if errors:
-        body["error"]["fields"] = errors
+        body["error"]["fields"] = [{**e, "message": redact_urls(str(e.get("message", "")))} for e in errors]
     return body
 
 
