@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import exc as sa_exc
 
+from bot.handlers import db_outage
+from bot.handlers.db_outage import DB_OUTAGE
 from bot.logs import REQUEST_ID
 from core import json_input
 from core.auth import AuthError, ForbiddenError, Principal
@@ -102,15 +103,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-        # The database is down, locked or out of connections: nothing was committed, the client may retry.
-        status = 503
-        log.warning("request %s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
-        response = json_response(error_body(503, "the database is unavailable; retry shortly"), status=503)
-        response.headers["Retry-After"] = "1"
-    except Exception:
-        log.exception("request %s %s failed (request id %s)", request.method, request.path, request_id)
-        response = json_response(error_body(500, f"internal error (request id {request_id})"), status=500)
+    except Exception as exc:
+        outage = request.app.get(DB_OUTAGE)
+        if outage is None or not db_outage.is_unavailable(exc):
+            log.exception("request %s %s failed (request id %s)", request.method, request.path, request_id)
+            response = json_response(error_body(500, f"internal error (request id {request_id})"), status=500)
+        else:
+            # The database is down, restarting or out of connections: nothing was committed, the client may retry.
+            status = 503
+            outage.failed(exc, runtime_of(request).db.ping)
+            response = json_response(error_body(503, "the database is unavailable; retry shortly"), status=503)
+            response.headers["Retry-After"] = str(outage.RETRY_AFTER)
     finally:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         runtime = request.app.get(RUNTIME)
