@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.app import build_runtime, create_app
