@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 import yaml
-from aiohttp import web
 from pydantic import ValidationError
 
-from bot import logs
+from bot import logs, serving
 from bot.app import build_registry, build_runtime, create_app, freeze_after_startup
 from core.config import (
     AckbotConfig,
@@ -165,7 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"ackbot: config {source}, database {redact_urls(config.database.url)}, listening on http://{host}:{port}",
         file=sys.stderr,
     )
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    asyncio.run(serving.serve(app, host=host, port=port))
     return 0
 
 
