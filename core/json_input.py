@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic_core import from_json
 
-# The deepest nesting accepted anywhere in a JSON document, the document itself counted as level 1 (docs/api.md).
+# The deepest nesting accepted anywhere in a JSON document, the document itself counted as level 1 (README.md,
+# "What every body is held to").
 MAX_DEPTH = 64
 
 # Byte-order marks and the zero bytes of UTF-16/32 text: such bodies are decoded before parsing (RFC 8259 § 8.1

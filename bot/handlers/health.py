@@ -58,9 +58,11 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(runtime.db.ping(), READY_TIMEOUT)
         revision = await asyncio.wait_for(migrate.current_revision(runtime.db), READY_TIMEOUT)
     except Exception as exc:
-        if not db_outage.is_unavailable(exc):
-            raise
-        outage.failed(exc, runtime.db.ping)
+        # Whatever the failure, the process is not ready; only a connection failure is an outage to report.
+        if db_outage.is_unavailable(exc):
+            outage.failed(exc, runtime.db.ping)
+        else:
+            log.warning("readiness: the database check failed: %s", db_outage.describe(exc))
         unready = Readiness(status="unavailable", database="unreachable", reason=db_outage.describe(exc))
         return json_response(unready, status=503)
     outage.recovered()
