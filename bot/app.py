@@ -19,6 +19,7 @@ from bot.handlers import approvals as approvals_api
 from bot.handlers import audit as audit_api
 from bot.handlers import reports as reports_api
 from bot.handlers import silences as silences_api
+from bot.handlers.db_outage import DB_OUTAGE, DatabaseOutage
 from bot.handlers.http import RUNTIME, error_middleware
 from core.channels.registry import ChannelRegistry, default_registry
 from core.clock import Clock, SystemClock
@@ -74,6 +75,7 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
     """The aiohttp application; the runtime starts and stops with it."""
     app = web.Application(middlewares=[error_middleware], client_max_size=runtime.config.server.max_body_bytes + 1)
     app[RUNTIME] = runtime
+    app[DB_OUTAGE] = outage = DatabaseOutage()
     app[openapi.OPENAPI] = {}
     for module in (health, events, alerts, rules, deliveries, channels, openapi):
         app.add_routes(module.routes())
@@ -88,6 +90,7 @@ def create_app(runtime: Runtime, *, migrate_db: bool = True) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await runtime.start(migrate_db=migrate_db)
         yield
+        await outage.close()
         await runtime.stop()
 
     app.cleanup_ctx.append(lifecycle)

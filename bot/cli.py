@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 import yaml
-from aiohttp import web
 from pydantic import ValidationError
 
-from bot import logs
+from bot import logs, serving
 from bot.app import build_registry, build_runtime, create_app, freeze_after_startup
 from core.config import (
     AckbotConfig,
@@ -30,6 +29,7 @@ from core.models.events import EventIn
 from core.runtime import Runtime
 from core.store import migrate
 from core.store.db import Database
+from core.url_redaction import redact_urls
 
 
 def _channel_problems(config: AckbotConfig, text: str | None, file: str) -> list[ConfigProblem]:
@@ -161,9 +161,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     print(
-        f"ackbot: config {source}, database {config.database.url}, listening on http://{host}:{port}", file=sys.stderr
+        f"ackbot: config {source}, database {redact_urls(config.database.url)}, listening on http://{host}:{port}",
+        file=sys.stderr,
     )
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    asyncio.run(serving.serve(app, host=host, port=port))
     return 0
 
 

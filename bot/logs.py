@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from core.url_redaction import redact_urls
+
 REQUEST_ID: ContextVar[str] = ContextVar("ackbot_request_id", default="-")
 
 # The two shapes of an ack token (core/tokens.py): HMAC, itsdangerous' [.]payload.signature in base64url with a
@@ -78,8 +80,18 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """Lines with the credentials of every URL masked, tracebacks included (a database URL in an error...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(self._entry(record))
+
+    def _entry(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
@@ -101,7 +113,7 @@ def configure(level: str = "INFO", as_json: bool = False) -> None:
     if as_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -22,16 +22,19 @@ from typing import Any, ClassVar
 import aiohttp
 from aiohttp import web
 from pydantic import Field
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.middleware import RequestVerification
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot import slack_ingress
 from bot.cards import slack as slack_cards
 from bot.handlers import slack_actions, slack_commands
+from bot.handlers.http import ApiError
 from bot.logs import RateLimitedLog
 from core.channels.base import BaseChannel, ChannelContext, ChannelSettings, Notification, SendResult, parse_retry_after
 from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
@@ -354,6 +357,8 @@ class SlackSurface:
         self.socket: AsyncSocketModeHandler | None = None
         # Requests refused for their signature: one log line per interval however many arrive.
         self.refused = RateLimitedLog(log)
+        # Checked on the raw body before Bolt parses anything (bot/slack_ingress.py); None over Socket Mode.
+        self.signing_secret: str | None = None
         self._connecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -364,6 +369,7 @@ class SlackSurface:
         secret = resolve_secret(config.signing_secret) if config.signing_secret and not config.socket_mode else None
         client = web_client(config, token, session=self.runtime.http, timeout=10)
         self.bolt = build_bolt_app(self.runtime, config, client=client, signing_secret=secret)
+        self.signing_secret = secret
         if config.socket_mode and config.app_token is not None:
             # The handler's own client opens the WebSocket URL (apps.connections.open) with the app-level token.
             socket_client = AsyncWebClient(base_url=config.api_base_url, logger=log)
@@ -419,12 +425,18 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     bolt = surface.bolt
     if bolt is None:
         raise web.HTTPServiceUnavailable(reason="the Slack app is not running")
-    bolt_request = await to_bolt_request(request)
-    answer = await bolt.async_dispatch(bolt_request)
-    if answer.status == 401:
-        size = len(bolt_request.raw_body.encode("utf-8"))
-        surface.refused.warning("Slack request refused: no valid signature (%d bytes from %s)", size, request.remote)
-    return await to_aiohttp_response(answer)
+    limit = surface.runtime.config.server.max_body_bytes
+    try:
+        body = await slack_ingress.checked_body(request, secret=surface.signing_secret, limit=limit)
+    except ApiError as exc:
+        if exc.status == 401:
+            size = request.content_length or 0
+            surface.refused.warning(
+                "Slack request refused: no valid signature (%d bytes from %s)", size, request.remote
+            )
+        raise
+    bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+    return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
 
 
 def mount(app: web.Application, runtime: Runtime) -> SlackSurface | None:

@@ -11,12 +11,16 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import exc as sa_exc
 
+from bot.handlers import db_outage
+from bot.handlers.db_outage import DB_OUTAGE
 from bot.logs import REQUEST_ID
+from core import json_input
 from core.auth import AuthError, ForbiddenError, Principal
 from core.config import ApiScope, format_loc
+from core.json_input import JsonRefused
 from core.runtime import Runtime
+from core.url_redaction import redact_urls
 
 log = logging.getLogger("ackbot.http")
 
@@ -42,9 +46,9 @@ def invalid_cursor() -> ApiError:
 
 def error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The one JSON shape of every error answer."""
-    body: dict[str, Any] = {"error": {"status": status, "message": message}}
+    body: dict[str, Any] = {"error": {"status": status, "message": redact_urls(message)}}
     if errors:
-        body["error"]["fields"] = errors
+        body["error"]["fields"] = [{**e, "message": redact_urls(str(e.get("message", "")))} for e in errors]
     return body
 
 
@@ -99,15 +103,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-        # The database is down, locked or out of connections: nothing was committed, the client may retry.
-        status = 503
-        log.warning("request %s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
-        response = json_response(error_body(503, "the database is unavailable; retry shortly"), status=503)
-        response.headers["Retry-After"] = "1"
-    except Exception:
-        log.exception("request %s %s failed (request id %s)", request.method, request.path, request_id)
-        response = json_response(error_body(500, f"internal error (request id {request_id})"), status=500)
+    except Exception as exc:
+        outage = request.app.get(DB_OUTAGE)
+        if outage is None or not db_outage.is_unavailable(exc):
+            log.exception("request %s %s failed (request id %s)", request.method, request.path, request_id)
+            response = json_response(error_body(500, f"internal error (request id {request_id})"), status=500)
+        else:
+            # The database is down, restarting or out of connections: nothing was committed, the client may retry.
+            status = 503
+            outage.failed(exc, runtime_of(request).db.ping)
+            response = json_response(error_body(503, "the database is unavailable; retry shortly"), status=503)
+            response.headers["Retry-After"] = str(outage.RETRY_AFTER)
     finally:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         runtime = request.app.get(RUNTIME)
@@ -146,25 +152,55 @@ def authenticate(request: web.Request, scope: ApiScope) -> Principal:
     return principal
 
 
+class BodyTooLarge(Exception):
+    """A request body longer than the limit, declared or sent."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, read until its end (chunked too), or BodyTooLarge once it passes limit bytes.
+
+    Not ``request.content.read(n)``: that answers with what has arrived so far, which cuts a large body short.
+    ``request.read()`` reads to the end and stops at the app's client_max_size (create_app sets it to the limit
+    plus one); the body is kept on the request, so a later ``request.text()`` or ``post()`` sees it too.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(limit)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(limit) from None
+    if len(raw) > limit:
+        raise BodyTooLarge(limit)
+    return raw
+
+
 async def read_body(request: web.Request) -> bytes:
     """The request body, within the size limit and not blank; 413 or 400 otherwise."""
-    limit = runtime_of(request).config.server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"request body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, f"request body is larger than {limit} bytes")
+    try:
+        raw = await read_limited(request, runtime_of(request).config.server.max_body_bytes)
+    except BodyTooLarge as exc:
+        raise ApiError(413, str(exc)) from None
     if not raw.strip():
         raise ApiError(400, "request body is empty: send a JSON document")
     return raw
 
 
+def json_refusal(exc: JsonRefused, *, what: str = "request body") -> ApiError:
+    """The 400 for a document json_input refused, naming the field."""
+    where = what if exc.field == "(body)" else f"{what} field {exc.field}"
+    return ApiError(400, f"{where} is {exc.message}", errors=[{"field": exc.field, "message": exc.message}])
+
+
 def decode_json(raw: bytes) -> Any:
-    """A body read by read_body as JSON; 400 if it is not JSON."""
+    """A body read by read_body as JSON; 400 naming the field if it is not JSON, is too deep or is not finite."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        return json_input.loads(raw)
+    except JsonRefused as exc:
+        raise json_refusal(exc) from None
 
 
 async def read_json(request: web.Request) -> Any:
@@ -183,6 +219,9 @@ def parse_model(model: type[M], data: Any, *, prefix: tuple[int | str, ...] = ()
 def parse_json_model(model: type[M], raw: bytes) -> M:
     """Validate a body read by read_body as model, parsed by pydantic; the answer to a bad body is the one
     decode_json and parse_model give."""
+    if not json_input.surely_shallow(raw):
+        # Possibly nested past the limit outside the free-form fields, which check themselves: the checked way.
+        return parse_model(model, decode_json(raw))
     try:
         return model.model_validate_json(raw)
     except ValidationError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bot.handlers.http import (
     ApiError,
@@ -17,6 +17,7 @@ from bot.handlers.http import (
     read_json,
     runtime_of,
 )
+from bot.handlers.openapi import documented
 from core import silences
 from core.auth import Principal
 from core.config import ApiScope
@@ -28,6 +29,20 @@ class SilenceQuery(Strict):
     state: Literal["active", "pending", "expired", "all"] = "active"
     tenant: str | None = None
     limit: int = Field(default=100, ge=1, le=1000)
+
+
+class SilenceOut(BaseModel):
+    """A silence as the API answers it: the stored silence's fields, and its state at the time of the answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    tenant: str
+    state: Literal["active", "pending", "expired"]
+
+
+class SilenceList(BaseModel):
+    items: list[SilenceOut]
 
 
 def _json(silence: Silence, request: web.Request) -> dict[str, Any]:
@@ -43,6 +58,13 @@ def _tenant_for(principal: Principal, requested: str | None) -> str:
     return tenant
 
 
+@documented(
+    summary="Silence matching alerts, or one alert, for a while",
+    scope=ApiScope.notify_admin,
+    body=SilenceIn,
+    responses={201: SilenceOut},
+    tags=("silences",),
+)
 async def create_silence(request: web.Request) -> web.Response:
     """POST /api/v1/silences: matchers (a rule's match) or an alert_id, and ends_at or duration."""
     principal = authenticate(request, ApiScope.notify_admin)
@@ -56,6 +78,13 @@ async def create_silence(request: web.Request) -> web.Response:
     return json_response(_json(silence, request), status=201)
 
 
+@documented(
+    summary="Silences ending soonest first",
+    scope=ApiScope.notify_read,
+    query=SilenceQuery,
+    responses={200: SilenceList},
+    tags=("silences",),
+)
 async def list_silences(request: web.Request) -> web.Response:
     """GET /api/v1/silences?state=active|pending|expired|all: the ones ending soonest first."""
     principal = authenticate(request, ApiScope.notify_read)
@@ -79,12 +108,14 @@ async def _load(request: web.Request, principal: Principal) -> Silence:
     return silence
 
 
+@documented(summary="One silence", scope=ApiScope.notify_read, responses={200: SilenceOut}, tags=("silences",))
 async def get_silence(request: web.Request) -> web.Response:
     """GET /api/v1/silences/{id}."""
     principal = authenticate(request, ApiScope.notify_read)
     return json_response(_json(await _load(request, principal), request))
 
 
+@documented(summary="End a silence now", scope=ApiScope.notify_admin, responses={204: None}, tags=("silences",))
 async def delete_silence(request: web.Request) -> web.Response:
     """DELETE /api/v1/silences/{id}: end it now (it stays listed as expired)."""
     principal = authenticate(request, ApiScope.notify_admin)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,10 +42,12 @@ from botframework.connector.auth import CertificateServiceClientCredentialsFacto
 from msrest.exceptions import ClientRequestError
 from msrest.serialization import Model
 
+from bot.handlers.http import BodyTooLarge, read_limited
 from bot.teams.handler import AckbotTeamsHandler
-from core import conversations
+from core import conversations, json_input
 from core.channels.base import parse_retry_after
 from core.config import TeamsConfig
+from core.json_input import JsonRefused
 from core.runtime import Runtime
 from core.secrets import SecretError, resolve_secret
 from core.store.conversations import TeamsConversation
@@ -165,8 +166,11 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def _json_error(status: int, message: str) -> web.Response:
-    response = web.json_response({"error": {"status": status, "message": message}}, status=status)
+def _json_error(status: int, message: str, *, field: str | None = None) -> web.Response:
+    error: dict[str, Any] = {"status": status, "message": message}
+    if field is not None:
+        error["fields"] = [{"field": field, "message": message}]
+    response = web.json_response({"error": error}, status=status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="ackbot-teams"'
     return response
@@ -242,11 +246,15 @@ class TeamsBot:
         if "application/json" not in request.headers.get("Content-Type", ""):
             return _json_error(415, "Bot Framework activities are JSON (Content-Type: application/json)")
         limit = self.runtime.config.server.max_body_bytes
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
+        try:
+            raw = await read_limited(request, limit)
+        except BodyTooLarge:
             return _json_error(413, f"activity larger than {limit} bytes")
         try:
-            body = json.loads(raw)
+            body = json_input.loads(raw)
+        except JsonRefused as exc:
+            return _json_error(400, f"not a Bot Framework activity: {exc.message}", field=exc.field)
+        try:
             if not isinstance(body, dict):
                 raise ValueError("an activity is a JSON object")
             activity: Any = Activity().deserialize(body)

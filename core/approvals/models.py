@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from core.models.approvals import Approval, Choice
-from core.models.common import Duration, Strict, UtcDatetime, parse_duration
+from core.models.common import Duration, FreeJson, Strict, UtcDatetime, parse_duration
 from core.models.deliveries import HeldUpdate
 from core.models.rules import EscalationStep
 
@@ -54,7 +54,7 @@ class ApprovalRequest(Strict):
     quorum: int = Field(default=1, ge=1, le=50)
     allow_self_approval: bool = False
     callback_url: str | None = Field(default=None, max_length=2000)
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: FreeJson = Field(default_factory=dict)
 
     @field_validator("approvers", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from core.models.deliveries import DeliveryPurpose
 from core.models.events import Alert, Event
 from core.secrets import SecretError, SecretPolicy, redact
 from core.secrets import resolve_secret as read_secret
+from core.url_redaction import redact_urls
 
 
 class Button(BaseModel):
@@ -263,7 +264,7 @@ class BaseChannel:
 
     def redact(self, text: str) -> str:
         """Remove every secret this channel has resolved from a text bound for logs or error messages."""
-        return redact(text, sorted(self._secret_values, key=len, reverse=True))
+        return redact_urls(redact(text, sorted(self._secret_values, key=len, reverse=True)))
 
 
 # ---------------------------------------------------------------- HTTP channels

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+from core import json_input
 
 
 class Strict(BaseModel):
@@ -140,3 +142,17 @@ def check_timezone(name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown timezone {name!r}: use an IANA name such as Europe/Berlin or UTC") from None
     return name
+
+
+def _bounded_document(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        json_input.check_value(value)
+    except json_input.JsonRefused as exc:
+        # The inner path: pydantic puts the field's own name in front of it.
+        raise ValueError(f"{exc.field}: {exc.message}" if exc.field != "(body)" else exc.message) from None
+    return value
+
+
+# Free-form JSON a client sends (an event's payload, an approval's context): the nesting limit and finite numbers
+# of every JSON body hold inside it too, however it arrived (a body, a source's webhook, the Python API).
+FreeJson = Annotated[dict[str, Any], AfterValidator(_bounded_document)]

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from core.models.common import Severity, Strict, UtcDatetime
+from core.models.common import FreeJson, Severity, Strict, UtcDatetime
 
 
 class Link(Strict):
@@ -56,7 +56,7 @@ class EventIn(Strict):
     title: str = Field(min_length=1, max_length=500)
     summary: str = Field(default="", max_length=20000)
     scope: Scope = Field(default_factory=Scope)
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: FreeJson = Field(default_factory=dict)
     dedup_key: str | None = Field(default=None, min_length=1, max_length=500)
     links: list[Link] = Field(default_factory=list, max_length=20)
 

@@ -37,7 +37,8 @@ class GrafanaPayload(BaseModel):
     receiver: str = ""
     status: str = "firing"
     orgId: int | None = None
-    alerts: list[GrafanaAlert] = Field(min_length=1, max_length=1000)
+    # A whole notification in one request, retried on 5xx only: the body limit bounds it, not this.
+    alerts: list[GrafanaAlert] = Field(min_length=1, max_length=10_000)
     groupLabels: dict[str, str] = Field(default_factory=dict)
     commonLabels: dict[str, str] = Field(default_factory=dict)
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
