@@ -34,10 +34,12 @@ async def _deliveries(h: Harness, approval_id: str) -> list[DeliveryRow]:
         return list((await session.execute(query)).scalars())
 
 
-async def _audit_types(h: Harness, approval_id: str) -> list[str]:
+async def _audit_types(h: Harness, approval_id: str, *, tokens: bool = False) -> list[str]:
+    """The approval's audit rows by type, in order; without the tokens.issued row of each message unless asked."""
     async with h.runtime.db.read() as session:
         query = select(AuditRow.type).where(AuditRow.approval_id == approval_id).order_by(AuditRow.seq)
-        return list((await session.execute(query)).scalars())
+        types = list((await session.execute(query)).scalars())
+    return types if tokens else [kind for kind in types if kind != "tokens.issued"]
 
 
 async def test_time_outs_escalate_step_by_step_then_expire(harness: HarnessFactory) -> None:
@@ -89,6 +91,8 @@ async def test_time_outs_escalate_step_by_step_then_expire(harness: HarnessFacto
         "approval.escalated",
         "approval.expired",
     ]
+    # Each message that carried buttons had its tokens audited; the expired approval's last messages carry none.
+    assert (await _audit_types(h, approval_id, tokens=True)).count("tokens.issued") >= 3
     result = await approvals.decide(token=to_carol["acknowledge"], actor=ALICE)
     assert result.reason is DecisionReason.expired and "expired at 2026-01-05 12:30 UTC" in result.message
 

@@ -259,15 +259,21 @@ async def test_concurrent_clicks_through_two_replicas_decide_once(pg_url: str, t
                 assert {by for _, by in states} == {"alice"}
 
             # Both processes appended to one audit chain at once (each row chained as its transaction committed):
-            # a creation and a decision per approval, and a refusal for every other click, with no fork or gap.
+            # a creation, its message's tokens and a decision per approval, and a refusal for every other click,
+            # with no fork or gap.
             db = Database(pg_url)
             try:
                 report = await audit.verify_chain(db=db)
-                assert report.ok and report.rows == 200 * 5, report
+                assert report.ok and report.rows == 200 * 6, report
                 async with db.read() as session:
                     rows = (await session.execute(select(AuditRow.type, func.count()).group_by(AuditRow.type))).all()
                     pending = (await session.execute(select(func.count()).select_from(AuditPendingRow))).scalar_one()
-                assert dict(rows) == {"approval.created": 200, "approval.acknowledged": 200, "decision.refused": 600}
+                assert dict(rows) == {
+                    "approval.created": 200,
+                    "tokens.issued": 200,
+                    "approval.acknowledged": 200,
+                    "decision.refused": 600,
+                }
                 assert pending == 0
             finally:
                 await db.close()
