@@ -483,14 +483,18 @@ def conflicted(exc: BaseException) -> bool:
 
 
 async def store_committed(
-    *, deps: IngestDeps, submissions: Sequence[Submission], written: Callable[[], None] | None = None
+    *,
+    deps: IngestDeps,
+    submissions: Sequence[Submission],
+    written: Callable[[], None] | None = None,
+    again: bool = False,
 ) -> list[list[IngestResult]]:
     """Store a group in its own transaction, again after a conflict; returns once it has committed. written, if
     given, is called when the group's statements are sent, before the commit (core.intake lets the next group
-    start then)."""
+    start then); again: another group follows at once (see Database.transaction)."""
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
-            async with deps.db.transaction() as session:
+            async with deps.db.transaction(again=again) as session:
                 outcome = await store_group(session=session, deps=deps, submissions=submissions)
                 if written is not None:
                     written()

@@ -127,7 +127,7 @@ class IngestQueue:
     async def _store(self, deps: IngestDeps, group: list[_Waiting], written: Callable[[], None]) -> None:
         try:
             submissions = [w.submission for w in group]
-            results = await store_committed(deps=deps, submissions=submissions, written=written)
+            results = await store_committed(deps=deps, submissions=submissions, written=written, again=True)
         except Exception as exc:
             if len(group) == 1 or _shared_failure(exc):
                 for waiting in group:

@@ -27,7 +27,7 @@ from core.noise import NoiseScheduler, NoiseSettings
 from core.rulebook import RuleBook
 from core.store import channels as channel_store
 from core.store import migrate
-from core.store.db import CHECKPOINT_SECONDS, Database
+from core.store.db import CHECKPOINT_SECONDS, IDLE_PING_SECONDS, Database
 
 log = logging.getLogger("ackbot")
 
@@ -220,6 +220,7 @@ class Runtime:
         if self.run_dispatcher:
             await self.dispatcher.start()
         self._every(CHECKPOINT_SECONDS, self.db.checkpoint)
+        self._every(IDLE_PING_SECONDS, self.db.tidy)
         self._every(RULES_REFRESH_SECONDS, self.rulebook.refresh)
         self._every(RULES_REFRESH_SECONDS, self.refresh_channels)
         if self.run_dispatcher:

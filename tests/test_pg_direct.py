@@ -4,6 +4,8 @@ errors must be SQLAlchemy's, a lost connection must be replaced, and nothing may
 from __future__ import annotations
 
 import asyncio
+import time
+import types
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +16,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select,
 from sqlalchemy import exc as sa_exc
 
 from core.ingest import conflicted
+from core.store import pg_direct
 from core.store.db import Database, direct_of
 from core.store.pg_direct import DirectConnection, Keeper, Statement
 from core.store.tables import JsonDoc, UtcDateTime
@@ -151,6 +154,36 @@ async def test_a_write_transaction_is_begun_and_ended_by_asyncpg_and_leaves_noth
     assert set(await server_states(db.url)) <= {"idle"}
     async with db.read() as session:
         assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [0, 1, 2, 10, 11, 12]
+
+
+async def test_a_write_that_writes_again_begins_the_next_transaction_with_its_commit(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+    send = DirectConnection.execute
+
+    async def execute(direct: DirectConnection, sql: str) -> None:
+        sent.append(sql)
+        await send(direct, sql)
+
+    monkeypatch.setattr(DirectConnection, "execute", execute)
+    for n in range(3):
+        async with db.transaction(again=True) as session:
+            await (await direct_of(session)).fetch("INSERT INTO t VALUES ($1)", n)
+    # Open and holding nothing between the writes; a read never gets that connection.
+    assert await server_states(db.url) == ["idle in transaction"]
+    async with db.read() as session:
+        assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [0, 1, 2]
+    assert sent == ["BEGIN", "COMMIT; BEGIN", "COMMIT; BEGIN", "COMMIT; BEGIN"]
+    await db.tidy()  # taken by no write within the ping interval (just now: kept)
+    assert "idle in transaction" in await server_states(db.url)
+    later = types.SimpleNamespace(monotonic=lambda: time.monotonic() + 60)
+    monkeypatch.setattr(pg_direct, "time", later)  # the Keeper's clock only, not the event loop's
+    await db.tidy()  # no write took it: rolled back, the connection kept for the next one
+    assert sent[-1] == "ROLLBACK" and set(await server_states(db.url)) <= {"idle"}
+    async with db.transaction() as session:
+        await (await direct_of(session)).fetch("INSERT INTO t VALUES ($1)", 3)
+    assert sent[-2:] == ["BEGIN", "COMMIT"] and set(await server_states(db.url)) <= {"idle"}
 
 
 _DOCS = Table(

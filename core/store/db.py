@@ -296,12 +296,14 @@ class Database:
         return self._reads()
 
     @asynccontextmanager
-    async def transaction(self, *, autocommit: bool = False) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, *, autocommit: bool = False, again: bool = False) -> AsyncIterator[AsyncSession]:
         """A session inside one write transaction: committed on success, rolled back on error.
 
         autocommit: the writes are one statement each, atomic by themselves. PostgreSQL then sends no BEGIN and
         COMMIT around them (one round trip instead of three); SQLite, whose statements cost no round trip, still
         writes in one transaction. Statements only: ORM objects added to such a session are refused.
+        again: the caller writes again at once (intake's writers): on PostgreSQL the commit also begins the next
+        write's transaction, in the same round trip.
         """
         if self._keeper is None:
             async with self._sqlite_transaction() as session:
@@ -314,9 +316,9 @@ class Database:
         else:
             # BEGIN, COMMIT and ROLLBACK sent by asyncpg (see pg_direct), the session joined to the transaction on
             # the same connection; its statements go through SQLAlchemy, or through asyncpg (direct_of).
-            direct = await self._keeper.take()
+            direct = await self._keeper.take(write=True)
             try:
-                async with direct.transaction():
+                async with direct.transaction(begin_next=again):
                     session = self._joined_session(direct.conn, direct)
                     try:
                         yield session
@@ -373,6 +375,11 @@ class Database:
         """Raise if the database cannot be reached."""
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def tidy(self) -> None:
+        """PostgreSQL: end the transactions that commits began ahead and no write took (see transaction's again)."""
+        if self._keeper is not None:
+            await self._keeper.tidy()
 
     async def checkpoint(self) -> None:
         """SQLite: copy the WAL into the database file from a worker thread; elsewhere nothing.

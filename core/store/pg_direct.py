@@ -38,6 +38,8 @@ class DirectConnection:
         self._adapter = raw.dbapi_connection
         # ...and asyncpg's connection itself, which the statements here are sent on.
         self._driver: Any = raw.driver_connection
+        # Whether the open transaction was begun by the last commit, for the next write (transaction(begin_next)).
+        self.begun_ahead = False
 
     @classmethod
     async def connect(cls, engine: AsyncEngine) -> DirectConnection:
@@ -73,18 +75,26 @@ class DirectConnection:
     async def transaction(self, *, begin_next: bool = False) -> AsyncIterator[DirectConnection]:
         """One transaction on this connection: committed on success, rolled back on error. With begin_next, the
         commit also begins the next transaction, in the same round trip."""
+        self.begun_ahead = False
         try:
             if not self._driver.is_in_transaction():
                 await self.execute("BEGIN")
             yield self
             # A writer that will write again saves the next BEGIN's round trip: both go in one simple query, which
             # PostgreSQL runs in order, answering once the COMMIT is durable and the BEGIN done. A transaction begun
-            # that way holds nothing until its first statement (no snapshot, no transaction id), and the writer
-            # rolls it back if no group comes (close()).
+            # that way holds nothing until its first statement (no snapshot, no transaction id); the Keeper rolls
+            # it back if no write takes it soon (Keeper.tidy).
             await self.execute("COMMIT; BEGIN" if begin_next else "COMMIT")
+            self.begun_ahead = begin_next
         except BaseException:
             await to_completion(self._abandon())
             raise
+
+    async def close_transaction(self) -> None:
+        """Roll back the open transaction, if any (one begun ahead that no write took); a lost connection is left
+        unusable."""
+        self.begun_ahead = False
+        await to_completion(self._abandon())
 
     async def execute(self, sql: str) -> None:
         """Run a statement without parameters or rows (BEGIN, COMMIT, ROLLBACK)."""
@@ -338,7 +348,8 @@ def _bind_processor(parameter: BindParameter[Any], dialect: Dialect) -> Callable
 class Keeper:
     """Idle DirectConnections kept checked out of SQLAlchemy's pool, to be handed out again without a checkout
     (which costs about as much as a click's read). One idle longer than ping_after is pinged before use, as the
-    pool would (core.store.db), and one that is lost is discarded. At most `size` are kept, newest first.
+    pool would (core.store.db), and one that is lost is discarded. At most `size` are kept, newest first; those
+    whose commit began the next transaction go only to the next write, and tidy() ends the ones no write took.
     """
 
     def __init__(self, engine: AsyncEngine, *, size: int, ping_after: float) -> None:
@@ -346,30 +357,46 @@ class Keeper:
         self._size = size
         self._ping_after = ping_after
         self._idle: list[tuple[DirectConnection, float]] = []
+        self._begun: list[tuple[DirectConnection, float]] = []
 
-    async def take(self) -> DirectConnection:
-        """A connection: a kept one if there is one that answers, else one checked out of the pool."""
-        while self._idle:
-            direct, since = self._idle.pop()
-            if direct.usable and time.monotonic() - since >= self._ping_after:
-                try:
-                    await direct.execute("SELECT 1")
-                except Exception:
-                    pass  # invalidated by the failure: not usable, discarded below
-            if direct.usable:
-                return direct
-            await direct.close()
+    async def take(self, *, write: bool = False) -> DirectConnection:
+        """A connection: a kept one if there is one that answers (for a write, first one with its transaction
+        begun already), else one checked out of the pool."""
+        for kept in (self._begun, self._idle) if write else (self._idle,):
+            while kept:
+                direct, since = kept.pop()
+                if direct.usable and time.monotonic() - since >= self._ping_after:
+                    try:
+                        await direct.execute("SELECT 1")
+                    except Exception:
+                        pass  # invalidated by the failure: not usable, discarded below
+                if direct.usable:
+                    return direct
+                await direct.close()
         return await DirectConnection.connect(self._engine)
 
     async def give(self, direct: DirectConnection) -> None:
         """Keep a connection that is done with, or return it to the pool."""
-        if direct.usable and not direct.in_transaction and len(self._idle) < self._size:
-            self._idle.append((direct, time.monotonic()))
-            return
+        if direct.usable and len(self._idle) + len(self._begun) < self._size:
+            if not direct.in_transaction:
+                self._idle.append((direct, time.monotonic()))
+                return
+            if direct.begun_ahead:
+                self._begun.append((direct, time.monotonic()))
+                return
         await direct.close()
+
+    async def tidy(self) -> None:
+        """Roll back the transactions begun ahead that no write took within ping_after; keep their connections."""
+        now = time.monotonic()
+        stale = [direct for direct, since in self._begun if now - since >= self._ping_after]
+        self._begun = [(direct, since) for direct, since in self._begun if now - since < self._ping_after]
+        for direct in stale:
+            await direct.close_transaction()
+            await self.give(direct)
 
     async def close(self) -> None:
         """Return every kept connection to the pool."""
-        idle, self._idle = self._idle, []
-        for direct, _ in idle:
+        kept, self._idle, self._begun = [*self._idle, *self._begun], [], []
+        for direct, _ in kept:
             await direct.close()
