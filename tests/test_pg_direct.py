@@ -135,9 +135,9 @@ async def test_a_lost_connection_fails_its_transaction_and_is_replaced(db: Datab
         assert list((await session.execute(text("SELECT id FROM t ORDER BY id"))).scalars()) == [1, 3, 4]
 
 
-async def test_a_write_transaction_is_begun_and_ended_by_asyncpg_and_leaves_nothing_open(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements without parameters (BEGIN, COMMIT, ROLLBACK...) sent by asyncpg itself, in order."""
     sent: list[str] = []
     send = DirectConnection.execute
 
@@ -146,6 +146,12 @@ async def test_a_write_transaction_is_begun_and_ended_by_asyncpg_and_leaves_noth
         await send(direct, sql)
 
     monkeypatch.setattr(DirectConnection, "execute", execute)
+    return sent
+
+
+async def test_a_write_transaction_is_begun_and_ended_by_asyncpg_and_leaves_nothing_open(
+    db: Database, sent: list[str]
+) -> None:
     for n in range(3):
         async with db.transaction() as session:
             await (await direct_of(session)).fetch("INSERT INTO t VALUES ($1)", n)
@@ -157,16 +163,8 @@ async def test_a_write_transaction_is_begun_and_ended_by_asyncpg_and_leaves_noth
 
 
 async def test_a_write_that_writes_again_begins_the_next_transaction_with_its_commit(
-    db: Database, monkeypatch: pytest.MonkeyPatch
+    db: Database, sent: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent: list[str] = []
-    send = DirectConnection.execute
-
-    async def execute(direct: DirectConnection, sql: str) -> None:
-        sent.append(sql)
-        await send(direct, sql)
-
-    monkeypatch.setattr(DirectConnection, "execute", execute)
     for n in range(3):
         async with db.transaction(again=True) as session:
             await (await direct_of(session)).fetch("INSERT INTO t VALUES ($1)", n)
