@@ -17,6 +17,7 @@ import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import aiohttp
@@ -184,8 +185,11 @@ class SlackChannel(BaseChannel):
     supports_update: ClassVar[bool] = True
     # chat.postMessage allows about one message a second per channel (short bursts pass): pace by Slack channel.
     RATE_PER_SECOND: ClassVar[float] = 1.0
-    # A click waits on these messages: three attempts, 1s / 2s / 4s apart, then the delivery is dead.
-    MAX_ATTEMPTS: ClassVar[int] = 3
+    # A click waits on these messages: three attempts, 1s / 2s / 4s apart, then the delivery is dead and the channel's
+    # health says why while someone can still act. Slack's 429s (ratelimited, with Retry-After) are not counted, and
+    # are waited out for at most ten minutes: a card later than that is about a state that has likely changed.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(minutes=10)
+    MAX_ATTEMPTS: ClassVar[int | None] = 3
     BACKOFF_BASE: ClassVar[float] = 1.0
     BACKOFF_MAX: ClassVar[float] = 4.0
     # Direct-message channel ids (each person costs one conversations.open per process) and channel ids by name.

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.channels.base import Channel, Notification, SendResult
 from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError
+from core.channels.retry import after_failure, asked_to_wait
 from core.clock import Clock
 from core.metrics import Metrics
 from core.models.deliveries import DeliveryPurpose, DeliveryStatus, HeldUpdate
@@ -46,8 +46,6 @@ INLINE_WAIT = 0.25
 # Stopping: how long to wait for the workers after each cancellation, and how many times to cancel.
 STOP_WAIT = 2.0
 STOP_ROUNDS = 5
-# A receiver asking us to wait longer than this is answered sooner: an alert an hour late is worth little.
-MAX_RETRY_AFTER = 3600.0
 # Claims start at least this far apart. Every commit that queues work wakes the claimer; under a stream of
 # decisions or events each wake found one row, so each row cost a claim transaction, a prefetch read and a
 # settle transaction of its own. Spaced, a claim takes what came due meanwhile, and the rows that go out
@@ -94,15 +92,6 @@ class Pacer:
         if wait > INLINE_WAIT:
             self.reserved[delivery_id] = now + wait
         return wait
-
-
-def backoff(*, attempt: int, base: float, cap: float, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter; never sooner than the receiver asked."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
-    delay = random.uniform(0, ceiling)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return delay
 
 
 @dataclass
@@ -412,19 +401,27 @@ class Dispatcher:
             if settled:
                 self._count_sent(row.channel, created_at=row.created_at, now=now)
             return
-        max_attempts = channel.max_attempts if channel is not None else 1
-        permanent = isinstance(outcome, PermanentChannelError) or not isinstance(outcome, TransientChannelError)
         error = str(outcome)[:2000]
-        if permanent or final or attempt >= max_attempts:
-            status, result, next_at = DeliveryStatus.dead, "permanent" if permanent else "exhausted", None
+        if channel is None or final or not isinstance(outcome, TransientChannelError):
+            transient = isinstance(outcome, TransientChannelError)
+            # Dead at once; it keeps when it began failing: the time its earlier tries say, else now.
+            failing_since, counted, next_at = row.failing_since or started, row.counted_failures, None
+            result, reason = ("exhausted", "a one-off send") if transient else ("permanent", "a permanent error")
         else:
-            base = getattr(channel, "BACKOFF_BASE", 1.0)
-            cap = getattr(channel, "BACKOFF_MAX", 60.0)
-            retry_after = outcome.retry_after if isinstance(outcome, TransientChannelError) else None
-            if retry_after is not None:
+            verdict = after_failure(
+                channel.retry,
+                outcome,
+                attempt=attempt,
+                started=started,
+                now=now,
+                failing_since=row.failing_since,
+                counted_failures=row.counted_failures,
+            )
+            failing_since, counted, next_at = verdict.failing_since, verdict.counted_failures, verdict.next_attempt_at
+            result, reason = ("exhausted", verdict.reason) if next_at is None else ("retry", "")
+            if asked_to_wait(outcome):
                 self.metrics.rate_limited.labels(channel=row.channel).inc()
-            delay = backoff(attempt=attempt, base=base, cap=cap, retry_after=retry_after)
-            status, result, next_at = DeliveryStatus.failed, "retry", now + timedelta(seconds=delay)
+        status = DeliveryStatus.dead if next_at is None else DeliveryStatus.failed
         settled = await self._settle(
             Settlement(
                 delivery_id=row.id,
@@ -435,15 +432,33 @@ class Dispatcher:
                 next_attempt_at=next_at,
                 status_code=outcome.status_code,
                 error=error,
+                failing_since=failing_since,
+                counted_failures=counted,
             )
         )
         if settled:
             self.metrics.delivery_attempts.labels(channel=row.channel, result=result).inc()
+            failing = (now - failing_since).total_seconds()
             if status is DeliveryStatus.dead:
                 self.metrics.deliveries.labels(channel=row.channel, status="dead").inc()
-                log.error("delivery %s to %s is dead after %d attempts: %s", row.id, row.channel, attempt, error)
+                log.error(
+                    "delivery %s to %s is dead after %d attempts over %.0fs (%s): %s",
+                    row.id,
+                    row.channel,
+                    attempt,
+                    failing,
+                    reason,
+                    error,
+                )
             else:
-                log.warning("delivery %s to %s failed (attempt %d), retrying: %s", row.id, row.channel, attempt, error)
+                log.warning(
+                    "delivery %s to %s failed (attempt %d, failing for %.0fs), retrying: %s",
+                    row.id,
+                    row.channel,
+                    attempt,
+                    failing,
+                    error,
+                )
 
     def _count_sent(self, channel: str, *, created_at: datetime, now: datetime) -> None:
         self.metrics.delivery_attempts.labels(channel=channel, result="sent").inc()
@@ -498,10 +513,16 @@ class Dispatcher:
                     future.set_result(settlement.delivery_id in settled)
 
     async def refresh_gauges(self) -> None:
-        """Set the dead-letter gauge from the database, which every replica shares."""
+        """Set the dead-letter and failing gauges from the database, which every replica shares."""
         async with self.db.read() as session:
             counts = await delivery_store.count_dead(session=session)
+            failing_since = await delivery_store.oldest_failing(session=session)
         dead: dict[str, int] = {name: 0 for name in self.channels}
         dead.update(counts)
         for channel, count in dead.items():
             self.metrics.deliveries_dead.labels(channel=channel).set(count)
+        now = self.clock.now()
+        for channel in {*self.channels, *failing_since}:
+            since = failing_since.get(channel)
+            age = max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+            self.metrics.delivery_failing_seconds.labels(channel=channel).set(age)

@@ -41,6 +41,12 @@ class Metrics:
         self.deliveries_dead = Gauge(
             "ackbot_deliveries_dead", "Dead deliveries now, by channel", ["channel"], registry=r
         )
+        self.delivery_failing_seconds = Gauge(
+            "ackbot_delivery_failing_seconds",
+            "How long the longest-failing delivery still being retried has been failing, by channel (0: none is)",
+            ["channel"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "ackbot_rate_limited", "Times a receiver or our pacing held a delivery back", ["channel"], registry=r
         )

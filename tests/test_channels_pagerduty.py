@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from core.channels.base import ChannelContext
@@ -173,8 +175,7 @@ async def test_400_is_permanent_quotes_pagerduty_and_hides_the_routing_key() -> 
 def test_default_base_url_and_limits() -> None:
     settings = PagerDutySettings.model_validate({"routing_key": "env:PD_ROUTING_KEY"})
     assert settings.base_url == "https://events.pagerduty.com"
-    assert (PagerDutyChannel.MAX_ATTEMPTS, PagerDutyChannel.BACKOFF_BASE, PagerDutyChannel.BACKOFF_MAX) == (
-        5,
-        2.0,
-        32.0,
-    )
+    # A page must outlast PagerDuty's own outage: six hours of tries, no count of them, 2 s doubling to 2 minutes.
+    limits = (PagerDutyChannel.RETRY_FOR, PagerDutyChannel.MAX_ATTEMPTS)
+    assert limits == (timedelta(hours=6), None)
+    assert (PagerDutyChannel.BACKOFF_BASE, PagerDutyChannel.BACKOFF_MAX) == (2.0, 120.0)

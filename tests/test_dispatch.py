@@ -84,20 +84,22 @@ async def test_one_channel_down_while_three_deliver(app_factory: AppFactory, dat
     clock = ManualClock()
     async with HttpSink(Reply(200)) as sink:
         sink.always(Reply(503, "down"), path="/down")
-        channels = [webhook("down", sink.url("/down"))] + [webhook(f"up{i}", sink.url(f"/up{i}")) for i in range(3)]
+        down = webhook("down", sink.url("/down"), retry_for="1h")
+        channels = [down] + [webhook(f"up{i}", sink.url(f"/up{i}")) for i in range(3)]
         client, runtime = await app_factory(config_with(database_url, channels), run_dispatcher=False, clock=clock)
         assert (await (await client.post("/api/v1/events", json=EVENT, headers=auth())).json())["deliveries"] == 4
         assert await runtime.dispatcher.run_once() == 4
         state = await statuses(runtime)
         assert state == {"down": "failed", "up0": "sent", "up1": "sent", "up2": "sent"}
-        # The failing channel retries with backoff until its attempts run out, then is dead; the others are untouched.
+        # The failing channel retries with backoff for its retry_for (an hour: a try every ten minutes here, the
+        # last at the end of the hour), then is dead; the others are untouched.
         for _ in range(20):
             clock.advance(timedelta(minutes=10))
             await runtime.dispatcher.run_once()
         state = await statuses(runtime)
         assert state["down"] == "dead" and all(state[f"up{i}"] == "sent" for i in range(3))
         paths = [r.path for r in sink.requests]
-        attempts = runtime.channels["down"].max_attempts
+        attempts = 7
         assert paths.count("/down") == attempts
         assert sorted(p for p in paths if p != "/down") == ["/up0", "/up1", "/up2"]
         health = await (await client.get("/api/v1/channels/down/health", headers=auth())).json()

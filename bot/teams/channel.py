@@ -18,6 +18,7 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
@@ -58,7 +59,11 @@ class TeamsChannel(BaseChannel):
     Settings = TeamsChannelSettings
     settings: TeamsChannelSettings
     supports_update: ClassVar[bool] = True
-    MAX_ATTEMPTS: ClassVar[int] = 6
+    # Chat is for people looking now: six attempts up to a minute apart, then the dead-letter queue and the channel's
+    # health say why while someone can still act. The connector's 429s are not counted and are waited out for at
+    # most fifteen minutes: a card later than that is about a state that has likely changed.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(minutes=15)
+    MAX_ATTEMPTS: ClassVar[int | None] = 6
     BACKOFF_BASE: ClassVar[float] = 1.0
     BACKOFF_MAX: ClassVar[float] = 60.0
     # Teams' per-conversation limit for a bot: 7 messages a second (and 60 in 30 s, which retries absorb).

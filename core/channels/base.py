@@ -9,18 +9,20 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.channels import safety
 from core.channels.errors import ChannelError, PermanentChannelError, TransientChannelError, safe_url
+from core.channels.retry import RetryPolicy
 from core.models.approvals import Approval
-from core.models.common import Severity, UtcDatetime
+from core.models.common import Duration, Severity, UtcDatetime, format_duration
 from core.models.deliveries import DeliveryPurpose
 from core.models.events import Alert, Event
 from core.secrets import SecretError, SecretPolicy, redact
@@ -170,8 +172,9 @@ class Channel(Protocol):
     name: str
     type: ClassVar[str]
     supports_update: ClassVar[bool]
-    max_attempts: int
+    max_attempts: int | None
     rate_per_second: float
+    retry: RetryPolicy
 
     def destination(self, note: Notification) -> str:
         """The key that pacing applies to (a Slack channel, a Teams conversation, a URL host)."""
@@ -184,13 +187,32 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
+# A delivery failing for longer than this is news to nobody: the dead-letter queue is where it is seen.
+MAX_RETRY_FOR = timedelta(days=7)
+
+
 class ChannelSettings(BaseModel):
     """Base of each channel type's settings: unknown keys are errors; retries and pacing are overridable."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int | None = Field(default=None, ge=1, le=50)
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=50, description="tries before a delivery is dead; 429s and Retry-After not counted"
+    )
+    retry_for: Duration | None = Field(
+        default=None,
+        description="how long a failing delivery is retried before it is dead, e.g. 6h (default: the channel type's)",
+    )
     rate_per_second: float | None = Field(default=None, gt=0, le=1000)
+
+    @field_validator("retry_for")
+    @classmethod
+    def _within_a_week(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value > MAX_RETRY_FOR:
+            raise ValueError(
+                f"at most {format_duration(MAX_RETRY_FOR)}; a delivery failing longer is for the dead letters"
+            )
+        return value
 
 
 @dataclass
@@ -217,8 +239,11 @@ class BaseChannel:
     type: ClassVar[str] = ""
     Settings: ClassVar[builtins.type[ChannelSettings]] = ChannelSettings
     supports_update: ClassVar[bool] = False
-    # Attempts before a delivery is dead, and the backoff between them (seconds, exponential, full jitter).
-    MAX_ATTEMPTS: ClassVar[int] = 5
+    # How long a failing delivery is retried before it is dead (see retry.py), and, where set, how many tries
+    # it gets within that (429s and Retry-After answers are not counted); the backoff between tries (seconds,
+    # exponential from BACKOFF_BASE, capped at BACKOFF_MAX, full jitter). Each channel type says why its own.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(minutes=10)
+    MAX_ATTEMPTS: ClassVar[int | None] = 5
     BACKOFF_BASE: ClassVar[float] = 1.0
     BACKOFF_MAX: ClassVar[float] = 60.0
     # Messages per second per destination that the receiver accepts.
@@ -230,6 +255,12 @@ class BaseChannel:
         self.context = context
         self.max_attempts = settings.max_attempts or self.MAX_ATTEMPTS
         self.rate_per_second = settings.rate_per_second or self.RATE_PER_SECOND
+        self.retry = RetryPolicy(
+            retry_for=settings.retry_for if settings.retry_for is not None else self.RETRY_FOR,
+            max_attempts=self.max_attempts,
+            backoff_base=self.BACKOFF_BASE,
+            backoff_max=self.BACKOFF_MAX,
+        )
         # Every secret value this channel has resolved, so that no error message it raises can carry one.
         self._secret_values: set[str] = set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from core.channels.base import BaseChannel, ChannelSettings, Notification, SendResult
@@ -30,8 +31,9 @@ class ConsoleChannel(BaseChannel):
     type: ClassVar[str] = "console"
     Settings = ConsoleSettings
     supports_update: ClassVar[bool] = True
-    # Logging does not fail in ways a retry would fix; one more try covers a handler hiccup.
-    MAX_ATTEMPTS: ClassVar[int] = 2
+    # Logging does not fail in ways a retry would fix; one more try within a minute covers a handler hiccup.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(minutes=1)
+    MAX_ATTEMPTS: ClassVar[int | None] = 2
     # No receiver to protect: pacing only keeps a flood from drowning the rest of the log.
     RATE_PER_SECOND: ClassVar[float] = 100.0
 

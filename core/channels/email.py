@@ -17,6 +17,7 @@ import html
 import logging
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any, ClassVar, Literal
@@ -108,8 +109,11 @@ class EmailChannel(BaseChannel):
     Settings = EmailSettings
     settings: EmailSettings
     supports_update: ClassVar[bool] = True
-    # Mail servers either take a message or have said why not; three tries cover greylisting and restarts.
-    MAX_ATTEMPTS: ClassVar[int] = 3
+    # Mail servers either take a message or have said why not; three tries within an hour cover greylisting and
+    # restarts. Longer is the relay's job: once it has the message it queues and retries for days itself, so a
+    # relay refusing us for an hour is a fault of configuration that the dead-letter queue should show.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(hours=1)
+    MAX_ATTEMPTS: ClassVar[int | None] = 3
     BACKOFF_BASE: ClassVar[float] = 30.0
     BACKOFF_MAX: ClassVar[float] = 600.0
     # A relay rarely minds; mailbox providers throttle bursts, so stay modest.

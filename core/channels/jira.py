@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
@@ -155,10 +156,13 @@ class JiraChannel(HttpChannel):
     Settings = JiraSettings
     settings: JiraSettings
     supports_update: ClassVar[bool] = True
-    # Jira Cloud's limits are cost-based and per tenant; a few requests a second stays well clear.
-    MAX_ATTEMPTS: ClassVar[int] = 5
+    # An issue is a record, still worth making when Jira is back after a long maintenance: retried for twelve
+    # hours, no count of tries, 5 s doubling to 5 minutes between them.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(hours=12)
+    MAX_ATTEMPTS: ClassVar[int | None] = None
     BACKOFF_BASE: ClassVar[float] = 5.0
     BACKOFF_MAX: ClassVar[float] = 300.0
+    # Jira Cloud's limits are cost-based and per tenant; a few requests a second stays well clear.
     RATE_PER_SECOND: ClassVar[float] = 3.0
     # Jira's limits: summary 255 characters; text fields about 32 767 characters, ADF structure included.
     MAX_SUMMARY = 255

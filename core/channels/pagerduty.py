@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -64,10 +65,13 @@ class PagerDutyChannel(HttpChannel):
     Settings = PagerDutySettings
     settings: PagerDutySettings
     supports_update: ClassVar[bool] = True
-    # PagerDuty asks for retries on 429 and 5xx; five attempts, 2 s doubling to 32 s, ride out a blip.
-    MAX_ATTEMPTS: ClassVar[int] = 5
+    # PagerDuty asks for retries on 429 and 5xx. A page is what must not be lost: retried for six hours (events are
+    # deduplicated by dedup_key, so a late trigger after a resolve changes nothing wrongly), no count of tries;
+    # 2 s doubling to 2 minutes between them, soon enough that a page is not much later than PagerDuty's return.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(hours=6)
+    MAX_ATTEMPTS: ClassVar[int | None] = None
     BACKOFF_BASE: ClassVar[float] = 2.0
-    BACKOFF_MAX: ClassVar[float] = 32.0
+    BACKOFF_MAX: ClassVar[float] = 120.0
     # About 120 events a minute per integration key.
     RATE_PER_SECOND: ClassVar[float] = 2.0
     # Limits of the Events API v2.

@@ -12,6 +12,7 @@ Slack answers errors as short text bodies with a status code: ``invalid_payload`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -76,8 +77,11 @@ class SlackWebhookChannel(HttpChannel):
     Settings = SlackWebhookSettings
     settings: SlackWebhookSettings
     supports_update: ClassVar[bool] = False
-    # Chat is for now: three quick attempts (about 1s, 2s, 4s apart), then the dead-letter queue says why.
-    MAX_ATTEMPTS: ClassVar[int] = 3
+    # Chat is for people looking now: three quick attempts (about 1s, 2s, 4s apart), then the dead-letter queue and
+    # the channel's health say why, while someone can still act. Slack's 429s are not counted, and are waited out
+    # for at most ten minutes: a card later than that is about a state that has likely changed.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(minutes=10)
+    MAX_ATTEMPTS: ClassVar[int | None] = 3
     BACKOFF_BASE: ClassVar[float] = 1.0
     BACKOFF_MAX: ClassVar[float] = 4.0
     # Slack allows about one message a second per webhook, with short bursts.

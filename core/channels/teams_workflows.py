@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -71,8 +72,11 @@ class TeamsWorkflowsChannel(HttpChannel):
     Settings = TeamsWorkflowsSettings
     settings: TeamsWorkflowsSettings
     supports_update: ClassVar[bool] = False
-    # Chat is for now: three quick attempts (about 1s, 2s, 4s apart), then the dead-letter queue says why.
-    MAX_ATTEMPTS: ClassVar[int] = 3
+    # Chat is for people looking now: three quick attempts (about 1s, 2s, 4s apart), then the dead-letter queue and
+    # the channel's health say why, while someone can still act. 429s are not counted, and are waited out for at
+    # most ten minutes: a card later than that is about a state that has likely changed.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(minutes=10)
+    MAX_ATTEMPTS: ClassVar[int | None] = 3
     BACKOFF_BASE: ClassVar[float] = 1.0
     BACKOFF_MAX: ClassVar[float] = 4.0
     # Workflows webhooks take four requests a second.

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -165,8 +166,11 @@ class WebhookChannel(HttpChannel):
     Settings = WebhookSettings
     settings: WebhookSettings
     supports_update: ClassVar[bool] = True
-    # Receivers are ours to guess: a moderate pace and five attempts over a few minutes.
-    MAX_ATTEMPTS: ClassVar[int] = 5
+    # Receivers are ours to guess, and often the automation that acts on an alert: retried for six hours, so a
+    # receiver's outage or redeploy delays its alerts rather than losing them; no count of tries, the time decides.
+    # Between tries 2 s doubling to 5 minutes, so a receiver coming back is not met by a flood.
+    RETRY_FOR: ClassVar[timedelta] = timedelta(hours=6)
+    MAX_ATTEMPTS: ClassVar[int | None] = None
     BACKOFF_BASE: ClassVar[float] = 2.0
     BACKOFF_MAX: ClassVar[float] = 300.0
     RATE_PER_SECOND: ClassVar[float] = 10.0

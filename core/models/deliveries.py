@@ -43,6 +43,11 @@ class Delivery(BaseModel):
     idempotency_key: str
     status: DeliveryStatus
     attempts: int = 0
+    failing_since: UtcDatetime | None = Field(
+        default=None,
+        description="when its current run of failed attempts began (null unless it is failing, or died failing); "
+        "it is retried until it has been failing for its channel's retry_for",
+    )
     next_attempt_at: UtcDatetime
     last_error: str | None = None
     message_ref: dict[str, Any] | None = None

@@ -38,7 +38,7 @@ def alert_from_columns(columns: dict[str, Any]) -> Alert:
 def delivery_from_row(row: DeliveryRow) -> Delivery:
     """The stored delivery as a domain model (leases and bookkeeping columns left out)."""
     data = _columns(row)
-    for internal in ("lease_until", "claimed_by", "suppressed_count", "extra"):
+    for internal in ("lease_until", "claimed_by", "suppressed_count", "extra", "counted_failures"):
         data.pop(internal)
     return Delivery.model_validate(data)
 

@@ -59,6 +59,7 @@ def delivery_values(
         idempotency_key=idempotency_key,
         status=DeliveryStatus.pending,
         attempts=0,
+        counted_failures=0,
         next_attempt_at=not_before or now,
         suppressed_count=suppressed_count,
         extra=extra,
@@ -76,7 +77,9 @@ def claimed_values(values: dict[str, Any], *, worker: str, lease_until: datetime
 
 
 _DELIVERY_COLUMNS = tuple(
-    column.key for column in table_of(DeliveryRow).columns if column.key not in ("last_error", "message_ref", "sent_at")
+    column.key
+    for column in table_of(DeliveryRow).columns
+    if column.key not in ("last_error", "message_ref", "sent_at", "failing_since")
 )
 _INSERT_DELIVERIES = insert(table_of(DeliveryRow))
 # Sent by asyncpg itself inside a PostgreSQL write transaction (see pg_direct.Statement).
@@ -186,6 +189,7 @@ def _settle_sent_statement() -> Any:
             claimed_by=None,
             updated_at=when,
             last_error=None,
+            failing_since=None,
             sent_at=when,
         )
         .returning(table.c.id, table.c.attempts)
@@ -227,6 +231,10 @@ class Settlement:
     status_code: int | None = None
     error: str | None = None
     message_ref: dict[str, Any] | None = None
+    # When the delivery began failing (None: it is not failing, it was sent), and the tries held against its
+    # max_attempts (None: unchanged).
+    failing_since: datetime | None = None
+    counted_failures: int | None = None
 
 
 async def settle(
@@ -264,11 +272,13 @@ async def settle(
 _SETTLE_BATCH = (
     "WITH batch AS (SELECT * FROM jsonb_to_recordset(CAST($1 AS jsonb)) AS b("
     "id text, status text, now timestamptz, next_attempt_at timestamptz, error text, ref jsonb, "
-    "started_at timestamptz, outcome text, status_code integer)), "
+    "started_at timestamptz, outcome text, status_code integer, failing_since timestamptz, "
+    "counted_failures integer)), "
     "settled AS ("
     "UPDATE deliveries AS d SET status = batch.status, attempts = d.attempts + 1, lease_until = NULL, "
     "claimed_by = NULL, updated_at = batch.now, last_error = batch.error, "
     "next_attempt_at = COALESCE(batch.next_attempt_at, d.next_attempt_at), "
+    "failing_since = batch.failing_since, counted_failures = COALESCE(batch.counted_failures, d.counted_failures), "
     "message_ref = COALESCE(batch.ref, d.message_ref), "
     f"sent_at = CASE WHEN batch.status = '{DeliveryStatus.sent.value}' THEN batch.now ELSE d.sent_at END "
     f"FROM batch WHERE d.id = batch.id AND d.claimed_by = $2 AND d.status = '{DeliveryStatus.sending.value}' "
@@ -299,6 +309,8 @@ def _settle_batch_document(settlements: Sequence[Settlement]) -> str:
                 "started_at": _utc_text(s.started_at),
                 "outcome": s.outcome,
                 "status_code": s.status_code,
+                "failing_since": _utc_text(s.failing_since) if s.failing_since else None,
+                "counted_failures": s.counted_failures,
             }
             for s in settlements
         ]
@@ -342,7 +354,10 @@ async def settle_many(*, db: Database, worker: str, settlements: Sequence[Settle
                 "claimed_by": None,
                 "updated_at": s.now,
                 "last_error": s.error,
+                "failing_since": s.failing_since,
             }
+            if s.counted_failures is not None:
+                values["counted_failures"] = s.counted_failures
             if s.next_attempt_at is not None:
                 values["next_attempt_at"] = s.next_attempt_at
             if s.message_ref is not None:
@@ -428,11 +443,19 @@ async def list_deliveries(
 
 
 async def retry_dead(*, session: AsyncSession, delivery_id: str, now: datetime) -> bool:
-    """Put a dead (or failed) delivery back in the queue by hand, with a fresh attempt budget."""
+    """Put a dead (or failed) delivery back in the queue by hand, with a fresh budget of tries and of time."""
     result = await session.execute(
         update(DeliveryRow)
         .where(DeliveryRow.id == delivery_id, DeliveryRow.status.in_((DeliveryStatus.dead, DeliveryStatus.failed)))
-        .values(status=DeliveryStatus.pending, attempts=0, next_attempt_at=now, updated_at=now, last_error=None)
+        .values(
+            status=DeliveryStatus.pending,
+            attempts=0,
+            counted_failures=0,
+            failing_since=None,
+            next_attempt_at=now,
+            updated_at=now,
+            last_error=None,
+        )
     )
     return bool(getattr(result, "rowcount", 0))
 
@@ -492,3 +515,20 @@ async def count_dead(*, session: AsyncSession) -> dict[str, int]:
         select(table.c.channel, func.count()).where(table.c.status == DeliveryStatus.dead).group_by(table.c.channel)
     )
     return {channel: count for channel, count in rows.all()}
+
+
+async def oldest_failing(*, session: AsyncSession) -> dict[str, datetime]:
+    """Per channel, when its longest-failing delivery that is still being retried began failing (for the gauge).
+
+    Read through the status index: failing rows are few, whatever the history.
+    """
+    table = table_of(DeliveryRow)
+    rows = await session.execute(
+        select(table.c.channel, func.min(table.c.failing_since))
+        .where(
+            table.c.status.in_((DeliveryStatus.failed, DeliveryStatus.sending, DeliveryStatus.pending)),
+            table.c.failing_since.is_not(None),
+        )
+        .group_by(table.c.channel)
+    )
+    return {channel: since for channel, since in rows.all()}

@@ -153,6 +153,11 @@ class DeliveryRow(Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The tries held against the channel's max_attempts: a 429 or an answer with Retry-After is not.
+    counted_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the failures since the delivery was queued began (None: it has not failed, or has since been sent):
+    # the start of the channel's retry_for budget, and what the API and metrics show of how long it has failed.
+    failing_since: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]
     claimed_by: Mapped[str | None] = mapped_column(String(100))
