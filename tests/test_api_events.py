@@ -301,7 +301,14 @@ async def test_probes_and_metrics(app_factory: AppFactory) -> None:
         in text
     )
     assert (await client.get("/nowhere")).status == 404
-    assert (await client.put("/api/v1/events")).status == 405
+    refused = await client.put("/api/v1/events")
+    assert refused.status == 405 and refused.headers["Allow"] == "POST"
+    # A path that a literal route names and a pattern fits too: Allow lists the literal route's methods only.
+    for path, allowed in [("/api/v1/rules/test", "POST"), ("/api/v1/channels/health", "GET,HEAD")]:
+        refused = await client.put(path, headers=auth())
+        assert refused.status == 405 and refused.headers["Allow"] == allowed, (path, refused.headers.get("Allow"))
+    pattern = await client.put("/api/v1/rules/some-rule", headers=auth())
+    assert pattern.status == 405 and set(pattern.headers["Allow"].split(",")) >= {"GET", "PATCH", "DELETE"}
 
 
 async def test_overlapping_batches_in_opposite_orders_both_commit(app_factory: AppFactory) -> None:

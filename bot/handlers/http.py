@@ -29,6 +29,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
 
+def allowed_methods(request: web.Request, reported: str) -> str:
+    """A 405's Allow: the methods of the route the path names literally (`/api/v1/rules/test`), not aiohttp's union
+    with those of a pattern the path also fits (`/api/v1/rules/{name}`)."""
+    for resource in request.app.router.resources():
+        if resource.get_info().get("path") == request.path:
+            methods = {route.method for route in resource}
+            return ",".join(sorted(methods | {"HEAD"} if "GET" in methods else methods))
+    return reported
+
+
 class ApiError(Exception):
     """An error the client should see, with its HTTP status and the fields it concerns."""
 
@@ -100,9 +110,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = json_response(error_body(exc.status, exc.reason), status=exc.status)
-        for name in ("Allow",):
-            if name in exc.headers:
-                response.headers[name] = exc.headers[name]
+        if exc.status == 405:
+            response.headers["Allow"] = allowed_methods(request, exc.headers.get("Allow", ""))
     except Exception as exc:
         outage = request.app.get(DB_OUTAGE)
         if outage is None or not db_outage.is_unavailable(exc):
