@@ -111,22 +111,9 @@ class Buttons:
         if buttons:
             # One row per message, not per token: the message's tokens by key id and nonce hash.
             codec, at = self._keys.codec, int(now.timestamp())
-            await audit.record_now(
-                db=self._db,
-                type="tokens.issued",
-                at=now,
-                tenant=approval.tenant,
-                approval_id=approval.id,
-                alert_id=approval.alert_id,
-                actor="ackbot",
-                actor_platform="dispatcher",
-                data={
-                    "delivery_id": row.id,
-                    "channel": row.channel,
-                    "subject": subject,
-                    "tokens": [token_details(codec.verify(button.token, now=at)) for button in buttons],
-                },
-            )
+            tokens = [token_details(codec.verify(button.token, now=at)) for button in buttons]
+            data = {"delivery_id": row.id, "channel": row.channel, "subject": subject, "tokens": tokens}
+            await self._audit_issue(approval, "tokens.issued", now, by="ackbot", platform="dispatcher", data=data)
 
     async def issue_token(
         self,
@@ -160,18 +147,24 @@ class Buttons:
         wanted = codec.ttl if ttl is None else max(1, int(ttl.total_seconds()))
         token = self._issue(approval, channel, choice, delivery_id, subject, min(wanted, seconds), now)
         claims = codec.verify(token, now=int(now.timestamp()))
+        data = {**token_details(claims), "subject": subject}
+        await self._audit_issue(approval, "token.issued", now, by=by, platform="api", data=data)
+        return token, claims
+
+    async def _audit_issue(
+        self, approval: Approval, type: str, at: datetime, *, by: str, platform: str, data: dict[str, Any]
+    ) -> None:
         await audit.record_now(
             db=self._db,
-            type="token.issued",
-            at=now,
+            type=type,
+            at=at,
             tenant=approval.tenant,
             approval_id=approval.id,
             alert_id=approval.alert_id,
             actor=by,
-            actor_platform="api",
-            data={**token_details(claims), "subject": subject},
+            actor_platform=platform,
+            data=data,
         )
-        return token, claims
 
     def _issue(
         self,

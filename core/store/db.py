@@ -52,7 +52,6 @@ CHECKPOINT_SECONDS = 1.0
 WAL_BACKSTOP_PAGES = 10000
 
 
-WRITE = "ackbot_write"
 # A session keeps the driver connection for its statements sent without SQLAlchemy here (see direct_of).
 DIRECT = "ackbot_direct"
 # SQLite's kept write connection: its transactions are begun and ended by Database, not by SQLAlchemy.
@@ -129,12 +128,11 @@ def _ping_when_idle(dialect: Dialect) -> dict[str, Any]:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    # A write transaction takes the write lock up front: a deferred one that reads, then writes, fails with
-    # SQLITE_BUSY when another writer committed in between, where waiting for the lock is what we want.
-    # Reads stay deferred, so in WAL mode they never queue behind a writer.
+    # The driver begins nothing (isolation_level None), so a transaction SQLAlchemy begins (engine.begin(), Alembic)
+    # is begun here. Reads have none; the kept writer's are begun IMMEDIATE by Database (_sqlite_transaction).
     options = conn.get_execution_options()
     if not options.get(READ) and not options.get(_BEGUN_OUTSIDE):
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE) else "BEGIN")
+        conn.exec_driver_sql("BEGIN")
 
 
 async def direct_of(session: AsyncSession | pg_direct.Direct) -> pg_direct.Direct:
@@ -162,7 +160,7 @@ class _SqliteReads:
         self._db = db
 
     async def take(self) -> pg_direct.Direct:
-        return await self._db._sqlite_connection(READ, {READ: True})
+        return await self._db._sqlite_connection("read", {READ: True})
 
     async def give(self, _direct: pg_direct.Direct) -> None:
         return
@@ -331,9 +329,11 @@ class Database:
     @asynccontextmanager
     async def _sqlite_transaction(self) -> AsyncIterator[AsyncSession]:
         # SQLite has one writer at a time (the turn), so one connection serves every write transaction, kept from
-        # one to the next (no pool checkout); BEGIN IMMEDIATE and COMMIT are sent at once (sqlite_driver).
+        # one to the next (no pool checkout); BEGIN IMMEDIATE and COMMIT are sent at once (sqlite_driver). IMMEDIATE
+        # takes the write lock up front: a deferred transaction that reads, then writes, fails with SQLITE_BUSY when
+        # another process's writer committed in between, where waiting for the lock is what we want.
         async with self._write_turn():
-            direct = await self._sqlite_connection(WRITE, {WRITE: True, _BEGUN_OUTSIDE: True})
+            direct = await self._sqlite_connection("write", {_BEGUN_OUTSIDE: True})
             await direct.execute("BEGIN IMMEDIATE")
             session = self._joined_session(direct.conn, direct)
             try:
